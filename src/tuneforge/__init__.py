@@ -1,0 +1,38 @@
+"""tuneforge: fine-tune pretrained transformers with one fast, well-tested engine.
+
+>>> import tuneforge
+>>> cfg = tuneforge.load_config("run.yaml", ["learning_rate=3e-5"])   # doctest: +SKIP
+>>> run = tuneforge.train(cfg)                                          # doctest: +SKIP
+>>> tuneforge.load(run.path).predict(["great product"])                 # doctest: +SKIP
+
+Importing tuneforge is light: torch loads only when training or inference starts.
+"""
+
+from typing import Any
+
+from tuneforge.config import RunConfig, load_config, render_config
+from tuneforge.errors import ConfigError, DataError, UserError
+
+__version__ = "0.1.0"
+
+
+def train(config: Any = None, overrides: Any = None, console: Any = None) -> Any:
+    from tuneforge.run import train as _train
+
+    return _train(config, overrides, console)
+
+
+def load(ref: Any, device: str | None = None) -> Any:
+    from tuneforge.inference import load as _load
+
+    return _load(ref, device)
+
+
+def evaluate(ref: Any, data_file: str, name: str | None = None) -> dict:
+    from tuneforge.inference import evaluate_run
+
+    return evaluate_run(ref, data_file, name)
+
+
+__all__ = ["ConfigError", "DataError", "RunConfig", "UserError", "evaluate", "load", "load_config",
+           "render_config", "train", "__version__"]

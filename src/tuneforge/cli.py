@@ -1,0 +1,160 @@
+"""Command line: a thin dispatch to library functions.
+
+    tuneforge config classification > run.yaml
+    tuneforge train run.yaml learning_rate=3e-5 num_train_epochs=2
+    tuneforge predict runs/<id> --text "the parcel never arrived"
+    tuneforge evaluate runs/<id> --data test.csv
+    tuneforge demo
+
+Errors a user can cause print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+from tuneforge.errors import UserError
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from tuneforge.config import render_config
+
+    sys.stdout.write(render_config(args.task))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tuneforge.run import train
+
+    items = list(args.overrides)
+    config = args.config
+    if config is not None and "=" in config:  # no file, only overrides
+        items.insert(0, config)
+        config = None
+    if args.resume:
+        items.append(f"resume_from_checkpoint={args.resume}")
+    train(config, items)
+    return 0
+
+
+def _read_inputs(path: str, column: str) -> list[str]:
+    from tuneforge.data.checks import require_columns
+    from tuneforge.data.readers import read_file
+
+    table = read_file(path, "--input")
+    if path.endswith(".txt"):
+        column = "text"
+    require_columns(table, {"data.text_column": column})
+    return ["" if v is None else str(v) for v in table.columns[column]]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    if not args.text and not args.input:
+        raise UserError("predict: give --text \"...\" (repeatable) or --input FILE")
+    from tuneforge.run import resolve_run
+
+    run = resolve_run(args.run)
+    texts = list(args.text or [])
+    if args.input:
+        texts += _read_inputs(args.input, run.config.data.text_column)
+    from tuneforge.inference import LoadedRun
+
+    results = LoadedRun(run).predict(texts, batch_size=args.batch_size)
+    if args.output:
+        _write_predictions(args.output, texts, results)
+        print(f"wrote {len(results)} predictions to {args.output}")
+    else:
+        for text, res in zip(texts, results):
+            print(f"{res['label']}\t{res['probability']:.4f}\t{text}")
+    return 0
+
+
+def _write_predictions(path: str, texts: list[str], results: list[dict[str, Any]]) -> None:
+    import csv
+    import json
+
+    rows = [{"text": t, "label": r["label"], "probability": round(r["probability"], 6)} for t, r in zip(texts, results)]
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        if path.endswith((".jsonl", ".json")):
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        else:
+            writer = csv.DictWriter(fh, fieldnames=["text", "label", "probability"],
+                                    delimiter="\t" if path.endswith(".tsv") else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tuneforge.inference import evaluate_run
+    from tuneforge.report import print_metrics
+
+    metrics = evaluate_run(args.run, args.data, args.name)
+    print_metrics({"model": metrics})
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tuneforge.demo import run_demo
+
+    run_demo(args.output_dir, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tuneforge.tasks import task_names
+
+    parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pretrained transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    p = sub.add_parser("train", help="train a model from a YAML config and key=value overrides",
+                       description="Train: defaults < CONFIG (YAML) < key=value overrides. "
+                                   "`tuneforge config TASK` lists every key with its default.")
+    p.add_argument("config", nargs="?", help="YAML config file (optional when every key is given as overrides)")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. learning_rate=3e-5 training.seed=1")
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint (needs output_dir)")
+    commands["train"] = _cmd_train
+
+    p = sub.add_parser("config", help="print a complete, commented config for a task")
+    p.add_argument("task", choices=task_names())
+    commands["config"] = _cmd_config
+
+    p = sub.add_parser("predict", help="predict with a finished run")
+    p.add_argument("run", help="run folder (or run id under ./runs)")
+    p.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    p.add_argument("--input", help="file of texts: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
+    p.add_argument("--output", help="write predictions to .csv/.tsv/.jsonl instead of printing")
+    p.add_argument("--batch-size", type=int, default=64)
+    commands["predict"] = _cmd_predict
+
+    p = sub.add_parser("evaluate", help="evaluate a finished run on labelled data")
+    p.add_argument("run", help="run folder (or run id under ./runs)")
+    p.add_argument("--data", required=True, help="labelled file with the training columns")
+    p.add_argument("--name", help="name of the evaluation (default: the file name); results in eval/NAME/")
+    commands["evaluate"] = _cmd_evaluate
+
+    p = sub.add_parser("demo", help="fine-tune all-MiniLM-L6-v2 on a generated support-ticket dataset (offline)")
+    p.add_argument("--output-dir", default=None, help="run folder (default: runs/<id>)")
+    p.add_argument("--quick", action="store_true", help="one short epoch on fewer rows (smoke test)")
+    commands["demo"] = _cmd_demo
+    parser.set_defaults(_commands=commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args._commands[args.command](args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

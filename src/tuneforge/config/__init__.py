@@ -1,0 +1,11 @@
+"""Run configuration: typed dataclasses (schema) and the YAML/override loader.
+
+>>> from tuneforge.config import render_config
+>>> "learning_rate: 2.0e-05" in render_config("classification")
+True
+"""
+
+from tuneforge.config.loader import load_config, render_config
+from tuneforge.config.schema import DataConfig, ModelConfig, RunConfig, TrainingConfig
+
+__all__ = ["DataConfig", "ModelConfig", "RunConfig", "TrainingConfig", "load_config", "render_config"]

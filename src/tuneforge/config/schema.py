@@ -1,0 +1,173 @@
+"""Typed run configuration, scoped by concern; every field documented once (the `help` metadata).
+
+>>> from tuneforge.config.schema import TrainingConfig
+>>> TrainingConfig(learning_rate=3e-5).per_device_train_batch_size
+16
+
+Field names follow Hugging Face transformers 5 / accelerate / peft spellings. `None` on a field whose help
+says "task default" means the task fills it in (see `tuneforge config TASK`). Semantic checks live in
+`__post_init__` and raise ConfigError naming the key; type coercion happens in `tuneforge.config.loader`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from tuneforge.errors import ConfigError
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with its one-line documentation."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str | None = opt(
+        None, "Hugging Face hub id (e.g. bert-base-uncased) or a local folder with config and weights. Required.")
+    revision: str = opt("main", "Hub branch, tag or commit to load; the resolved commit is saved with the run.")
+    trust_remote_code: bool = opt(False, "Allow model code from the hub to run. Only for repositories you trust.")
+    cache_dir: str | None = opt(None, "Where downloaded models are cached (default: the Hugging Face cache).")
+
+    def __post_init__(self) -> None:
+        if self.model_name_or_path is not None and not self.model_name_or_path.strip():
+            raise ConfigError("model.model_name_or_path: must not be empty; give a hub id or a local folder")
+
+
+@dataclass
+class DataConfig:
+    train_file: str | None = opt(None, "Training data: .csv, .tsv, .json, .jsonl, .parquet or .txt (relative to "
+                                       "the working directory). Either this or dataset_name is required.")
+    validation_file: str | None = opt(
+        None, "Validation data. When absent, a stratified split of the training data is used.")
+    test_file: str | None = opt(None, "Held-out test data, evaluated once at the end on the best model.")
+    dataset_name: str | None = opt(None, "Hugging Face hub dataset id (e.g. imdb), loaded with datasets.load_dataset.")
+    dataset_config_name: str | None = opt(None, "Configuration (subset) of the hub dataset, e.g. sst2 for glue.")
+    text_column: str = opt("text", "Column holding the input text.")
+    text_pair_column: str | None = opt(
+        None, "Optional second text column for sentence-pair tasks (NLI, paraphrase).")
+    label_column: str = opt("label", "Column holding the label (strings or integers).")
+    validation_split_percentage: float = opt(
+        10.0, "Percent of training rows held out for validation when no validation data is given (stratified).")
+    max_length: int | None = opt(
+        None, "Maximum tokens per example; longer inputs are truncated. Default: the model's limit, at most 512.")
+    max_train_samples: int | None = opt(None, "Use only the first N training rows (for quick experiments).")
+    max_eval_samples: int | None = opt(None, "Use only the first N validation rows.")
+    preprocessing_cache_dir: str | None = opt(
+        None, "Where tokenized data is cached (default: $TUNEFORGE_CACHE or ~/.cache/tuneforge).")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.validation_split_percentage < 100:
+            raise ConfigError(f"data.validation_split_percentage: must be between 0 and 100 (exclusive), "
+                              f"got {self.validation_split_percentage}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"data.max_length: must be at least 2, got {self.max_length}")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key}: must be a positive number of rows, got {value}")
+        if self.train_file and self.dataset_name:
+            raise ConfigError("data: give either train_file or dataset_name, not both")
+
+
+SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                        "polynomial", "inverse_sqrt"]
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str | None = opt(None, "Run folder. Default: runs/<run id>. Must not hold a finished run.")
+    learning_rate: float | None = opt(None, "Peak learning rate of AdamW. Task default.")
+    num_train_epochs: float = opt(3.0, "Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = opt(-1, "Total optimizer steps; overrides num_train_epochs when > 0.")
+    per_device_train_batch_size: int = opt(16, "Examples per forward pass during training.")
+    per_device_eval_batch_size: int = opt(64, "Examples per forward pass during evaluation.")
+    gradient_accumulation_steps: int = opt(
+        1, "Micro-batches per optimizer step; the loss is normalised over the whole accumulated batch.")
+    warmup_steps: int | float = opt(
+        0.1, "Linear warmup: an int is a number of steps, a float in [0, 1) a fraction of all steps.")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and normalisation weights).")
+    lr_scheduler_type: SchedulerName = opt("linear", "Learning-rate schedule after warmup.")
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+    adam_beta1: float = opt(0.9, "AdamW beta1.")
+    adam_beta2: float = opt(0.999, "AdamW beta2.")
+    adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = opt(
+        "auto", "auto: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU.")
+    seed: int = opt(42, "Random seed for initialisation, data order, dropout and the validation split.")
+    eval_strategy: Literal["epoch", "steps", "no"] = opt("epoch", "When to evaluate on the validation data.")
+    eval_steps: int | None = opt(None, "Evaluate every N optimizer steps (with eval_strategy=steps).")
+    save_strategy: Literal["epoch", "steps", "no"] = opt("epoch", "When to write a checkpoint.")
+    save_steps: int | None = opt(None, "Checkpoint every N optimizer steps (with save_strategy=steps).")
+    save_total_limit: int | None = opt(
+        2, "Checkpoints kept on disk; the best and the newest are always kept. null keeps all.")
+    logging_steps: int = opt(10, "Log loss, learning rate and throughput every N optimizer steps.")
+    load_best_model_at_end: bool = opt(True, "Restore the weights with the best validation metric at the end.")
+    metric_for_best_model: str | None = opt(None, "Validation metric used for best model and early stopping. "
+                                                  "Task default.")
+    greater_is_better: bool | None = opt(None, "Whether a larger metric is better. Default: false for *loss.")
+    early_stopping_patience: int | None = opt(
+        None, "Stop after this many evaluations without improvement of metric_for_best_model. null disables.")
+    early_stopping_threshold: float = opt(0.0, "Minimum improvement that resets early-stopping patience.")
+    resume_from_checkpoint: str | None = opt(
+        None, "Continue a run: a checkpoint folder, or 'auto' for the newest complete one in output_dir.")
+    train_sampling_strategy: Literal["group_by_length", "random"] = opt(
+        "group_by_length", "Batch order: group_by_length batches similar lengths together (less padding).")
+    dataloader_num_workers: int = opt(0, "Background workers that collate batches (0: main process).")
+    report_to: Literal["tensorboard", "none"] = opt("tensorboard", "Where to log metrics besides metrics.jsonl.")
+    use_cpu: bool = opt(False, "Train on the CPU even when a GPU is available.")
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"training.{key}: {why}, got {getattr(self, key)!r}")
+
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise bad("learning_rate", "must be positive")
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                    "logging_steps"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be at least 1")
+        if not self.num_train_epochs > 0 and self.max_steps <= 0:
+            raise bad("num_train_epochs", "must be positive (or set max_steps)")
+        if isinstance(self.warmup_steps, float) and not 0 <= self.warmup_steps < 1:
+            raise bad("warmup_steps", "a float is a fraction of all steps and must be in [0, 1); "
+                                      "use an int for a number of steps")
+        if isinstance(self.warmup_steps, int) and self.warmup_steps < 0:
+            raise bad("warmup_steps", "must not be negative")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must not be negative")
+        if self.max_grad_norm < 0:
+            raise bad("max_grad_norm", "must not be negative (0 disables clipping)")
+        if self.eval_strategy == "steps" and not self.eval_steps:
+            raise ConfigError("training.eval_steps: required when eval_strategy=steps (e.g. eval_steps=500)")
+        if self.save_strategy == "steps" and not self.save_steps:
+            raise ConfigError("training.save_steps: required when save_strategy=steps (e.g. save_steps=500)")
+        for key in ("eval_steps", "save_steps", "save_total_limit", "early_stopping_patience"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise bad(key, "must be at least 1 (or null)")
+        if self.early_stopping_patience and self.eval_strategy == "no":
+            raise ConfigError("training.early_stopping_patience: needs evaluation; set eval_strategy=epoch or steps")
+        if self.dataloader_num_workers < 0:
+            raise bad("dataloader_num_workers", "must not be negative")
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig}
+
+
+@dataclass
+class RunConfig:
+    """A complete, resolved run description: `task` plus one dataclass per concern."""
+
+    task: str
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"task": self.task}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out[name] = {f.name: getattr(section, f.name) for f in fields(section)}
+        return out

@@ -1,0 +1,6 @@
+"""Data layer: read files and hub datasets, validate and clean, split, tokenize once into cached arrays.
+
+>>> from tuneforge.data.readers import FORMATS
+>>> sorted(FORMATS)[:3]
+['.csv', '.json', '.jsonl']
+"""

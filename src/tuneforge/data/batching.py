@@ -1,0 +1,63 @@
+"""Batch order and padding straight from token arrays: no per-token Python work on the hot path.
+
+>>> import numpy as np
+>>> from tuneforge.data.prepared import TokenizedSplit
+>>> from tuneforge.data.batching import pad_rows
+>>> split = TokenizedSplit.from_lists([[5, 6, 7], [8]])
+>>> ids, mask, _ = pad_rows(split, np.array([0, 1]), pad_id=0)
+>>> ids.tolist(), mask.tolist()
+([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuneforge.data.prepared import TokenizedSplit
+
+
+def pad_rows(split: TokenizedSplit, indices: np.ndarray, pad_id: int, pad_to_multiple_of: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gather rows `indices` into right-padded (ids, attention_mask, token_type_ids) int64 arrays."""
+    starts = split.offsets[indices]
+    lengths = split.offsets[indices + 1] - starts
+    width = int(lengths.max())
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    cols = np.arange(width)
+    valid = cols[None, :] < lengths[:, None]
+    flat_pos = np.where(valid, starts[:, None] + cols[None, :], 0)
+    ids = np.where(valid, split.input_ids[flat_pos], pad_id).astype(np.int64)
+    types = None
+    if split.token_type_ids is not None:
+        types = np.where(valid, split.token_type_ids[flat_pos], 0).astype(np.int64)
+    return ids, valid.astype(np.int64), types
+
+
+def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                strategy: str = "group_by_length") -> list[np.ndarray]:
+    """Indices of each training batch for `epoch`, reproducible from (seed, epoch) alone.
+
+    group_by_length: shuffle, cut into mega-batches of 50 batches, sort each by length (so a batch holds
+    similar lengths and little padding), then shuffle the batch order, keeping the batch with the longest
+    example first so an out-of-memory error shows up at step one, not hours later.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    if strategy == "group_by_length":
+        mega = batch_size * 50
+        chunks = [perm[i:i + mega] for i in range(0, len(perm), mega)]
+        perm = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
+    batches = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    if strategy == "group_by_length" and len(batches) > 1:
+        longest = int(np.argmax([lengths[b].max() for b in batches]))
+        rest = [b for i, b in enumerate(batches) if i != longest]
+        order = rng.permutation(len(rest))
+        batches = [batches[longest]] + [rest[i] for i in order]
+    return batches
+
+
+def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Evaluation batches sorted by length (least padding); metrics never depend on order."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,86 @@
+"""In-memory tables of rows with their source locations, so every data error can name file and row.
+
+>>> from tuneforge.data.table import Table
+>>> t = Table("train.csv", {"text": ["hi", "yo"], "label": ["a", "b"]}, lines=[2, 3])
+>>> t.where(1)
+'train.csv, line 3'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Table:
+    source: str  # file path, or "hub dataset <id> [split]"
+    columns: dict[str, list[Any]]
+    lines: list[int] | None = None  # 1-based line in the file per row (text formats); else "row N"
+    name: str = ""  # split name when known: train / validation / test
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def loc(self, i: int) -> str:
+        return f"line {self.lines[i]}" if self.lines is not None else f"row {i + 1}"
+
+    def where(self, i: int) -> str:
+        return f"{self.source}, {self.loc(i)}"
+
+    def select(self, keep: list[int]) -> Table:
+        return Table(self.source, {k: [v[i] for i in keep] for k, v in self.columns.items()},
+                     [self.lines[i] for i in keep] if self.lines is not None else None, self.name)
+
+    def concat_locations(self, indices: list[int], limit: int = 5) -> str:
+        shown = ", ".join(self.loc(i) for i in indices[:limit])
+        return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+
+
+@dataclass
+class SplitReport:
+    """What happened to one split on its way from file to tensors."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    dropped_empty: int = 0
+    dropped_empty_where: str = ""
+    dropped_duplicates: int = 0
+    held_out: int = 0  # training rows moved to the validation split
+    label_counts: dict[str, int] = field(default_factory=dict)
+    token_lengths: dict[str, float] = field(default_factory=dict)  # percentiles of untruncated lengths
+    truncated_percent: float | None = None
+
+
+@dataclass
+class DataReport:
+    splits: dict[str, SplitReport] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    max_length: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def render(self) -> str:
+        out = ["Data report"]
+        for name, s in self.splits.items():
+            out.append(f"  {name}: {s.rows_kept} rows kept of {s.rows_read} read ({s.source})")
+            if s.dropped_empty:
+                out.append(f"    dropped {s.dropped_empty} rows with empty text ({s.dropped_empty_where})")
+            if s.dropped_duplicates:
+                out.append(f"    dropped {s.dropped_duplicates} exact duplicate rows")
+            if s.held_out:
+                out.append(f"    {s.held_out} rows held out for validation")
+            if s.label_counts:
+                total = sum(s.label_counts.values()) or 1
+                dist = ", ".join(f"{k}: {v} ({100 * v / total:.0f}%)" for k, v in s.label_counts.items())
+                out.append(f"    labels: {dist}")
+            if s.token_lengths:
+                pct = ", ".join(f"{k} {v:.0f}" for k, v in s.token_lengths.items())
+                out.append(f"    tokens: {pct}; {s.truncated_percent:.1f}% truncated at max_length "
+                           f"{self.max_length}")
+        out += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(out)

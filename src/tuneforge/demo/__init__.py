@@ -1,0 +1,1 @@
+"""Offline demo helpers for tuneforge."""

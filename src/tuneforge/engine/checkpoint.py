@@ -1,0 +1,135 @@
+"""Checkpoints: weights as safetensors, run state as JSON, optimizer/scheduler/RNG as plain tensors
+(loadable with `weights_only=True`), written to a temporary folder and renamed, with a completeness marker.
+
+>>> from tuneforge.engine.checkpoint import complete_checkpoints
+>>> complete_checkpoints("runs/x/checkpoints")   # doctest: +SKIP
+[PosixPath('runs/x/checkpoints/checkpoint-100'), PosixPath('runs/x/checkpoints/checkpoint-200')]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import UserError
+
+MARKER = "COMPLETE"
+STATE = "trainer_state.json"
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[-1])
+    except ValueError:
+        return -1
+
+
+def complete_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders that carry the completeness marker, oldest first."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("checkpoint-") and (p / MARKER).exists()]
+    return sorted(found, key=_step_of)
+
+
+def clean_stale(folder: str | os.PathLike) -> None:
+    """Remove temporary folders left by a save that died half-way."""
+    root = Path(folder)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-checkpoint-"):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.iterdir():
+        with open(file, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
+                    state: dict[str, Any]) -> Path:
+    import numpy as np
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"checkpoint-{step}"
+    tmp = folder / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        py_state = random.getstate()
+        np_state = np.random.get_state()
+        rng = {"python": [py_state[0], list(py_state[1]), py_state[2]],
+               "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+               "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng_state.pt")
+        (tmp / STATE).write_text(json.dumps(state, indent=2, default=str))
+        (tmp / MARKER).write_text("ok\n")
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not write checkpoint {final}: {err.strerror or err}; "
+                        "free disk space or choose another output_dir (the previous checkpoint is intact)") from None
+    return final
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> dict[str, Any]:
+    """Restore everything saved by save_checkpoint into the given objects; return the run state."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    if not (path / MARKER).exists():
+        raise UserError(f"training.resume_from_checkpoint: {path} is not a complete checkpoint "
+                        f"(no {MARKER} marker); pick another or use 'auto'")
+    weights = sorted(path.glob("*.safetensors"))
+    state_dict: dict[str, Any] = {}
+    for file in weights:
+        state_dict |= load_file(file)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or [k for k in missing if k not in tied]:
+        raise UserError(f"training.resume_from_checkpoint: {path} does not match this model "
+                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and (path / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    rng = torch.load(path / "rng_state.pt", weights_only=True)
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    np_state = rng["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / STATE).read_text())
+
+
+def rotate(folder: Path, limit: int | None, keep: set[Path]) -> None:
+    """Delete the oldest checkpoints beyond `limit`, never one in `keep` (best and newest)."""
+    if limit is None:
+        return
+    found = complete_checkpoints(folder)
+    excess = len(found) - max(limit, len(keep & set(found)))
+    for path in found:
+        if excess <= 0:
+            break
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            excess -= 1

@@ -1,0 +1,250 @@
+"""The training loop: one for every task, on accelerate primitives.
+
+>>> result = fit(cfg, task, model, tokenizer, splits, data, run_dir, tracker)   # doctest: +SKIP
+>>> result.best_metric, result.global_step                                        # doctest: +SKIP
+
+Per optimizer step: collate the accumulation window's micro-batches from token arrays, count the items
+(examples or target tokens) of the *whole* window, and backpropagate sum-of-losses / window-items for each
+micro-batch, so accumulated gradients equal those of one big batch even when the last window is short or
+lengths are uneven. accelerate's own accumulation would divide by gradient_accumulation_steps instead, so
+the Accelerator is built with 1 and never divides.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuneforge.config.schema import RunConfig
+from tuneforge.data.batching import batch_order, eval_order
+from tuneforge.data.prepared import PreparedData, TokenizedSplit
+from tuneforge.engine.checkpoint import clean_stale, complete_checkpoints, load_checkpoint, rotate, save_checkpoint
+from tuneforge.engine.optim import build_optimizer, build_scheduler
+from tuneforge.engine.tracking import Tracker
+from tuneforge.errors import UserError
+
+
+@dataclass
+class FitResult:
+    global_step: int = 0
+    epoch: float = 0.0
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Maps a batch of row indices to a collated batch, so a DataLoader can prefetch in workers."""
+
+    def __init__(self, task: Any, split: TokenizedSplit, pad_id: int, multiple: int | None) -> None:
+        self.task, self.split, self.pad_id, self.multiple = task, split, pad_id, multiple
+
+    def __getitem__(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        return self.task.collate(self.split, indices, self.pad_id, self.multiple)
+
+    def __len__(self) -> int:  # pragma: no cover - the sampler drives iteration
+        return len(self.split)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: list[dict[str, Any]]) -> torch.Tensor:
+    """Backpropagate one accumulation window; returns the window's mean loss (a device tensor, no sync)."""
+    assert accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
+    n_items = sum(task.num_items(b) for b in micro_batches)
+    total = torch.zeros((), device=accelerator.device)
+    for j, batch in enumerate(micro_batches):
+        last = j == len(micro_batches) - 1
+        with nullcontext() if last or accelerator.num_processes == 1 else accelerator.no_sync(model):
+            loss = task.loss(model, to_device(batch, accelerator.device)) / max(1, n_items)
+            accelerator.backward(loss)
+        total += loss.detach()
+    return total
+
+
+@torch.inference_mode()
+def evaluate(model: Any, task: Any, split: TokenizedSplit, data: PreparedData, batch_size: int,
+             device: torch.device, pad_id: int) -> dict[str, Any]:
+    """Streaming evaluation: per batch the task folds predictions into a small state, never all logits."""
+    was_training = model.training
+    model.eval()
+    state: dict[str, Any] = {}
+    for indices in eval_order(split.lengths, batch_size):
+        task.eval_step(model, to_device(task.collate(split, indices, pad_id), device), state)
+    model.train(was_training)
+    return task.eval_metrics(state, data)
+
+
+def _metric_key(cfg: RunConfig) -> tuple[str, bool]:
+    name = (cfg.training.metric_for_best_model or "loss").removeprefix("eval_")
+    greater = cfg.training.greater_is_better
+    return name, (not name.endswith("loss")) if greater is None else greater
+
+
+def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
+        data: PreparedData, run_dir: Path, tracker: Tracker, accelerator: Any) -> FitResult:
+    t = cfg.training
+    train = splits["train"]
+    val = splits.get("validation") if t.eval_strategy != "no" else None
+    device = accelerator.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    multiple = 8 if device.type == "cuda" else None
+    G = t.gradient_accumulation_steps
+    n_batches = math.ceil(len(train) / t.per_device_train_batch_size)
+    steps_per_epoch = math.ceil(n_batches / G)
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+    tracker.total_steps = total_steps
+
+    optimizer = build_optimizer(model, t, t.learning_rate, device.type)
+    scheduler = build_scheduler(optimizer, t, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scaler = accelerator.scaler
+    ckpt_dir = run_dir / "checkpoints"
+    clean_stale(ckpt_dir)
+    metric_name, greater = _metric_key(cfg)
+    result = FitResult()
+    start_epoch, skip_windows, bad_evals, best_path = 0, 0, 0, None
+    if t.resume_from_checkpoint:
+        path = _resolve_resume(t.resume_from_checkpoint, ckpt_dir)
+        state = load_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, scaler)
+        result.global_step, start_epoch, skip_windows = state["global_step"], state["epoch"], state["window"]
+        result.best_metric, result.best_step = state["best_metric"], state["best_step"]
+        result.best_metrics, bad_evals = state.get("best_metrics", {}), state.get("bad_evals", 0)
+        best_path = Path(state["best_path"]) if state.get("best_path") else None
+        tracker.print(f"resumed from {path}: step {result.global_step}, epoch {start_epoch}, "
+                      f"best {metric_name} {result.best_metric}")
+
+    dataset = _Batches(task, train, pad_id, multiple)
+
+    def loader(batches: list[np.ndarray]) -> Any:  # the sampler yields whole batches of row indices
+        return iter(torch.utils.data.DataLoader(dataset, batch_size=None, sampler=batches,
+                                                num_workers=t.dataloader_num_workers,
+                                                pin_memory=device.type == "cuda"))
+    tracker.print(f"training: {len(train)} examples, {total_steps} optimizer steps "
+                  f"({steps_per_epoch} per epoch), effective batch {t.per_device_train_batch_size * G}")
+    tracker.start(result.global_step)
+    started = time.perf_counter()
+    last_eval_step = -1
+    log_loss = torch.zeros((), device=device)
+    log_steps, log_samples, log_tokens, log_time = 0, 0, 0, time.perf_counter()
+    lengths = train.lengths
+    model.train()
+
+    def save(step: int, epoch: int, window: int) -> None:
+        state = {"global_step": step, "epoch": epoch, "window": window, "best_metric": result.best_metric,
+                 "best_step": result.best_step, "best_metrics": result.best_metrics, "bad_evals": bad_evals,
+                 "best_path": str(ckpt_dir / f"checkpoint-{result.best_step}") if result.best_step else None,
+                 "metric_for_best_model": metric_name}
+        path = save_checkpoint(ckpt_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, scaler, state)
+        rotate(ckpt_dir, t.save_total_limit, {path} | ({best_path} if best_path else set()))
+        return path
+
+    def run_eval(epoch_float: float) -> bool:
+        """Evaluate, track the best; return True when this evaluation improved the best metric."""
+        nonlocal bad_evals, last_eval_step
+        last_eval_step = result.global_step
+        metrics = evaluate(model, task, val, data, t.per_device_eval_batch_size, device, pad_id)
+        scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        tracker.log(result.global_step, scalars, epoch_float)
+        tracker.print(f"eval @ step {result.global_step}: " + "  ".join(
+            f"{k[5:]} {v:.4f}" for k, v in scalars.items()))
+        result.last_metrics = metrics
+        value = metrics.get(metric_name)
+        if value is None:
+            raise UserError(f"training.metric_for_best_model: {metric_name!r} is not computed; "
+                            f"available: {', '.join(k[5:] for k in scalars)}")
+        improved = value == value and (result.best_metric is None or (
+            value > result.best_metric + t.early_stopping_threshold if greater
+            else value < result.best_metric - t.early_stopping_threshold))
+        if improved:
+            result.best_metric, result.best_step, result.best_metrics, bad_evals = value, result.global_step, metrics, 0
+        else:
+            bad_evals += 1
+        return improved
+
+    epoch, epoch_float = start_epoch, float(start_epoch)
+    while result.global_step < total_steps and not result.stopped_early:
+        batches = batch_order(lengths, t.per_device_train_batch_size, t.seed, epoch, t.train_sampling_strategy)
+        windows = [batches[i:i + G] for i in range(0, len(batches), G)]
+        first = skip_windows if epoch == start_epoch else 0
+        it = loader([b for w in windows[first:] for b in w])
+        for window_index in range(first, len(windows)):
+            micro = [next(it) for _ in windows[window_index]]
+            window_loss = forward_backward(accelerator, model, task, micro)
+            if t.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.global_step += 1
+            epoch_float = epoch + (window_index + 1) / len(windows)
+            log_loss += window_loss
+            log_steps += 1
+            rows = np.concatenate(windows[window_index])
+            log_samples += len(rows)
+            log_tokens += int(lengths[rows].sum())
+            tracker.advance(result.global_step)
+            if result.global_step % t.logging_steps == 0 or result.global_step == total_steps:
+                elapsed = max(1e-9, time.perf_counter() - log_time)
+                tracker.log(result.global_step, {
+                    "loss": float(log_loss) / log_steps, "learning_rate": scheduler.get_last_lr()[0],
+                    "samples_per_second": log_samples / elapsed, "tokens_per_second": log_tokens / elapsed},
+                    epoch_float)
+                log_loss.zero_()
+                log_steps, log_samples, log_tokens, log_time = 0, 0, 0, time.perf_counter()
+            end_of_epoch = window_index == len(windows) - 1
+            done = result.global_step >= total_steps
+            improved = False
+            if val is not None and ((t.eval_strategy == "steps" and result.global_step % t.eval_steps == 0)
+                                    or (t.eval_strategy == "epoch" and end_of_epoch) or done):
+                improved = run_eval(epoch_float)
+                if t.early_stopping_patience and bad_evals >= t.early_stopping_patience:
+                    result.stopped_early = True
+                    tracker.print(f"early stopping: no improvement of {metric_name} for {bad_evals} evaluations")
+            wants_save = ((t.save_strategy == "steps" and result.global_step % t.save_steps == 0)
+                          or (t.save_strategy == "epoch" and end_of_epoch))
+            if wants_save or (improved and t.load_best_model_at_end):
+                if improved:
+                    best_path = ckpt_dir / f"checkpoint-{result.global_step}"
+                next_epoch, next_window = (epoch + 1, 0) if end_of_epoch else (epoch, window_index + 1)
+                save(result.global_step, next_epoch, next_window)
+            if done or result.stopped_early:
+                break
+        epoch += 1
+    result.epoch = epoch_float
+    result.train_seconds = time.perf_counter() - started
+    tracker.close()
+    if t.load_best_model_at_end and best_path is not None and result.best_step != result.global_step:
+        from safetensors.torch import load_file
+
+        state_dict: dict[str, Any] = {}
+        for file in sorted(best_path.glob("*.safetensors")):
+            state_dict |= load_file(file)
+        accelerator.unwrap_model(model).load_state_dict(state_dict, strict=False)
+        tracker.print(f"restored the best model (step {result.best_step}, {metric_name} {result.best_metric:.4f})")
+    return result
+
+
+def _resolve_resume(value: str, ckpt_dir: Path) -> Path:
+    if value == "auto":
+        found = complete_checkpoints(ckpt_dir)
+        if not found:
+            raise UserError(f"training.resume_from_checkpoint=auto: no complete checkpoint in {ckpt_dir}")
+        return found[-1]
+    path = Path(value)
+    if not path.is_dir():
+        raise UserError(f"training.resume_from_checkpoint: folder not found: {value!r}")
+    return path

@@ -1,0 +1,41 @@
+"""AdamW with weight-decay groups, and the warmup + decay schedule, built from TrainingConfig.
+
+>>> from tuneforge.engine.optim import warmup_steps_for
+>>> warmup_steps_for(0.1, 250), warmup_steps_for(30, 250)
+(25, 30)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneforge.config.schema import TrainingConfig
+
+
+def warmup_steps_for(warmup: int | float, total_steps: int) -> int:
+    """An int is a number of steps; a float in [0, 1) a fraction of all steps. Never above the total."""
+    steps = round(warmup * total_steps) if isinstance(warmup, float) else int(warmup)
+    return min(steps, total_steps)
+
+
+def build_optimizer(model: Any, cfg: TrainingConfig, learning_rate: float, device_type: str) -> Any:
+    """No weight decay on biases and normalisation weights (any parameter with fewer than 2 dims)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_epsilon, fused=device_type == "cuda")
+
+
+def build_scheduler(optimizer: Any, cfg: TrainingConfig, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    warmup = warmup_steps_for(cfg.warmup_steps, total_steps)
+    name = cfg.lr_scheduler_type
+    if name == "constant" and warmup > 0:
+        name = "constant_with_warmup"  # "constant" means after warmup; HF's plain constant has none
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)

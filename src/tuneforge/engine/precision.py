@@ -1,0 +1,22 @@
+"""Choose mixed precision: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU.
+
+>>> from tuneforge.engine.precision import resolve_mixed_precision
+>>> resolve_mixed_precision("bf16", "cpu")
+('bf16', None)
+"""
+
+from __future__ import annotations
+
+
+def resolve_mixed_precision(requested: str, device_type: str, bf16_supported: bool = False
+                            ) -> tuple[str, str | None]:
+    """Return (accelerate mixed_precision value, warning or None)."""
+    if requested == "auto":
+        if device_type == "cuda":
+            return ("bf16" if bf16_supported else "fp16"), None
+        return "no", None  # CPU autocast is opt-in until the performance work measures it per model
+    if requested == "fp16" and device_type != "cuda":
+        return "no", "mixed_precision=fp16 needs a CUDA GPU; training in fp32 instead"
+    if requested == "bf16" and device_type == "cuda" and not bf16_supported:
+        return "fp16", "this GPU does not support bf16; using fp16 with loss scaling instead"
+    return requested, None

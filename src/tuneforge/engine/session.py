@@ -1,0 +1,78 @@
+"""A training session: device and precision chosen once, seed set, then fit, test evaluation and save.
+
+>>> session = start_session(cfg, console)                        # doctest: +SKIP
+>>> metrics = session.fit(task, model, tokenizer, splits, data, run_dir)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config.schema import RunConfig
+from tuneforge.data.prepared import PreparedData, TokenizedSplit
+from tuneforge.engine.precision import resolve_mixed_precision
+
+
+@dataclass
+class Session:
+    cfg: RunConfig
+    accelerator: Any
+    mixed_precision: str
+    device_description: str
+    console: Any
+
+    def fit(self, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
+            data: PreparedData, run_dir: Path) -> dict[str, Any]:
+        from tuneforge.engine.loop import evaluate, fit
+        from tuneforge.engine.tracking import Tracker
+
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.console.print(f"device {self.device_description}, precision {self.mixed_precision}; "
+                           f"parameters {total / 1e6:.1f}M, trainable {trainable / 1e6:.1f}M", highlight=False)
+        tracker = Tracker(run_dir, 0, self.cfg.training.report_to, self.console)
+        try:
+            result = fit(self.cfg, task, model, tokenizer, splits, data, run_dir, tracker, self.accelerator)
+        finally:
+            tracker.close()
+        metrics: dict[str, Any] = {
+            "train": {"global_step": result.global_step, "epoch": round(result.epoch, 4),
+                      "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early},
+            "best_step": result.best_step, "metric_for_best_model": self.cfg.training.metric_for_best_model,
+            "eval": result.best_metrics if self.cfg.training.load_best_model_at_end else result.last_metrics}
+        if "test" in splits:
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            metrics["test"] = evaluate(model, task, splits["test"], data, self.cfg.training.per_device_eval_batch_size,
+                                       self.accelerator.device, pad_id)
+        return metrics
+
+    def save_final(self, model: Any, tokenizer: Any, run_dir: Path) -> None:
+        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(run_dir)
+        tokenizer.save_pretrained(run_dir)
+
+
+def start_session(cfg: RunConfig, console: Any) -> Session:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = cfg.training
+    cuda = torch.cuda.is_available() and not t.use_cpu
+    device_type = "cuda" if cuda else "cpu"
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    mixed, warning = resolve_mixed_precision(t.mixed_precision, device_type, bf16)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1)
+    set_seed(t.seed)
+    if cuda:
+        name = torch.cuda.get_device_name(accelerator.device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        name = f"CPU ({torch.get_num_threads()} threads)"
+    precision = {"no": "fp32", "fp16": "fp16 (loss scaling)", "bf16": "bf16"}[mixed]
+    return Session(cfg, accelerator, precision, name, console)

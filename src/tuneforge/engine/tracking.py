@@ -1,0 +1,94 @@
+"""Progress and metrics: a rich progress bar on terminals (plain log lines otherwise), metrics.jsonl,
+and TensorBoard.
+
+>>> tracker = Tracker(Path("runs/x"), total_steps=300, report_to="none")   # doctest: +SKIP
+>>> tracker.log(10, {"loss": 0.69, "learning_rate": 2e-5})                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, total_steps: int, report_to: str, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=False)
+        self.total_steps = total_steps
+        self.interactive = sys.stdout.isatty()
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.writer = None
+        if report_to == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=str(run_dir / "logs"))
+            except ImportError:
+                self.console.print("[yellow]warning:[/] tensorboard is not installed; logging to metrics.jsonl only")
+        self.progress = None
+        self.task_id = None
+        self.started = time.perf_counter()
+        self.start_step = 0
+
+    def start(self, step: int = 0) -> None:
+        self.started, self.start_step = time.perf_counter(), step
+        if self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                     console=self.console)
+            self.task_id = self.progress.add_task("train", total=self.total_steps, completed=step, info="")
+            self.progress.start()
+
+    def eta(self, step: int) -> str:
+        done = step - self.start_step
+        if done <= 0:
+            return "?"
+        left = (time.perf_counter() - self.started) / done * (self.total_steps - step)
+        return f"{int(left // 60)}:{int(left % 60):02d}"
+
+    def advance(self, step: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=step)
+
+    def log(self, step: int, metrics: dict[str, Any], epoch: float | None = None) -> None:
+        record = {"step": step, **({"epoch": round(epoch, 4)} if epoch is not None else {}), **metrics}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                    self.writer.add_scalar(tag, value, step)
+        if "loss" in metrics:
+            info = (f"loss {_fmt(metrics['loss'])}  lr {metrics.get('learning_rate', 0):.2e}  "
+                    f"{metrics.get('samples_per_second', 0):.1f} samples/s")
+            if self.progress is not None:
+                self.progress.update(self.task_id, completed=step, info=info)
+            else:
+                self.console.print(f"step {step}/{self.total_steps}  epoch {epoch:.2f}  {info}  ETA {self.eta(step)}",
+                                   highlight=False)
+
+    def print(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self.writer is not None:
+            self.writer.close()
+        self.jsonl.close()

@@ -1,0 +1,24 @@
+"""Errors a user can cause: one clear line, exit code 2, never a traceback.
+
+>>> from tuneforge.errors import UserError
+>>> str(UserError("data.train_file: file not found: 'x.csv'"))
+"data.train_file: file not found: 'x.csv'"
+
+Anything else that escapes is a bug in tuneforge and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, paths). The CLI prints it as one line, exit 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """Unknown key, wrong type or invalid value in the run configuration."""
+
+
+class DataError(UserError):
+    """Unreadable, malformed or unusable training data."""

@@ -1,0 +1,165 @@
+"""Run folders and the `train` entry point: data checked first (no torch), then model, engine, save.
+
+>>> import tuneforge
+>>> run = tuneforge.train("run.yaml", ["num_train_epochs=1"])      # doctest: +SKIP
+>>> run.path, run.metrics["eval"]["accuracy"]                        # doctest: +SKIP
+
+A run folder holds: the model and tokenizer (plain `from_pretrained` works), run.json (id, status, task,
+base model and revision, data fingerprint, versions), run_config.yaml (resolved config), metrics.json,
+metrics.jsonl, data_report.json/.txt, logs/ (TensorBoard) and checkpoints/. Status goes
+running -> finished only after everything is written; failures leave failed or interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneforge.config import RunConfig, load_config
+from tuneforge.errors import UserError
+from tuneforge.tasks import get_task
+
+RUNS_ROOT = Path("runs")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    path: Path
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return json.loads((self.path / "run.json").read_text())
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        file = self.path / "metrics.json"
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    @property
+    def config(self) -> RunConfig:
+        return load_config(yaml.safe_load((self.path / "run_config.yaml").read_text()))
+
+    def update(self, **fields: Any) -> None:
+        _write_json(self.path / "run.json", {**self.info, **fields, "updated_at": _now()})
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
+def resolve_run(ref: str | os.PathLike) -> Run:
+    """A run folder path, or a run id under ./runs."""
+    path = Path(ref)
+    if not (path / "run.json").exists() and (RUNS_ROOT / str(ref) / "run.json").exists():
+        path = RUNS_ROOT / str(ref)
+    if not (path / "run.json").exists():
+        raise UserError(f"RUN: {str(ref)!r} is not a tuneforge run folder (no run.json); pass the folder "
+                        "printed at the end of training")
+    run = Run(path)
+    status = run.info.get("status")
+    if status != "finished":
+        raise UserError(f"RUN: {path} has status {status!r}, not finished; its model is incomplete "
+                        "(resume it with resume_from_checkpoint=auto)")
+    return run
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name.rstrip("/")).name)[:40] or "model"
+
+
+def prepare_output_dir(cfg: RunConfig) -> Path:
+    """Choose or check the run folder before any heavy work: never overwrite a run by accident."""
+    t = cfg.training
+    if t.output_dir:
+        path = Path(t.output_dir)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"training.output_dir: {path} exists and is a file; choose a folder")
+        if path.is_dir() and any(path.iterdir()) and not t.resume_from_checkpoint:
+            status = json.loads((path / "run.json").read_text()).get("status") if (path / "run.json").exists() else None
+            what = f"a run (status {status})" if status else "files"
+            raise UserError(f"training.output_dir: {path} already holds {what}; choose a new output_dir, or "
+                            "continue it with resume_from_checkpoint=auto")
+        return path
+    if t.resume_from_checkpoint:
+        raise UserError("training.resume_from_checkpoint: also set training.output_dir to the run to resume")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = RUNS_ROOT / f"{stamp}-{cfg.task}-{_slug(cfg.model.model_name_or_path or '')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("tuneforge", "torch", "transformers", "accelerate", "datasets", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
+          overrides: list[str] | dict[str, Any] | None = None, console: Any = None) -> Run:
+    """Train a model as described by `config` (+ overrides) and return its finished Run."""
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    task = get_task(cfg.task)
+    data = task.prepare_data(cfg)  # every data error is raised here, before torch is imported
+    run_dir = prepare_output_dir(cfg)
+
+    from rich.console import Console
+
+    console = console or Console()
+    from tuneforge.engine.session import start_session
+
+    session = start_session(cfg, console)
+    model, tokenizer, revision = task.load(cfg, data)
+    max_length = task.max_length(cfg, tokenizer, model.config)
+    splits = task.tokenize(tokenizer, data, cfg, max_length)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(run_dir)
+    resumed = (run_dir / "run.json").exists()
+    info = run.info if resumed else {"id": run_dir.name, "created_at": _now()}
+    info |= {"task": cfg.task, "status": "running", "base_model": cfg.model.model_name_or_path,
+             "model_revision": revision, "data_fingerprint": data.fingerprint, "max_length": max_length,
+             "device": session.device_description, "mixed_precision": session.mixed_precision,
+             "versions": _versions(), "pid": os.getpid(), "updated_at": _now()}
+    _write_json(run_dir / "run.json", info)
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    _write_json(run_dir / "data_report.json", data.report.to_dict())
+    (run_dir / "data_report.txt").write_text(data.report.render() + "\n", encoding="utf-8")
+    console.print(data.report.render(), highlight=False)
+    try:
+        metrics = session.fit(task, model, tokenizer, splits, data, run_dir)
+        _write_json(run_dir / "metrics.json", metrics)
+        session.save_final(model, tokenizer, run_dir)
+    except KeyboardInterrupt:
+        run.update(status="interrupted")
+        raise
+    except BaseException as err:
+        run.update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise
+    run.update(status="finished", finished_at=_now())
+    console.print(f"run saved to {run_dir}", highlight=False)
+    return run

@@ -1,0 +1,90 @@
+"""Task protocol and registry: a task contributes data preparation, model loading, collation, loss,
+metrics and prediction; the engine owns the loop.
+
+>>> from tuneforge.tasks import get_spec
+>>> get_spec("classification").defaults["training"]["learning_rate"]
+2e-05
+
+Specs are light (no torch import) so configs and data are checked in well under a second; the task object
+itself, which needs torch, is imported only by `get_task`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tuneforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from tuneforge.config.schema import RunConfig
+    from tuneforge.data.prepared import PreparedData, TokenizedSplit
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    summary: str
+    factory: str  # "module:attribute" of the Task class, imported lazily
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # section -> key -> value
+    metrics: tuple[str, ...] = ()  # names valid for metric_for_best_model (without the eval_ prefix)
+
+
+class Task(Protocol):
+    """What the engine needs from a task. Batches are dicts of tensors; the engine never looks inside."""
+
+    spec: TaskSpec
+
+    def prepare_data(self, config: RunConfig) -> PreparedData:
+        """Read, validate and split the data (no torch, no model): raises DataError on bad input."""
+
+    def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any]:
+        """Return (model, tokenizer) ready for training."""
+
+    def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig) -> dict[str, TokenizedSplit]:
+        """Tokenize every split once into arrays (cached by the data layer)."""
+
+    def collate(self, split: TokenizedSplit, indices: Any, pad_to_multiple_of: int | None) -> dict[str, Any]:
+        """Build one padded batch of tensors from array rows, without per-token Python work."""
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (sum of per-item losses, number of items) so the engine can normalise over a window."""
+
+    def eval_step(self, model: Any, batch: dict[str, Any], state: dict[str, Any]) -> None:
+        """Add one batch's contribution (loss sums, predictions) to a streaming metric state."""
+
+    def eval_metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Turn the streaming state into metrics; scalar ones are logged, others saved."""
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"task {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> TaskSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, task_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"task: unknown task {name!r}{hint}; valid: {', '.join(task_names())}") from None
+
+
+def get_task(name: str) -> Task:
+    spec = get_spec(name)
+    module_name, attr = spec.factory.split(":")
+    return getattr(importlib.import_module(module_name), attr)(spec)

@@ -1,0 +1,169 @@
+"""Text and text-pair classification with any AutoModelForSequenceClassification.
+
+>>> from tuneforge.tasks import get_task
+>>> task = get_task("classification")
+>>> data = task.prepare_data(load_config("run.yaml"))     # doctest: +SKIP
+>>> data.label_names                                       # doctest: +SKIP
+['negative', 'positive']
+
+The loss is computed here from the logits (summed per example; the engine normalises over the whole
+accumulation window), so the model's own loss is never used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tuneforge.config.schema import RunConfig
+from tuneforge.data.batching import pad_rows
+from tuneforge.data.cache import cache_root, cached_tokenize
+from tuneforge.data.checks import fingerprint
+from tuneforge.data.labels import encode_labels
+from tuneforge.data.pipeline import finish_splits, read_and_clean
+from tuneforge.data.prepared import PreparedData, TokenizedSplit
+from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length
+from tuneforge.tasks.tokenize import length_stats, tokenize_texts
+
+
+class ClassificationTask:
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+
+    # ---- data (no torch) -------------------------------------------------------------------------
+    def text_columns(self, config: RunConfig) -> list[str]:
+        d = config.data
+        return [d.text_column] + ([d.text_pair_column] if d.text_pair_column else [])
+
+    def prepare_data(self, config: RunConfig) -> PreparedData:
+        d = config.data
+        text_columns = self.text_columns(config)
+        tables, report = read_and_clean(d, {"data.text_column": d.text_column,
+                                            "data.text_pair_column": d.text_pair_column,
+                                            "data.label_column": d.label_column}, text_columns)
+        names, ids = encode_labels(tables, d.label_column)
+        for split, table in tables.items():
+            table.columns[d.label_column] = [names[i] for i in ids[split]]  # normalised label names
+        tables = finish_splits(tables, report, d, config.training.seed, text_columns, d.label_column,
+                               stratify=True)
+        for split, table in tables.items():
+            counts = {name: 0 for name in names}
+            for label in table.columns[d.label_column]:
+                counts[label] += 1
+            report.splits[split].label_counts = counts
+        return PreparedData(tables, report, names,
+                            fingerprint([tables["train"]], {"columns": text_columns + [d.label_column]}))
+
+    # ---- model ---------------------------------------------------------------------------------------
+    def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
+        from transformers import AutoModelForSequenceClassification
+
+        tokenizer = load_tokenizer(config.model)
+        names = data.label_names
+        model, revision = load_model(
+            AutoModelForSequenceClassification, config.model, num_labels=len(names),
+            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            ignore_mismatched_sizes=True)  # a checkpoint fine-tuned for other labels gets a new head
+        if tokenizer.pad_token_id is None:  # GPT-style models: pad with EOS, the model finds the last token
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model, tokenizer, revision
+
+    def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
+        limit = model_max_length(tokenizer, model_config)
+        return min(config.data.max_length, limit) if config.data.max_length else limit
+
+    def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig, max_length: int
+                 ) -> dict[str, TokenizedSplit]:
+        d = config.data
+        index = {n: i for i, n in enumerate(data.label_names)}
+        out = {}
+        for name, table in data.splits.items():
+            texts = table.columns[d.text_column]
+            pairs = table.columns[d.text_pair_column] if d.text_pair_column else None
+            labels = [index[label] for label in table.columns[d.label_column]]
+            parts = {"data": fingerprint([table], {"columns": self.text_columns(config)}),
+                     "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length, "v": 1}
+            split = cached_tokenize(cache_root(d.preprocessing_cache_dir), parts,
+                                    lambda: tokenize_texts(tokenizer, texts, pairs, max_length))
+            split.labels = np.asarray(labels, dtype=np.int64)
+            data.report.splits[name].token_lengths, data.report.splits[name].truncated_percent = \
+                length_stats(split, max_length)
+            out[name] = split
+        data.report.max_length = max_length
+        return out
+
+    # ---- batches, loss, metrics (torch) ------------------------------------------------------------
+    def collate(self, split: TokenizedSplit, indices: np.ndarray, pad_id: int,
+                pad_to_multiple_of: int | None = None) -> dict[str, Any]:
+        import torch
+
+        ids, mask, types = pad_rows(split, indices, pad_id, pad_to_multiple_of)
+        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if types is not None:
+            batch["token_type_ids"] = torch.from_numpy(types)
+        if split.labels is not None:
+            batch["labels"] = torch.from_numpy(split.labels[indices])
+        return batch
+
+    def num_items(self, batch: dict[str, Any]) -> int:
+        return int(batch["labels"].shape[0])
+
+    def logits(self, model: Any, batch: dict[str, Any]) -> Any:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return model(**inputs).logits.float()
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum")
+
+    def eval_step(self, model: Any, batch: dict[str, Any], state: dict[str, Any]) -> None:
+        import torch.nn.functional as F
+
+        logits = self.logits(model, batch)
+        loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
+        state["loss_sum"] = state.get("loss_sum", 0.0) + float(loss)
+        state.setdefault("pred", []).append(logits.argmax(-1).cpu().numpy())
+        state.setdefault("true", []).append(batch["labels"].cpu().numpy())
+
+    def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:
+        from tuneforge.evaluate.classification import classification_metrics
+
+        y_true, y_pred = np.concatenate(state["true"]), np.concatenate(state["pred"])
+        return {"loss": state["loss_sum"] / max(1, len(y_true)),
+                **classification_metrics(y_true.tolist(), y_pred.tolist(), data.label_names)}
+
+    # ---- inference ---------------------------------------------------------------------------------
+    def predict(self, model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | None = None,
+                batch_size: int = 64, max_length: int | None = None) -> list[dict[str, Any]]:
+        import torch
+
+        limit = max_length or model_max_length(tokenizer, model.config)
+        split = tokenize_texts(tokenizer, texts, pairs, limit)
+        device = next(model.parameters()).device
+        id2label = model.config.id2label
+        results: list[dict[str, Any] | None] = [None] * len(texts)
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                idx = np.arange(start, min(start + batch_size, len(texts)))
+                batch = {k: v.to(device) for k, v in self.collate(split, idx, tokenizer.pad_token_id).items()}
+                probs = torch.softmax(self.logits(model, batch), dim=-1).cpu()
+                for row, i in enumerate(idx):
+                    p = probs[row]
+                    top = int(p.argmax())
+                    results[i] = {"label": id2label[top], "probability": float(p[top]),
+                                  "probabilities": {id2label[j]: float(p[j]) for j in range(len(p))}}
+        return results  # type: ignore[return-value]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(tokenizer)
+    extra = f"{tokenizer.__class__.__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
+    return hashlib.sha256((text + extra).encode()).hexdigest()[:16]

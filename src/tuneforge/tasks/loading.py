@@ -1,0 +1,85 @@
+"""Load tokenizers and models by hub id or local path, with one-line errors and the resolved revision.
+
+>>> from tuneforge.tasks.loading import load_tokenizer
+>>> tok = load_tokenizer(cfg.model)                  # doctest: +SKIP
+>>> model, revision = load_model(AutoModelForSequenceClassification, cfg.model, num_labels=2)  # doctest: +SKIP
+
+Both go through the real `from_pretrained`; when the hub cannot be reached the error says so and suggests
+a local path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config.schema import ModelConfig
+from tuneforge.errors import UserError
+
+
+def quiet_transformers() -> None:
+    """Silence load reports and progress bars; tuneforge prints what matters itself."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
+
+
+def _explain(err: Exception, name: str, what: str) -> UserError:
+    text = f"{err} {err.__cause__ or ''}"
+    if _looks_local(name) and not Path(name).expanduser().exists():
+        return UserError(f"model.model_name_or_path: local folder not found: {name!r}")
+    if Path(name).expanduser().is_dir():
+        return UserError(f"model.model_name_or_path: {name!r} has no loadable {what} "
+                         f"({str(err).splitlines()[0][:200]}); it needs config.json, weights and tokenizer files")
+    if any(s in text for s in ("couldn't connect", "outgoing traffic has been disabled", "offline",
+                               "ConnectionError", "Max retries", "Temporary failure")):
+        return UserError(f"model.model_name_or_path: cannot reach the Hugging Face hub to load {name!r} "
+                         "(offline?); download the model elsewhere and pass its local folder path")
+    if "is not a valid model identifier" in text or "Repository Not Found" in text or "404" in text:
+        return UserError(f"model.model_name_or_path: {name!r} is neither a local folder nor a model on the "
+                         "Hugging Face hub; check the spelling (private models need `hf auth login`)")
+    return UserError(f"model.model_name_or_path: cannot load {what} from {name!r}: "
+                     f"{str(err).splitlines()[0][:300]}")
+
+
+def load_tokenizer(model: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    name = model.model_name_or_path or ""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=model.revision, cache_dir=model.cache_dir,
+                                                  trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _explain(err, name, "tokenizer") from None
+    if not getattr(tokenizer, "is_fast", True):
+        raise UserError(f"model.model_name_or_path: {name!r} has only a slow (Python) tokenizer; tuneforge "
+                        "needs a fast tokenizer (tokenizer.json)")
+    return tokenizer
+
+
+def load_model(auto_class: Any, model: ModelConfig, **kwargs: Any) -> tuple[Any, str | None]:
+    """Return (model, resolved commit hash or None for local folders)."""
+    quiet_transformers()
+    name = model.model_name_or_path or ""
+    try:
+        loaded = auto_class.from_pretrained(name, revision=model.revision, cache_dir=model.cache_dir,
+                                            trust_remote_code=model.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _explain(err, name, "model") from None
+    return loaded, getattr(loaded.config, "_commit_hash", None)
+
+
+def model_max_length(tokenizer: Any, model_config: Any, cap: int = 512) -> int:
+    """The longest input the model takes: tokenizer limit and position embeddings, capped at `cap`."""
+    limits = [cap, getattr(tokenizer, "model_max_length", cap) or cap]
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions:
+        limits.append(positions)
+    return int(min(limits))
