@@ -102,11 +102,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors follow the house rule too: one line, exit code 2 (`--help` still shows usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tuneforge.tasks import task_names
 
-    parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pretrained transformers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _OneLineParser(prog="tuneforge", description="Fine-tune pretrained transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
     p = sub.add_parser("train", help="train a model from a YAML config and key=value overrides",

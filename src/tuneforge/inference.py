@@ -75,6 +75,7 @@ def evaluate_run(ref: str | os.PathLike, data_file: str, name: str | None = None
                             f"(model labels: {', '.join(label_names)})")
         column[i] = label
     table.name = "eval"
+    report.splits["eval"] = report.splits.pop("train")
     data = PreparedData({"eval": table}, report, label_names)
     splits = task.tokenize(loaded.tokenizer, data, dataclasses.replace(cfg, data=data_cfg),
                            loaded.max_length or 512)

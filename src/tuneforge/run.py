@@ -123,13 +123,13 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
           overrides: list[str] | dict[str, Any] | None = None, console: Any = None) -> Run:
     """Train a model as described by `config` (+ overrides) and return its finished Run."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    run_dir = prepare_output_dir(cfg)
     task = get_task(cfg.task)
     data = task.prepare_data(cfg)  # every data error is raised here, before torch is imported
-    run_dir = prepare_output_dir(cfg)
 
     from rich.console import Console
 
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     from tuneforge.engine.session import start_session
 
     session = start_session(cfg, console)

@@ -54,6 +54,8 @@ def _suggest(key: str, section: str | None = None) -> str:
     name = key.split(".")[-1]
     if name in ALIASES:
         return f" (did you mean {ALIASES[name]}?)"
+    if section is not None and name in _FIELD_SECTION:  # a real key under the wrong section
+        return f" (did you mean {_FIELD_SECTION[name]}.{name}?)"
     pool = [f.name for f in fields(SECTIONS[section])] if section in SECTIONS else list(_FIELD_SECTION)
     close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else " (`tuneforge config TASK` lists every key)"
@@ -78,6 +80,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return _coerce(key, value, options[0])
     if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
         if value in args:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
@@ -162,7 +166,12 @@ def _flatten(raw: dict[str, Any], origin: str) -> dict[str, tuple[str, Any]]:
         key = str(key)
         if key == "task":
             out["task"] = (origin, value)
-        elif key in SECTIONS and isinstance(value, dict):
+        elif key in SECTIONS and value is None:  # `training:` with every key commented out
+            continue
+        elif key in SECTIONS and not isinstance(value, dict):
+            raise ConfigError(f"{origin}: {key}: expected a mapping of keys to values (e.g. "
+                              f"`{key}: {{{fields(SECTIONS[key])[0].name}: ...}}`), got {value!r}")
+        elif key in SECTIONS:
             for sub, sub_value in value.items():
                 sub = str(sub)
                 if _FIELD_SECTION.get(sub) != key:
@@ -202,6 +211,10 @@ def load_config(path: str | os.PathLike | dict[str, Any] | None = None,
     merged: dict[str, dict[str, Any]] = {name: dict(spec.defaults.get(name, {})) for name in SECTIONS}
     for dotted, (_, value) in entries.items():
         section, _, key = dotted.partition(".")
+        task_default = spec.defaults.get(section, {})
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("null", "none"))
+        if is_null and key in task_default:  # null on a task-default key: the task fills it in
+            value = task_default[key]
         merged[section][key] = value
 
     built = {}

@@ -32,8 +32,9 @@ def _decode(path: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); "
+        start = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
+        line = data[:start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[start]:02x}); "
                         "re-save the file with UTF-8 encoding") from None
 
 

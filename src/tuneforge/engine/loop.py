@@ -129,9 +129,12 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     dataset = _Batches(task, train, pad_id, multiple)
 
     def loader(batches: list[np.ndarray]) -> Any:  # the sampler yields whole batches of row indices
+        # its own generator: a DataLoader draws a seed from the global RNG, which would shift dropout
+        # masks after a resume
         return iter(torch.utils.data.DataLoader(dataset, batch_size=None, sampler=batches,
                                                 num_workers=t.dataloader_num_workers,
-                                                pin_memory=device.type == "cuda"))
+                                                pin_memory=device.type == "cuda",
+                                                generator=torch.Generator().manual_seed(t.seed)))
     tracker.print(f"training: {len(train)} examples, {total_steps} optimizer steps "
                   f"({steps_per_epoch} per epoch), effective batch {t.per_device_train_batch_size * G}")
     tracker.start(result.global_step)
@@ -158,8 +161,9 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         metrics = evaluate(model, task, val, data, t.per_device_eval_batch_size, device, pad_id)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         tracker.log(result.global_step, scalars, epoch_float)
+        shown = [k for k in ("loss", "accuracy", metric_name) if k in metrics]
         tracker.print(f"eval @ step {result.global_step}: " + "  ".join(
-            f"{k[5:]} {v:.4f}" for k, v in scalars.items()))
+            f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown)))
         result.last_metrics = metrics
         value = metrics.get(metric_name)
         if value is None:

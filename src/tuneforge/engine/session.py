@@ -31,7 +31,7 @@ class Session:
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.console.print(f"device {self.device_description}, precision {self.mixed_precision}; "
-                           f"parameters {total / 1e6:.1f}M, trainable {trainable / 1e6:.1f}M", highlight=False)
+                           f"parameters {_count(total)}, trainable {_count(trainable)}", highlight=False)
         tracker = Tracker(run_dir, 0, self.cfg.training.report_to, self.console)
         try:
             result = fit(self.cfg, task, model, tokenizer, splits, data, run_dir, tracker, self.accelerator)
@@ -52,6 +52,10 @@ class Session:
         unwrapped = self.accelerator.unwrap_model(model)
         unwrapped.save_pretrained(run_dir)
         tokenizer.save_pretrained(run_dir)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
 def start_session(cfg: RunConfig, console: Any) -> Session:

@@ -20,10 +20,12 @@ from tuneforge.errors import UserError
 
 def quiet_transformers() -> None:
     """Silence load reports and progress bars; tuneforge prints what matters itself."""
+    import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def _looks_local(name: str) -> bool:

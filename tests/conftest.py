@@ -1,0 +1,89 @@
+"""Shared fixtures: a tiny BERT built offline (random init from a config, WordPiece tokenizer trained here)
+and a learnable toy classification set. Trained runs are shared per session to keep the suite fast."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["great", "excellent", "wonderful", "superb", "lovely", "fantastic"]
+NEGATIVE = ["awful", "terrible", "horrible", "dreadful", "lousy", "abysmal"]
+NEUTRAL = ["the", "movie", "plot", "actor", "scene", "film", "story", "ending", "was", "really", "quite", "a"]
+
+
+def toy_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """Sentiment decided by one polar word hidden among neutral filler of varying length (uneven lengths)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(2, 14))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT with a WordPiece tokenizer trained on the toy vocabulary."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    corpus = [t for t, _ in toy_rows(400, 0)] + ["a b c d e f g h i j k l m n o p q r s t u v w x y z"]
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    fast.save_pretrained(folder)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("toy_data")
+    return {"train": write_csv(folder / "train.csv", toy_rows(320, 1)),
+            "validation": write_csv(folder / "validation.csv", toy_rows(80, 2)),
+            "test": write_csv(folder / "test.csv", toy_rows(80, 3))}
+
+
+def base_overrides(model: Path, data: dict[str, Path], out: Path, **extra: object) -> list[str]:
+    items = {"task": "classification", "model_name_or_path": str(model), "train_file": str(data["train"]),
+             "validation_file": str(data["validation"]), "output_dir": str(out), "learning_rate": 3e-3,
+             "num_train_epochs": 4, "per_device_train_batch_size": 16, "report_to": "none", "seed": 0,
+             "preprocessing_cache_dir": str(out.parent / "cache")}
+    items.update(extra)
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_bert, toy_data, tmp_path_factory):
+    """One trained classification run shared by the tests that only read it."""
+    import tuneforge
+
+    out = tmp_path_factory.mktemp("runs") / "toy"
+    return tuneforge.train(None, base_overrides(tiny_bert, toy_data, out, test_file=str(toy_data["test"])))
