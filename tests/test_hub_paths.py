@@ -1,0 +1,51 @@
+"""Hub code paths, exercised offline: `datasets.load_dataset` on a local folder, and clear one-line errors
+when a hub id cannot be reached."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import toy_rows
+
+from tuneforge.cli import main
+from tuneforge.config import load_config
+from tuneforge.tasks import get_task
+
+
+def test_dataset_name_goes_through_load_dataset_with_classlabel_names(tmp_path):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    for split, seed in (("train", 1), ("validation", 2)):
+        rows = toy_rows(40, seed)
+        ds = datasets.Dataset.from_dict({"text": [t for t, _ in rows],
+                                         "label": [0 if y == "neg" else 1 for _, y in rows]}, features=features)
+        ds.to_parquet(str(tmp_path / f"{split}.parquet"))
+    cfg = load_config(None, ["task=classification", "model_name_or_path=m", f"dataset_name={tmp_path}"])
+    data = get_task("classification").prepare_data(cfg)
+    assert data.label_names == ["neg", "pos"]  # ClassLabel ids became their names
+    assert set(data.splits) == {"train", "validation"}
+    assert len(data.splits["validation"]) == 40  # the dataset's own validation split, not a held-out one
+    assert data.splits["train"].where(0).startswith("hub dataset")
+
+
+def test_unreachable_hub_dataset_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["train", "task=classification", "model_name_or_path=m", "dataset_name=someone/not-here-xyz"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "not-here-xyz" in err and "train_file" in err  # says what failed and suggests a local file
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("someone/not-a-real-model-xyz", "hub"),
+    ("./no/such/folder", "local folder not found"),
+])
+def test_unreachable_or_missing_model_is_one_line(toy_data, tmp_path, capsys, monkeypatch, name, expected):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["train", "task=classification", f"model_name_or_path={name}", f"train_file={toy_data['train']}",
+                 f"output_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert expected in err and name in err
+    assert not (tmp_path / "out").exists()  # no half-written run folder
