@@ -80,7 +80,10 @@ def resolve_run(ref: str | os.PathLike) -> Run:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name.rstrip("/")).name)[:40] or "model"
+    path = Path(name.rstrip("/"))
+    if path.name.lower() in ("model", "models", "final", "best", "hf", "weights") and path.parent.name:
+        path = path.parent  # a generic folder name says nothing; its parent usually names the model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", path.name)[:40] or "model"
 
 
 def prepare_output_dir(cfg: RunConfig) -> Path:

@@ -52,7 +52,6 @@ def run_demo(output_dir: str | os.PathLike | None = None, quick: bool = False) -
     print_metrics({"majority class": {"accuracy": majority_baseline(rows["train"], rows["test"])},
                    "keyword baseline": {"accuracy": keyword_baseline(rows["train"], rows["test"])},
                    "fine-tuned MiniLM": test}, title="test set (held out, never seen in training)")
-    print(f"run saved to {run.path}")
     predictions = tuneforge.load(run.path).predict(SAMPLES)
     for text, pred in zip(SAMPLES, predictions):
         print(f"  {pred['label']:<10} {pred['probability']:.3f}  {text}")

@@ -214,7 +214,9 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
             improved = False
             if val is not None and ((t.eval_strategy == "steps" and result.global_step % t.eval_steps == 0)
                                     or (t.eval_strategy == "epoch" and end_of_epoch) or done):
+                eval_started = time.perf_counter()
                 improved = run_eval(epoch_float)
+                log_time += time.perf_counter() - eval_started  # throughput counts training time only
                 if t.early_stopping_patience and bad_evals >= t.early_stopping_patience:
                     result.stopped_early = True
                     tracker.print(f"early stopping: no improvement of {metric_name} for {bad_evals} evaluations")
