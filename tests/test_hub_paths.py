@@ -49,3 +49,24 @@ def test_unreachable_or_missing_model_is_one_line(toy_data, tmp_path, capsys, mo
     assert code == 2 and len(err.splitlines()) == 1
     assert expected in err and name in err
     assert not (tmp_path / "out").exists()  # no half-written run folder
+
+
+def test_hub_model_id_loads_from_cache_and_records_the_commit(tiny_bert, toy_data, tmp_path, monkeypatch):
+    """A hub id goes through the real from_pretrained path (served from an offline hub cache laid out as
+    huggingface_hub writes it); the run records the commit the branch resolved to."""
+    import shutil
+
+    import tuneforge
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-bert"
+    shutil.copytree(tiny_bert, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    run = tuneforge.train(None, [
+        "task=classification", "model_name_or_path=acme/tiny-bert", f"cache_dir={tmp_path / 'hub'}",
+        f"train_file={toy_data['train']}", "max_train_samples=64", "num_train_epochs=1", "report_to=none",
+        f"output_dir={tmp_path / 'run'}", f"preprocessing_cache_dir={tmp_path / 'cache'}"])
+    assert run.info["model_revision"] == commit
+    assert run.info["base_model"] == "acme/tiny-bert"

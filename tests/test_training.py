@@ -130,7 +130,10 @@ def test_sentence_pairs_train(tiny_bert, tmp_path):
     run = tuneforge.train(None, [
         "task=classification", f"model_name_or_path={tiny_bert}", f"train_file={path}",
         "text_column=premise", "text_pair_column=hypothesis", f"output_dir={tmp_path / 'pairs'}",
-        "num_train_epochs=1", "report_to=none", f"preprocessing_cache_dir={tmp_path / 'cache'}"])
+        "num_train_epochs=1", f"preprocessing_cache_dir={tmp_path / 'cache'}"])
     assert run.info["status"] == "finished"
+    assert list((run.path / "logs").glob("events.out.tfevents.*"))  # TensorBoard is on by default
+    report = json.loads((run.path / "data_report.json").read_text())
+    assert report["splits"]["train"]["held_out"] == report["splits"]["validation"]["rows_kept"] > 0
     pred = tuneforge.load(run.path).predict(["the movie was great"], pairs=["the plot"])
     assert pred[0]["label"] in {"same", "different"}

@@ -1,7 +1,7 @@
-"""Offline demo: fine-tune the pretrained all-MiniLM-L6-v2 on generated support messages.
+"""Offline demo: fine-tune the pretrained all-MiniLM-L6-v2 on generated support messages (~1-2 min on 2 CPUs).
 
 >>> from tuneforge.demo import run_demo
->>> run = run_demo()          # doctest: +SKIP  (about 3-5 minutes on 2 CPU cores)
+>>> run = run_demo()          # doctest: +SKIP
 """
 
 from tuneforge.demo.runner import run_demo

@@ -39,26 +39,41 @@ class Task(Protocol):
 
     spec: TaskSpec
 
+    def text_columns(self, config: RunConfig) -> list[str]:
+        """The input columns (used for cleaning, dedupe and overlap checks)."""
+
     def prepare_data(self, config: RunConfig) -> PreparedData:
         """Read, validate and split the data (no torch, no model): raises DataError on bad input."""
 
-    def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any]:
-        """Return (model, tokenizer) ready for training."""
+    def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
+        """Return (model, tokenizer, hub commit hash or None) ready for training."""
 
-    def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig) -> dict[str, TokenizedSplit]:
-        """Tokenize every split once into arrays (cached by the data layer)."""
+    def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
+        """The truncation length: the configured one, capped by what the model accepts."""
 
-    def collate(self, split: TokenizedSplit, indices: Any, pad_to_multiple_of: int | None) -> dict[str, Any]:
+    def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig, max_length: int
+                 ) -> dict[str, TokenizedSplit]:
+        """Tokenize every split once into arrays (cached); fill the data report's length statistics."""
+
+    def collate(self, split: TokenizedSplit, indices: Any, pad_id: int,
+                pad_to_multiple_of: int | None = None) -> dict[str, Any]:
         """Build one padded batch of tensors from array rows, without per-token Python work."""
 
-    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (sum of per-item losses, number of items) so the engine can normalise over a window."""
+    def num_items(self, batch: dict[str, Any]) -> int:
+        """Items the loss sums over in this batch (examples, or target tokens)."""
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """Sum of per-item losses; the engine divides by the items of the whole accumulation window."""
 
     def eval_step(self, model: Any, batch: dict[str, Any], state: dict[str, Any]) -> None:
-        """Add one batch's contribution (loss sums, predictions) to a streaming metric state."""
+        """Fold one batch into a streaming metric state (loss sums, predictions), never keeping logits."""
 
-    def eval_metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+    def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:
         """Turn the streaming state into metrics; scalar ones are logged, others saved."""
+
+    def predict(self, model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | None = None,
+                batch_size: int = 64, max_length: int | None = None) -> list[dict[str, Any]]:
+        """Inference on raw texts, the same path for the CLI, the Python API and (later) the server."""
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

@@ -24,7 +24,7 @@ from tuneforge.data.labels import encode_labels
 from tuneforge.data.pipeline import finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.tasks.base import TaskSpec
-from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length
+from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts
 
 
@@ -60,16 +60,17 @@ class ClassificationTask:
     def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
         from transformers import AutoModelForSequenceClassification
 
-        tokenizer = load_tokenizer(config.model)
+        revision, commit = pin_revision(config.model)
+        tokenizer = load_tokenizer(config.model, revision)
         names = data.label_names
-        model, revision = load_model(
-            AutoModelForSequenceClassification, config.model, num_labels=len(names),
+        model = load_model(
+            AutoModelForSequenceClassification, config.model, revision, num_labels=len(names),
             id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
             ignore_mismatched_sizes=True)  # a checkpoint fine-tuned for other labels gets a new head
         if tokenizer.pad_token_id is None:  # GPT-style models: pad with EOS, the model finds the last token
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
-        return model, tokenizer, revision
+        return model, tokenizer, commit
 
     def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
         limit = model_max_length(tokenizer, model_config)

@@ -2,7 +2,8 @@
 
 >>> from tuneforge.tasks.loading import load_tokenizer
 >>> tok = load_tokenizer(cfg.model)                  # doctest: +SKIP
->>> model, revision = load_model(AutoModelForSequenceClassification, cfg.model, num_labels=2)  # doctest: +SKIP
+>>> revision, commit = pin_revision(cfg.model)        # doctest: +SKIP
+>>> model = load_model(AutoModelForSequenceClassification, cfg.model, revision, num_labels=2)  # doctest: +SKIP
 
 Both go through the real `from_pretrained`; when the hub cannot be reached the error says so and suggests
 a local path.
@@ -11,6 +12,7 @@ a local path.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +52,31 @@ def _explain(err: Exception, name: str, what: str) -> UserError:
                      f"{str(err).splitlines()[0][:300]}")
 
 
-def load_tokenizer(model: ModelConfig) -> Any:
+def pin_revision(model: ModelConfig) -> tuple[str, str | None]:
+    """Resolve a hub revision (branch or tag) to its commit once, so tokenizer and weights come from the same
+    commit and the run records it. Returns (revision to pass to from_pretrained, commit hash or None)."""
+    name = model.model_name_or_path or ""
+    if Path(name).expanduser().exists():
+        return model.revision, None
+    try:
+        from transformers.utils.hub import resolve_revision
+
+        revision = resolve_revision(name, model.revision, cache_dir=model.cache_dir)
+    except Exception:  # best effort, like transformers itself: loading reports the real problem
+        return model.revision, None
+    commit = getattr(revision, "resolved", None)
+    if commit is None and re.fullmatch(r"[0-9a-f]{40}", str(revision)):
+        commit = str(revision)
+    return revision, commit
+
+
+def load_tokenizer(model: ModelConfig, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     quiet_transformers()
     name = model.model_name_or_path or ""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=model.revision, cache_dir=model.cache_dir,
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision or model.revision, cache_dir=model.cache_dir,
                                                   trust_remote_code=model.trust_remote_code)
     except (OSError, ValueError) as err:
         raise _explain(err, name, "tokenizer") from None
@@ -66,16 +86,14 @@ def load_tokenizer(model: ModelConfig) -> Any:
     return tokenizer
 
 
-def load_model(auto_class: Any, model: ModelConfig, **kwargs: Any) -> tuple[Any, str | None]:
-    """Return (model, resolved commit hash or None for local folders)."""
+def load_model(auto_class: Any, model: ModelConfig, revision: str | None = None, **kwargs: Any) -> Any:
     quiet_transformers()
     name = model.model_name_or_path or ""
     try:
-        loaded = auto_class.from_pretrained(name, revision=model.revision, cache_dir=model.cache_dir,
-                                            trust_remote_code=model.trust_remote_code, **kwargs)
+        return auto_class.from_pretrained(name, revision=revision or model.revision, cache_dir=model.cache_dir,
+                                          trust_remote_code=model.trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
         raise _explain(err, name, "model") from None
-    return loaded, getattr(loaded.config, "_commit_hash", None)
 
 
 def model_max_length(tokenizer: Any, model_config: Any, cap: int = 512) -> int:
