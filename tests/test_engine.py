@@ -22,7 +22,8 @@ def _model_and_split(tiny_bert, n=8):
         tiny_bert, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         ignore_mismatched_sizes=True)
     rng = np.random.default_rng(0)
-    rows = [[2, *rng.integers(5, model.config.vocab_size, size=int(length)).tolist(), 3] for length in rng.integers(1, 30, size=n)]
+    vocab = model.config.vocab_size
+    rows = [[2, *rng.integers(5, vocab, size=int(n_tok)).tolist(), 3] for n_tok in rng.integers(1, 30, size=n)]
     split = TokenizedSplit.from_lists(rows, labels=rng.integers(0, 3, size=n).tolist())
     return Accelerator(cpu=True), model, split
 

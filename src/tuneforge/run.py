@@ -12,6 +12,7 @@ running -> finished only after everything is written; failures leave failed or i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -115,10 +116,8 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("tuneforge", "torch", "transformers", "accelerate", "datasets", "tokenizers"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

@@ -197,10 +197,7 @@ def load_config(path: str | os.PathLike | dict[str, Any] | None = None,
     """Resolve task defaults < YAML (a path or an already-parsed dict) < overrides into a RunConfig."""
     raw = path if isinstance(path, dict) else (_read_yaml(path) if path is not None else {})
     entries = _flatten(raw, str(path) if path is not None and not isinstance(path, dict) else "config")
-    if isinstance(overrides, dict):
-        over = overrides
-    else:
-        over = dict(_parse_override(item) for item in overrides or [])
+    over = overrides if isinstance(overrides, dict) else dict(_parse_override(i) for i in overrides or [])
     entries.update(_flatten(over, "override"))
 
     task = entries.pop("task", (None, None))[1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import random
 from collections import defaultdict
 from typing import Any
@@ -33,13 +34,15 @@ def require_columns(table: Table, wanted: dict[str, str | None]) -> None:
                         f"{', '.join(have)}{hint}")
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or value != value  # NaN
+def is_blank(value: Any) -> bool:
+    """None, NaN (pandas/parquet nulls) or whitespace-only text."""
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, float) and math.isnan(value))
 
 
 def drop_empty_text(table: Table, text_columns: list[str]) -> tuple[Table, list[int]]:
     """Drop rows whose text (any of `text_columns`) is empty or null; return kept table and dropped rows."""
-    dropped = [i for i in range(len(table)) if any(_blank(table.columns[c][i]) for c in text_columns)]
+    dropped = [i for i in range(len(table)) if any(is_blank(table.columns[c][i]) for c in text_columns)]
     if not dropped:
         return table, []
     gone = set(dropped)

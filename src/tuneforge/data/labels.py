@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tuneforge.data.checks import is_blank
 from tuneforge.data.table import Table
 from tuneforge.errors import DataError
 
@@ -41,9 +42,8 @@ def encode_labels(tables: dict[str, Table], column: str) -> tuple[list[str], dic
     for name, table in tables.items():
         values = []
         for i, raw in enumerate(table.columns[column]):
-            if raw is None or (isinstance(raw, str) and not raw.strip()) or raw != raw:
-                missing = sum(1 for v in table.columns[column] if v is None or v != v
-                              or (isinstance(v, str) and not v.strip()))
+            if is_blank(raw):
+                missing = sum(1 for v in table.columns[column] if is_blank(v))
                 raise DataError(f"{table.where(i)}: column {column!r} is empty but the row has text "
                                 f"({missing} such row(s) in this file); add a label or remove the row")
             kv = _kind_and_value(raw)

@@ -13,8 +13,15 @@ from __future__ import annotations
 import random
 
 from tuneforge.config.schema import DataConfig
-from tuneforge.data.checks import (check_text_types, conflicting_labels, drop_duplicates, drop_empty_text,
-                                   overlap_warning, require_columns, stratified_split)
+from tuneforge.data.checks import (
+    check_text_types,
+    conflicting_labels,
+    drop_duplicates,
+    drop_empty_text,
+    overlap_warning,
+    require_columns,
+    stratified_split,
+)
 from tuneforge.data.readers import VALIDATION_SPLITS, read_file, read_hub
 from tuneforge.data.table import DataReport, SplitReport, Table
 from tuneforge.errors import DataError

@@ -125,7 +125,7 @@ def _read_parquet(path: Path) -> Table:
 
     try:
         table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for corrupt files
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for corrupt files
         raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
     return Table(str(path), table.to_pydict())
 

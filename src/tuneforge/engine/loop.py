@@ -169,7 +169,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         if value is None:
             raise UserError(f"training.metric_for_best_model: {metric_name!r} is not computed; "
                             f"available: {', '.join(k[5:] for k in scalars)}")
-        improved = value == value and (result.best_metric is None or (
+        improved = not math.isnan(value) and (result.best_metric is None or (
             value > result.best_metric + t.early_stopping_threshold if greater
             else value < result.best_metric - t.early_stopping_threshold))
         if improved:

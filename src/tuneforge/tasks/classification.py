@@ -12,6 +12,7 @@ accumulation window), so the model's own loss is never used.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,7 @@ class ClassificationTask:
             parts = {"data": fingerprint([table], {"columns": self.text_columns(config)}),
                      "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length, "v": 1}
             split = cached_tokenize(cache_root(d.preprocessing_cache_dir), parts,
-                                    lambda: tokenize_texts(tokenizer, texts, pairs, max_length))
+                                    partial(tokenize_texts, tokenizer, texts, pairs, max_length))
             split.labels = np.asarray(labels, dtype=np.int64)
             data.report.splits[name].token_lengths, data.report.splits[name].truncated_percent = \
                 length_stats(split, max_length)

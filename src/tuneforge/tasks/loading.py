@@ -62,7 +62,7 @@ def pin_revision(model: ModelConfig) -> tuple[str, str | None]:
         from transformers.utils.hub import resolve_revision
 
         revision = resolve_revision(name, model.revision, cache_dir=model.cache_dir)
-    except Exception:  # best effort, like transformers itself: loading reports the real problem
+    except Exception:  # noqa: BLE001 - best effort, like transformers itself: loading reports the real problem
         return model.revision, None
     commit = getattr(revision, "resolved", None)
     if commit is None and re.fullmatch(r"[0-9a-f]{40}", str(revision)):
