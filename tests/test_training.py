@@ -119,7 +119,7 @@ def test_early_stopping_stops_before_the_end(tiny_bert, toy_data, tmp_path):
     assert train["stopped_early"] and train["global_step"] == 15  # best at 5, no gain at 10 and 15
 
 
-def test_sentence_pairs_train(tiny_bert, tmp_path):
+def test_sentence_pairs_train(tiny_bert, tmp_path, capsys):
     rows = [(a, b, "same" if (a.split()[0] in b) else "different") for a, b in
             ((t1, t2) for (t1, _), (t2, _) in zip(toy_rows(200, 5), toy_rows(200, 6)))]
     path = tmp_path / "pairs.csv"
@@ -137,3 +137,8 @@ def test_sentence_pairs_train(tiny_bert, tmp_path):
     assert report["splits"]["train"]["held_out"] == report["splits"]["validation"]["rows_kept"] > 0
     pred = tuneforge.load(run.path).predict(["the movie was great"], pairs=["the plot"])
     assert pred[0]["label"] in {"same", "different"}
+    capsys.readouterr()
+    assert main(["predict", str(run.path), "--text", "the movie was great", "--text-pair", "the plot"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == pred[0]["label"]
+    assert main(["predict", str(run.path), "--text", "only one side"]) == 2
+    assert "--text-pair" in capsys.readouterr().err

@@ -40,15 +40,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(path: str, column: str) -> list[str]:
+def _read_inputs(path: str, column: str, pair_column: str | None) -> tuple[list[str], list[str] | None]:
     from tuneforge.data.checks import require_columns
     from tuneforge.data.readers import read_file
 
     table = read_file(path, "--input")
     if path.endswith(".txt"):
+        if pair_column:
+            raise UserError(f"--input {path}: this model reads text pairs ({column}, {pair_column}); "
+                            "give a .csv/.jsonl with both columns")
         column = "text"
-    require_columns(table, {"data.text_column": column})
-    return ["" if v is None else str(v) for v in table.columns[column]]
+    require_columns(table, {"data.text_column": column, "data.text_pair_column": pair_column})
+
+    def values(name: str) -> list[str]:
+        return ["" if v is None else str(v) for v in table.columns[name]]
+
+    return values(column), values(pair_column) if pair_column else None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -57,12 +64,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tuneforge.run import resolve_run
 
     run = resolve_run(args.run)
-    texts = list(args.text or [])
+    data = run.config.data
+    texts, pairs = list(args.text or []), list(args.text_pair or [])
+    if data.text_pair_column and len(pairs) != len(texts):
+        raise UserError(f"predict: this model classifies text pairs ({data.text_column}, "
+                        f"{data.text_pair_column}); give one --text-pair per --text")
     if args.input:
-        texts += _read_inputs(args.input, run.config.data.text_column)
+        more, more_pairs = _read_inputs(args.input, data.text_column, data.text_pair_column)
+        texts, pairs = texts + more, pairs + (more_pairs or [])
     from tuneforge.inference import LoadedRun
 
-    results = LoadedRun(run).predict(texts, batch_size=args.batch_size)
+    results = LoadedRun(run).predict(texts, pairs or None, batch_size=args.batch_size)
     if args.output:
         _write_predictions(args.output, texts, results)
         print(f"wrote {len(results)} predictions to {args.output}")
@@ -132,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict with a finished run")
     p.add_argument("run", help="run folder (or run id under ./runs)")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    p.add_argument("--text-pair", action="append", help="second text, for models trained on pairs (repeatable)")
     p.add_argument("--input", help="file of texts: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
     p.add_argument("--output", help="write predictions to .csv/.tsv/.jsonl instead of printing")
     p.add_argument("--batch-size", type=int, default=64)
