@@ -38,6 +38,20 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] =
     return path
 
 
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in-process; assert exit code 2 and exactly one `error:` line on stderr, no traceback."""
+    from tuneforge.cli import main
+
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 2, captured
+    assert "Traceback" not in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 BERT with a WordPiece tokenizer trained on the toy vocabulary."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import one_line_error
 
 from tuneforge.cli import main
 from tuneforge.config import load_config, render_config
@@ -41,16 +42,9 @@ def config_error(path=None, overrides=None) -> str:
 
 
 def cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI in-process; assert exit code 2 and exactly one `error:` line on stderr, nothing else."""
-    rc = main(argv)
-    captured = capsys.readouterr()
-    assert rc == 2, captured
-    assert "Traceback" not in captured.err
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    assert captured.out == ""
-    return lines[0]
+    line = one_line_error(capsys, argv)
+    assert capsys.readouterr().out == ""
+    return line
 
 
 # ---- defaults and precedence ---------------------------------------------------------------------------

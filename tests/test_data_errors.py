@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
-from tuneforge.cli import main
 from tuneforge.config import load_config
 from tuneforge.errors import DataError, UserError
 from tuneforge.run import prepare_output_dir
@@ -50,14 +50,7 @@ def good_rows(n_per_class: int = 6, labels=("neg", "pos")) -> list[list[str]]:
 
 def train_error(capsys, *overrides: str) -> str:
     """`tuneforge train` in-process: exit 2 and exactly one `error:` line on stderr; returns that line."""
-    rc = main(["train", *BASE, *overrides])
-    captured = capsys.readouterr()
-    assert rc == 2, captured
-    assert "Traceback" not in captured.err
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    return one_line_error(capsys, ["train", *BASE, *overrides])
 
 
 def prepare(*overrides: str):
