@@ -142,3 +142,21 @@ def test_sentence_pairs_train(tiny_bert, tmp_path, capsys):
     assert capsys.readouterr().out.split("\t")[0] == pred[0]["label"]
     assert main(["predict", str(run.path), "--text", "only one side"]) == 2
     assert "--text-pair" in capsys.readouterr().err
+
+
+def test_cli_train_string_labels_without_validation_file(tiny_bert, toy_data, tmp_path, capsys):
+    """The foundation's acceptance scenario, through the command line."""
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "cli_run"
+    assert main(["train", "task=classification", f"model_name_or_path={tiny_bert}",
+                 f"train_file={toy_data['train']}", f"output_dir={out}", "num_train_epochs=1", "max_length=1000",
+                 f"preprocessing_cache_dir={tmp_path / 'cache'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "Data report" in printed and "held out for validation" in printed and f"run saved to {out}" in printed
+    assert "exceeds what the model accepts; using 64" in printed
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "f1_macro", "confusion_matrix", "per_class"} <= metrics["eval"].keys()
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"

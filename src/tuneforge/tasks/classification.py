@@ -95,6 +95,9 @@ class ClassificationTask:
                 length_stats(split, max_length)
             out[name] = split
         data.report.max_length = max_length
+        if d.max_length and d.max_length > max_length:
+            data.report.warnings.append(f"data.max_length {d.max_length} exceeds what the model accepts; "
+                                        f"using {max_length}")
         return out
 
     # ---- batches, loss, metrics (torch) ------------------------------------------------------------
