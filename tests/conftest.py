@@ -101,3 +101,83 @@ def trained_run(tiny_bert, toy_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "toy"
     return tuneforge.train(None, base_overrides(tiny_bert, toy_data, out, test_file=str(toy_data["test"])))
+
+
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rock", "star"]
+
+
+def copy_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """A toy text-to-text task a tiny model can learn: the target is the source's words, reversed."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 5))]
+        rows.append({"text": " ".join(words), "summary": " ".join(reversed(words))})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    """A 2-layer T5 (d_model 64) with a Unigram (SentencePiece-style) tokenizer trained here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    folder = tmp_path_factory.mktemp("tiny_t5")
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    rng = random.Random(0)  # varied word forms, or the Unigram trainer keeps only characters
+    corpus = ["summarize: " + " ".join(rng.choice(WORDS) + rng.choice(["", "s", "ed", "er"]) for _ in range(8))
+              for _ in range(3000)]
+    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=80, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                            unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    from tokenizers import decoders
+
+    tok.decoder = decoders.Metaspace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=64)
+    fast.save_pretrained(folder)
+    config = T5Config(vocab_size=tok.get_vocab_size(), d_model=64, d_ff=128, d_kv=16, num_layers=2,
+                      num_decoder_layers=2, num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                      dropout_rate=0.0, task_specific_params={"summarization": {"prefix": "summarize: "}})
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> Path:
+    """A 1+1-layer BART with a byte-level BPE tokenizer trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_bart")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([r["text"] for r in copy_rows(300, 0)],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=64)
+    fast.save_pretrained(folder)
+    config = BartConfig(vocab_size=tok.get_vocab_size(), d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                        decoder_start_token_id=2, forced_eos_token_id=2)
+    BartForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def copy_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("copy_data")
+    return {"train": write_jsonl(folder / "train.jsonl", copy_rows(3000, 1)),
+            "validation": write_jsonl(folder / "validation.jsonl", copy_rows(60, 2))}

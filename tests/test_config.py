@@ -18,7 +18,7 @@ from conftest import one_line_error
 
 from tuneforge.cli import main
 from tuneforge.config import load_config, render_config
-from tuneforge.config.schema import SECTIONS
+from tuneforge.config.schema import SECTIONS, applies
 from tuneforge.errors import ConfigError, UserError
 
 BASE = ["task=classification", "model_name_or_path=unused", "train_file=train.csv"]
@@ -340,8 +340,9 @@ def test_rendered_config_round_trips_to_the_defaults(tmp_path):
     path = write_yaml(tmp_path, text, name="rendered.yaml")
     parsed = yaml.safe_load(text)
     assert parsed["task"] == "classification"
-    for name, cls in SECTIONS.items():  # every key of every section is written out
-        assert set(parsed[name]) == {f.name for f in fields(cls)}, name
+    for name, cls in SECTIONS.items():  # every key that applies to the task is written out, no other
+        expected = {f.name for f in fields(cls) if applies(f, "classification", name)}
+        assert set(parsed.get(name, {})) == expected, name
     from_file = load_config(path, NEEDED)
     assert from_file.to_dict() == load_config(None, BASE).to_dict()
     t = from_file.training
@@ -350,14 +351,21 @@ def test_rendered_config_round_trips_to_the_defaults(tmp_path):
     assert type(t.warmup_steps) is float
 
 
-def test_rendered_config_documents_every_key():
-    text = render_config("classification")
+@pytest.mark.parametrize("task", ["classification", "seq2seq"])
+def test_rendered_config_documents_every_key(task):
+    text = render_config(task)
     lines = text.splitlines()
-    for cls in SECTIONS.values():
+    for name, cls in SECTIONS.items():
         for f in fields(cls):
-            i = next(i for i, line in enumerate(lines) if line.startswith(f"  {f.name}:"))
-            assert lines[i - 1].startswith("  # ") and len(lines[i - 1]) > 6, f.name
-    assert "(classification default)" in text
+            found = [i for i, line in enumerate(lines) if line.startswith(f"  {f.name}:")]
+            if not applies(f, task, name):
+                assert not found, f"{f.name} does not apply to {task}"
+                continue
+            assert lines[found[0] - 1].startswith("  # ") and len(lines[found[0] - 1]) > 6, f.name
+    assert f"({task} default)" in text
+    rendered = yaml.safe_load(text)
+    rendered["model"]["model_name_or_path"], rendered["data"]["train_file"] = "m", "t.jsonl"
+    assert load_config(rendered).to_dict() == rendered  # the printed config is complete and reloads as is
 
 
 def test_render_unknown_task():

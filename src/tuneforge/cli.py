@@ -3,6 +3,7 @@
     tuneforge config classification > run.yaml
     tuneforge train run.yaml learning_rate=3e-5 num_train_epochs=2
     tuneforge predict runs/<id> --text "the parcel never arrived"
+    tuneforge summarize runs/<id> --input articles.jsonl --output summaries.jsonl
     tuneforge evaluate runs/<id> --data test.csv
     tuneforge demo
 
@@ -74,26 +75,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         texts, pairs = texts + more, pairs + (more_pairs or [])
     from tuneforge.inference import LoadedRun
 
+    if getattr(args, "require_task", None) and run.config.task != args.require_task:
+        raise UserError(f"{args.command}: {run.path} is a {run.config.task} run; use `tuneforge predict`")
     results = LoadedRun(run).predict(texts, pairs or None, batch_size=args.batch_size)
+    rows = [{"text": t, **_flat(r)} for t, r in zip(texts, results)]
     if args.output:
-        _write_predictions(args.output, texts, results)
-        print(f"wrote {len(results)} predictions to {args.output}")
+        _write_predictions(args.output, rows)
+        print(f"wrote {len(rows)} predictions to {args.output}")
     else:
-        for text, res in zip(texts, results):
-            print(f"{res['label']}\t{res['probability']:.4f}\t{text}")
+        for row in rows:
+            print("\t".join(str(v) for k, v in row.items() if k != "text") + "\t" + row["text"])
     return 0
 
 
-def _write_predictions(path: str, texts: list[str], results: list[dict[str, Any]]) -> None:
+def _flat(result: dict[str, Any]) -> dict[str, Any]:
+    """The printable part of a prediction: label and probability, or the generated text."""
+    if "label" in result:
+        return {"label": result["label"], "probability": round(result["probability"], 4)}
+    return {"generated_text": result["generated_text"]}
+
+
+def _write_predictions(path: str, rows: list[dict[str, Any]]) -> None:
     import csv
     import json
 
-    rows = [{"text": t, "label": r["label"], "probability": round(r["probability"], 6)} for t, r in zip(texts, results)]
     with open(path, "w", encoding="utf-8", newline="") as fh:
         if path.endswith((".jsonl", ".json")):
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         else:
-            writer = csv.DictWriter(fh, fieldnames=["text", "label", "probability"],
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["text"],
                                     delimiter="\t" if path.endswith(".tsv") else ",")
             writer.writeheader()
             writer.writerows(rows)
@@ -141,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", choices=task_names())
     commands["config"] = _cmd_config
 
-    p = sub.add_parser("predict", help="predict with a finished run")
+    p = sub.add_parser("predict", help="predict with a finished run (labels, or generated text)")
     p.add_argument("run", help="run folder (or run id under ./runs)")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--text-pair", action="append", help="second text, for models trained on pairs (repeatable)")
@@ -149,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write predictions to .csv/.tsv/.jsonl instead of printing")
     p.add_argument("--batch-size", type=int, default=64)
     commands["predict"] = _cmd_predict
+
+    p = sub.add_parser("summarize", help="summarize (generate) with a finished seq2seq run")
+    p.add_argument("run", help="run folder (or run id under ./runs)")
+    p.add_argument("--text", action="append", help="a text to summarize (repeatable)")
+    p.add_argument("--input", help="file of texts: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
+    p.add_argument("--output", help="write outputs to .csv/.tsv/.jsonl instead of printing")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(require_task="seq2seq", text_pair=None)
+    commands["summarize"] = _cmd_predict
 
     p = sub.add_parser("evaluate", help="evaluate a finished run on labelled data")
     p.add_argument("run", help="run folder (or run id under ./runs)")

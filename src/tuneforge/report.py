@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ROWS = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "loss")
+ROWS = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "rouge1", "rouge2", "rougeL",
+        "rougeLsum", "gen_len", "loss", "perplexity")
 
 
 def print_metrics(columns: dict[str, dict[str, Any]], title: str = "metrics", console: Any = None) -> None:

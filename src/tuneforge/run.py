@@ -132,10 +132,18 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     from rich.console import Console
 
     console = console or Console(soft_wrap=True)
+    from accelerate.utils import set_seed
+
     from tuneforge.engine.session import start_session
 
-    session = start_session(cfg, console)
+    set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
     model, tokenizer, revision = task.load(cfg, data)
+    if hasattr(task, "resolve"):  # defaults that depend on the model (family learning rate, prefix)
+        cfg, notes = task.resolve(cfg, model.config)
+        for note in notes:
+            console.print(f"using {note}", highlight=False)
+    fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True
+    session = start_session(cfg, console, fp16_safe)
     max_length = task.max_length(cfg, tokenizer, model.config)
     splits = task.tokenize(tokenizer, data, cfg, max_length)
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from tuneforge.config.schema import SECTIONS, RunConfig
+from tuneforge.config.schema import SECTION_TASKS, SECTIONS, RunConfig, applies
 from tuneforge.errors import ConfigError
 from tuneforge.tasks import get_spec, task_names
 
@@ -46,6 +46,7 @@ ALIASES = {
 }
 
 _FIELD_SECTION = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
+_FIELDS = {section: {f.name: f for f in fields(cls)} for section, cls in SECTIONS.items()}
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -206,8 +207,13 @@ def load_config(path: str | os.PathLike | dict[str, Any] | None = None,
                           f"(valid: {', '.join(task_names())})")
     spec = get_spec(str(task))
     merged: dict[str, dict[str, Any]] = {name: dict(spec.defaults.get(name, {})) for name in SECTIONS}
-    for dotted, (_, value) in entries.items():
+    for dotted, (origin, value) in entries.items():
         section, _, key = dotted.partition(".")
+        f = _FIELDS[section][key]
+        if not applies(f, spec.name, section):
+            only = f.metadata.get("tasks") or SECTION_TASKS.get(section, ())
+            raise ConfigError(f"{origin}: {dotted} is only for task {' / '.join(only)}, and this run's task is "
+                              f"{spec.name}; remove it (`tuneforge config {spec.name}` lists the keys that apply)")
         task_default = spec.defaults.get(section, {})
         is_null = value is None or (isinstance(value, str) and value.lower() in ("null", "none"))
         if is_null and key in task_default:  # null on a task-default key: the task fills it in
@@ -233,6 +239,10 @@ def _check_cross_fields(config: RunConfig, metrics: tuple[str, ...]) -> None:
         raise ConfigError("data.train_file: missing; give a training file (csv/tsv/json/jsonl/parquet) "
                           "or data.dataset_name for a hub dataset")
     metric = config.training.metric_for_best_model
+    if metric and metric.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len") \
+            and not config.generation.predict_with_generate:
+        raise ConfigError(f"training.metric_for_best_model: {metric} needs generation during evaluation; "
+                          "set generation.predict_with_generate=true or choose loss")
     if metric is not None:
         name = metric.removeprefix("eval_")
         if metrics and name not in metrics:
@@ -249,12 +259,17 @@ def render_config(task: str) -> str:
              "# Run: tuneforge train THIS.yaml [key=value ...]   (overrides win over this file)", "",
              f"task: {spec.name}"]
     for name, cls in SECTIONS.items():
+        shown = [f for f in fields(cls) if applies(f, spec.name, name)]
+        if not shown:
+            continue
         lines += ["", f"{name}:"]
         task_defaults = spec.defaults.get(name, {})
-        for f in fields(cls):
+        for f in shown:
             default = task_defaults.get(f.name, f.default if f.default is not MISSING else None)
             help_text = f.metadata.get("help", "")
-            if f.name in task_defaults:
+            if f.name in spec.notes:
+                help_text = help_text.replace(" Task default.", "") + f" ({spec.notes[f.name]})"
+            elif f.name in task_defaults:
                 help_text = help_text.replace(" Task default.", "") + f" ({spec.name} default)"
             lines.append(f"  # {help_text}")
             dumped = yaml.safe_dump({f.name: default}, default_flow_style=True, width=1000).strip()

@@ -17,9 +17,15 @@ from typing import Any, Literal
 from tuneforge.errors import ConfigError
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with its one-line documentation."""
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, tasks: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with its one-line documentation; `tasks` limits it to those tasks (empty: all)."""
+    return field(default=default, metadata={"help": help, "tasks": tasks})
+
+
+def applies(f: Any, task: str, section: str = "") -> bool:
+    """Whether field `f` of `section` means something for `task` (others are rejected and not printed)."""
+    tasks = f.metadata.get("tasks") or SECTION_TASKS.get(section, ())
+    return not tasks or task in tasks
 
 
 @dataclass
@@ -46,12 +52,25 @@ class DataConfig:
     dataset_config_name: str | None = opt(None, "Configuration (subset) of the hub dataset, e.g. sst2 for glue.")
     text_column: str = opt("text", "Column holding the input text.")
     text_pair_column: str | None = opt(
-        None, "Optional second text column for sentence-pair tasks (NLI, paraphrase).")
-    label_column: str = opt("label", "Column holding the label (strings or integers).")
+        None, "Optional second text column for sentence-pair tasks (NLI, paraphrase).", ("classification",))
+    label_column: str = opt("label", "Column holding the label (strings or integers).", ("classification",))
+    target_column: str = opt("summary", "Column holding the target text (summary, translation, answer).",
+                             ("seq2seq",))
+    source_prefix: str | None = opt(
+        None, "Text put before every source, e.g. 'summarize: ' or 'translate English to German: '. Default: "
+              "the model's task_specific_params prefix for task_specific_params_key, else none.", ("seq2seq",))
+    task_specific_params_key: str = opt(
+        "summarization", "Which entry of the model config's task_specific_params supplies the default "
+                         "source_prefix (e.g. translation_en_to_de).", ("seq2seq",))
     validation_split_percentage: float = opt(
         10.0, "Percent of training rows held out for validation when no validation data is given (stratified).")
     max_length: int | None = opt(
-        None, "Maximum tokens per example; longer inputs are truncated. Default: the model's limit, at most 512.")
+        None, "Maximum tokens per example; longer inputs are truncated. Default: the model's limit, at most 512.",
+        ("classification",))
+    max_source_length: int | None = opt(
+        None, "Maximum source tokens; longer sources are truncated. Default: the model's limit, at most 1024.",
+        ("seq2seq",))
+    max_target_length: int = opt(128, "Maximum target tokens; longer targets are truncated.", ("seq2seq",))
     max_train_samples: int | None = opt(None, "Use only the first N training rows (for quick experiments).")
     max_eval_samples: int | None = opt(None, "Use only the first N validation rows.")
     preprocessing_cache_dir: str | None = opt(
@@ -61,8 +80,10 @@ class DataConfig:
         if not 0 < self.validation_split_percentage < 100:
             raise ConfigError(f"data.validation_split_percentage: must be between 0 and 100 (exclusive), "
                               f"got {self.validation_split_percentage}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"data.max_length: must be at least 2, got {self.max_length}")
+        for key in ("max_length", "max_source_length", "max_target_length"):
+            value = getattr(self, key)
+            if value is not None and value < 2:
+                raise ConfigError(f"data.{key}: must be at least 2, got {value}")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -153,7 +174,29 @@ class TrainingConfig:
             raise bad("dataloader_num_workers", "must not be negative")
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig}
+@dataclass
+class GenerationConfig:
+    num_beams: int = opt(4, "Beam search width for evaluation and prediction (1: greedy decoding).")
+    max_new_tokens: int | None = opt(None, "Longest output in tokens. Default: data.max_target_length.")
+    min_length: int = opt(0, "Shortest output in tokens.")
+    length_penalty: float = opt(1.0, "Exponent on length in beam scores: above 1 favours longer outputs.")
+    no_repeat_ngram_size: int = opt(0, "Never repeat an n-gram of this size (3 suits summaries); 0 disables.")
+    early_stopping: bool = opt(True, "Stop beam search once num_beams finished candidates exist.")
+    predict_with_generate: bool = opt(
+        True, "Generate during evaluation to report ROUGE and gen_len (slower than loss alone).")
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ConfigError(f"generation.num_beams: must be at least 1, got {self.num_beams}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"generation.max_new_tokens: must be at least 1, got {self.max_new_tokens}")
+        if self.min_length < 0 or self.no_repeat_ngram_size < 0:
+            raise ConfigError("generation.min_length and no_repeat_ngram_size must not be negative")
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig,
+                             "generation": GenerationConfig}
+SECTION_TASKS: dict[str, tuple[str, ...]] = {"generation": ("seq2seq", "causal_lm")}
 
 
 @dataclass
@@ -164,10 +207,14 @@ class RunConfig:
     model: ModelConfig
     data: DataConfig
     training: TrainingConfig
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field that applies to this task (reloads with load_config to the same config)."""
         out: dict[str, Any] = {"task": self.task}
         for name in SECTIONS:
             section = getattr(self, name)
-            out[name] = {f.name: getattr(section, f.name) for f in fields(section)}
+            values = {f.name: getattr(section, f.name) for f in fields(section) if applies(f, self.task, name)}
+            if values:
+                out[name] = values
         return out

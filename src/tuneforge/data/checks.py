@@ -118,10 +118,11 @@ def stratified_split(labels: list[Any], percent: float, seed: int) -> tuple[list
     return sorted(train), sorted(val), warnings
 
 
-def fingerprint(tables: list[Table], extra: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+def fingerprint(tables: list[Table], columns: list[str]) -> str:
+    """A short hash of `columns` of every table (the data a run or a cache entry depends on)."""
+    h = hashlib.sha256(json.dumps(columns).encode())
     for table in tables:
-        for name in sorted(table.columns):
+        for name in columns:
             h.update(name.encode())
             h.update(json.dumps(table.columns[name], default=str, ensure_ascii=False).encode())
     return h.hexdigest()[:16]

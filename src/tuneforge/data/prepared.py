@@ -36,6 +36,11 @@ class TokenizedSplit:
     token_type_ids: np.ndarray | None = None  # aligned with input_ids (sentence pairs)
     labels: np.ndarray | None = None  # int64, one per row (classification)
     full_lengths: np.ndarray | None = None  # token counts before truncation (for the data report)
+    targets: TokenizedSplit | None = None  # seq2seq: the target token rows, aligned with these rows
+
+    def attach_targets(self, targets: TokenizedSplit) -> None:
+        assert len(targets) == len(self), "targets must align with sources"
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -43,6 +48,11 @@ class TokenizedSplit:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    @property
+    def batch_lengths(self) -> np.ndarray:
+        """What a row costs in a batch: its length, plus its target's for encoder-decoders."""
+        return self.lengths + (self.targets.lengths if self.targets is not None else 0)
 
     def row(self, i: int) -> np.ndarray:
         return self.input_ids[self.offsets[i]: self.offsets[i + 1]]

@@ -51,6 +51,8 @@ class SplitReport:
     label_counts: dict[str, int] = field(default_factory=dict)
     token_lengths: dict[str, float] = field(default_factory=dict)  # percentiles of untruncated lengths
     truncated_percent: float | None = None
+    target_token_lengths: dict[str, float] = field(default_factory=dict)  # seq2seq targets
+    target_truncated_percent: float | None = None
 
 
 @dataclass
@@ -58,6 +60,8 @@ class DataReport:
     splits: dict[str, SplitReport] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     max_length: int | None = None
+    max_target_length: int | None = None
+    length_key: str = "max_length"  # the config key that sets max_length (max_source_length for seq2seq)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -80,7 +84,11 @@ class DataReport:
                 out.append(f"    labels: {dist}")
             if s.token_lengths:
                 pct = ", ".join(f"{k} {v:.0f}" for k, v in s.token_lengths.items())
-                out.append(f"    tokens: {pct}; {s.truncated_percent:.1f}% truncated at max_length "
+                out.append(f"    tokens: {pct}; {s.truncated_percent:.1f}% truncated at {self.length_key} "
                            f"{self.max_length}")
+            if s.target_token_lengths:
+                pct = ", ".join(f"{k} {v:.0f}" for k, v in s.target_token_lengths.items())
+                out.append(f"    target tokens: {pct}; {s.target_truncated_percent:.1f}% truncated at "
+                           f"max_target_length {self.max_target_length}")
         out += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(out)

@@ -75,13 +75,14 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
 
 
 @torch.inference_mode()
-def evaluate(model: Any, task: Any, split: TokenizedSplit, data: PreparedData, batch_size: int,
-             device: torch.device, pad_id: int) -> dict[str, Any]:
+def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
+             device: torch.device) -> dict[str, Any]:
     """Streaming evaluation: per batch the task folds predictions into a small state, never all logits."""
     was_training = model.training
     model.eval()
-    state: dict[str, Any] = {}
-    for indices in eval_order(split.lengths, batch_size):
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
+    for indices in eval_order(split.batch_lengths, cfg.training.per_device_eval_batch_size):
         task.eval_step(model, to_device(task.collate(split, indices, pad_id), device), state)
     model.train(was_training)
     return task.eval_metrics(state, data)
@@ -142,7 +143,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     last_eval_step = -1
     log_loss = torch.zeros((), device=device)
     log_steps, log_samples, log_tokens, log_time = 0, 0, 0, time.perf_counter()
-    lengths = train.lengths
+    lengths = train.batch_lengths  # what a row costs: source (+ target) tokens
     model.train()
 
     def save(step: int, epoch: int, window: int) -> None:
@@ -158,7 +159,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         """Evaluate, track the best; return True when this evaluation improved the best metric."""
         nonlocal bad_evals, last_eval_step
         last_eval_step = result.global_step
-        metrics = evaluate(model, task, val, data, t.per_device_eval_batch_size, device, pad_id)
+        metrics = evaluate(model, tokenizer, task, val, data, cfg, device)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         tracker.log(result.global_step, scalars, epoch_float)
         shown = [k for k in ("loss", "accuracy", metric_name) if k in metrics]

@@ -8,13 +8,17 @@
 from __future__ import annotations
 
 
-def resolve_mixed_precision(requested: str, device_type: str, bf16_supported: bool = False
-                            ) -> tuple[str, str | None]:
-    """Return (accelerate mixed_precision value, warning or None)."""
+def resolve_mixed_precision(requested: str, device_type: str, bf16_supported: bool = False,
+                            fp16_safe: bool = True) -> tuple[str, str | None]:
+    """Return (accelerate mixed_precision value, warning or None). `fp16_safe=False` marks models whose
+    activations overflow fp16 (T5 family): auto never picks fp16 for them and asking for it warns."""
     if requested == "auto":
         if device_type == "cuda":
-            return ("bf16" if bf16_supported else "fp16"), None
+            return ("bf16" if bf16_supported else "fp16" if fp16_safe else "no"), None
         return "no", None  # CPU autocast is opt-in until the performance work measures it per model
+    if requested == "fp16" and not fp16_safe and device_type == "cuda":
+        return "fp16", ("T5-family models are known to overflow to NaN in fp16; prefer mixed_precision=bf16 "
+                        "(or no); continuing with fp16 as asked")
     if requested == "fp16" and device_type != "cuda":
         return "no", "mixed_precision=fp16 needs a CUDA GPU; training in fp32 instead"
     if requested == "bf16" and device_type == "cuda" and not bf16_supported:

@@ -43,9 +43,8 @@ class Session:
             "best_step": result.best_step, "metric_for_best_model": self.cfg.training.metric_for_best_model,
             "eval": result.best_metrics if self.cfg.training.load_best_model_at_end else result.last_metrics}
         if "test" in splits:
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            metrics["test"] = evaluate(model, task, splits["test"], data, self.cfg.training.per_device_eval_batch_size,
-                                       self.accelerator.device, pad_id)
+            metrics["test"] = evaluate(model, tokenizer, task, splits["test"], data, self.cfg,
+                                       self.accelerator.device)
         return metrics
 
     def save_final(self, model: Any, tokenizer: Any, run_dir: Path) -> None:
@@ -58,20 +57,19 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
-def start_session(cfg: RunConfig, console: Any) -> Session:
+def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Session:
+    """Pick device and precision; `fp16_safe=False` (T5 family) rules fp16 out of the automatic choice."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     t = cfg.training
     cuda = torch.cuda.is_available() and not t.use_cpu
     device_type = "cuda" if cuda else "cpu"
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    mixed, warning = resolve_mixed_precision(t.mixed_precision, device_type, bf16)
+    mixed, warning = resolve_mixed_precision(t.mixed_precision, device_type, bf16, fp16_safe)
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")
     accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1)
-    set_seed(t.seed)
     if cuda:
         name = torch.cuda.get_device_name(accelerator.device)
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -32,6 +32,7 @@ class TaskSpec:
     factory: str  # "module:attribute" of the Task class, imported lazily
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # section -> key -> value
     metrics: tuple[str, ...] = ()  # names valid for metric_for_best_model (without the eval_ prefix)
+    notes: dict[str, str] = field(default_factory=dict)  # key -> how the task fills a default left null
 
 
 class Task(Protocol):

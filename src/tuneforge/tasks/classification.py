@@ -26,7 +26,7 @@ from tuneforge.data.pipeline import finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.tasks.base import TaskSpec
 from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision
-from tuneforge.tasks.tokenize import length_stats, tokenize_texts
+from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
 
 
 class ClassificationTask:
@@ -55,9 +55,37 @@ class ClassificationTask:
                 counts[label] += 1
             report.splits[split].label_counts = counts
         return PreparedData(tables, report, names,
-                            fingerprint([tables["train"]], {"columns": text_columns + [d.label_column]}))
+                            fingerprint([tables["train"]], text_columns + [d.label_column]))
+
+    def read_eval_file(self, config: RunConfig, model_config: Any) -> tuple[Any, Any, list[str]]:
+        """Read config.data.train_file as labelled evaluation data for a trained model (its labels only)."""
+        from tuneforge.errors import UserError
+
+        d = config.data
+        tables, report = read_and_clean(d, {"data.text_column": d.text_column,
+                                            "data.text_pair_column": d.text_pair_column,
+                                            "data.label_column": d.label_column}, self.text_columns(config))
+        table = tables["train"]
+        label_names = [model_config.id2label[i] for i in range(model_config.num_labels)]
+        column = table.columns[d.label_column]
+        for i, value in enumerate(column):
+            label = str(value).strip() if value is not None else None
+            if label not in label_names:
+                what = "is empty" if label in (None, "") else f"holds {label!r}, a label the model does not know"
+                raise UserError(f"{table.where(i)}: column {d.label_column!r} {what} "
+                                f"(model labels: {', '.join(label_names)})")
+            column[i] = label
+        table.name = "eval"
+        report.splits["eval"] = report.splits.pop("train")
+        return table, report, label_names
 
     # ---- model ---------------------------------------------------------------------------------------
+    @staticmethod
+    def auto_class() -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
     def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
         from transformers import AutoModelForSequenceClassification
 
@@ -81,13 +109,15 @@ class ClassificationTask:
                  ) -> dict[str, TokenizedSplit]:
         d = config.data
         index = {n: i for i, n in enumerate(data.label_names)}
+        columns = self.text_columns(config)
+        tokenizer_hash = tokenizer_fingerprint(tokenizer)
         out = {}
         for name, table in data.splits.items():
             texts = table.columns[d.text_column]
             pairs = table.columns[d.text_pair_column] if d.text_pair_column else None
             labels = [index[label] for label in table.columns[d.label_column]]
-            parts = {"data": fingerprint([table], {"columns": self.text_columns(config)}),
-                     "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length, "v": 1}
+            parts = {"data": fingerprint([table], columns), "tokenizer": tokenizer_hash, "max_length": max_length,
+                     "v": 1}
             split = cached_tokenize(cache_root(d.preprocessing_cache_dir), parts,
                                     partial(tokenize_texts, tokenizer, texts, pairs, max_length))
             split.labels = np.asarray(labels, dtype=np.int64)
@@ -142,8 +172,9 @@ class ClassificationTask:
                 **classification_metrics(y_true.tolist(), y_pred.tolist(), data.label_names)}
 
     # ---- inference ---------------------------------------------------------------------------------
-    def predict(self, model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | None = None,
-                batch_size: int = 64, max_length: int | None = None) -> list[dict[str, Any]]:
+    def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
+                pairs: list[str] | None = None, batch_size: int = 64, max_length: int | None = None
+                ) -> list[dict[str, Any]]:
         import torch
 
         limit = max_length or model_max_length(tokenizer, model.config)
@@ -164,11 +195,3 @@ class ClassificationTask:
                                   "probabilities": {id2label[j]: float(p[j]) for j in range(len(p))}}
         return results  # type: ignore[return-value]
 
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    import hashlib
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(tokenizer)
-    extra = f"{tokenizer.__class__.__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
-    return hashlib.sha256((text + extra).encode()).hexdigest()[:16]

@@ -14,11 +14,17 @@ from tuneforge.data.prepared import TokenizedSplit
 
 
 def tokenize_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int,
-                   chunk: int = 4096) -> TokenizedSplit:
+                   target: bool = False, chunk: int = 4096) -> TokenizedSplit:
     """Tokenize in one pass without truncation (to record full lengths), then re-tokenize only the rows
-    that exceed `max_length` with the tokenizer's own truncation (it knows where special tokens go)."""
+    that exceed `max_length` with the tokenizer's own truncation (it knows where special tokens go).
+    `target=True` tokenizes decoder targets (`text_target=`), which some tokenizers treat differently."""
     from transformers.utils import logging as hf_logging
 
+    if target:
+        def call(a: list[str], b: Any, **kw: Any) -> Any:
+            return tokenizer(text_target=a, **kw)
+    else:
+        call = tokenizer
     want_types = pairs is not None and "token_type_ids" in tokenizer.model_input_names
     ids: list[list[int]] = []
     types: list[list[int]] = []
@@ -28,8 +34,7 @@ def tokenize_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, ma
         for start in range(0, len(texts), chunk):
             a = texts[start:start + chunk]
             b = pairs[start:start + chunk] if pairs is not None else None
-            enc = tokenizer(a, b, truncation=False, return_attention_mask=False,
-                            return_token_type_ids=want_types)
+            enc = call(a, b, truncation=False, return_attention_mask=False, return_token_type_ids=want_types)
             ids += enc["input_ids"]
             if want_types:
                 types += enc["token_type_ids"]
@@ -38,9 +43,9 @@ def tokenize_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, ma
     full = [len(r) for r in ids]
     long_rows = [i for i, n in enumerate(full) if n > max_length]
     if long_rows:
-        enc = tokenizer([texts[i] for i in long_rows], [pairs[i] for i in long_rows] if pairs else None,
-                        truncation=True, max_length=max_length, return_attention_mask=False,
-                        return_token_type_ids=want_types)
+        enc = call([texts[i] for i in long_rows], [pairs[i] for i in long_rows] if pairs else None,
+                   truncation=True, max_length=max_length, return_attention_mask=False,
+                   return_token_type_ids=want_types)
         for j, i in enumerate(long_rows):
             ids[i] = enc["input_ids"][j]
             if want_types:
@@ -56,3 +61,13 @@ def length_stats(split: TokenizedSplit, max_length: int) -> tuple[dict[str, floa
     pct = {f"p{q}": float(np.percentile(full, q)) for q in (50, 90, 95, 99)}
     pct["max"] = float(full.max())
     return pct, float(100.0 * np.mean(full > max_length))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything that decides token ids: the full tokenizer definition and its settings."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(tokenizer)
+    extra = f"{tokenizer.__class__.__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
+    return hashlib.sha256((text + extra).encode()).hexdigest()[:16]
