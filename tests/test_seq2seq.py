@@ -70,6 +70,7 @@ def test_bart_trains_and_generates(tiny_bart, copy_data, tmp_path):
                                            max_train_samples=64, num_beams=2))
     assert run.config.training.learning_rate == 5e-5  # BART-family default
     assert run.config.data.source_prefix == ""  # BART has no task prefix
+    assert run.config.generation.num_beams == 2 and run.config.generation.no_repeat_ngram_size == 0
     assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss"} <= run.metrics["eval"].keys()
     out = tuneforge.load(run.path).summarize(["red cat"])
     assert isinstance(out[0], str)
@@ -133,7 +134,7 @@ def test_t5_never_gets_fp16_automatically():
 
 def test_seq2seq_config_keys_and_family_notes(capsys):
     text = render_config("seq2seq")
-    assert "target_column: summary" in text and "max_source_length" in text and "num_beams: 4" in text
+    assert "target_column: summary" in text and "max_source_length" in text and "num_beams: null" in text
     assert "3e-4 for T5-family" in text and "label_column" not in text
     assert "target_column" not in render_config("classification")
     cfg = load_config(None, ["task=seq2seq", "model_name_or_path=m", "train_file=t.jsonl", "num_beams=2"])
@@ -151,3 +152,20 @@ def test_missing_target_column_is_one_line(tmp_path, capsys):
     line = one_line_error(capsys, ["train", "task=seq2seq", "model_name_or_path=m", f"train_file={path}",
                                    "text_column=article"])
     assert "no column 'summary'" in line and "highlights" in line
+
+
+def test_generation_defaults_follow_the_model_preferences(tiny_t5):
+    """null settings take the model's own preferences (bart-large-cnn style), else tuneforge's fallbacks."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from tuneforge.tasks import get_task
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5)
+    model.config.task_specific_params["summarization"].update(num_beams=6, no_repeat_ngram_size=3)
+    model.generation_config.length_penalty = 2.0
+    cfg = load_config(None, ["task=seq2seq", f"model_name_or_path={tiny_t5}", "train_file=t.jsonl",
+                             "no_repeat_ngram_size=2"])
+    resolved, _ = get_task("seq2seq").resolve(cfg, model)
+    g = resolved.generation
+    assert (g.num_beams, g.length_penalty, g.no_repeat_ngram_size, g.early_stopping) == (6, 2.0, 2, True)
+    assert model.generation_config.num_beams == 6 and model.generation_config.max_new_tokens == 128

@@ -139,7 +139,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
     model, tokenizer, revision = task.load(cfg, data)
     if hasattr(task, "resolve"):  # defaults that depend on the model (family learning rate, prefix)
-        cfg, notes = task.resolve(cfg, model.config)
+        cfg, notes = task.resolve(cfg, model)
         for note in notes:
             console.print(f"using {note}", highlight=False)
     fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True

@@ -176,21 +176,23 @@ class TrainingConfig:
 
 @dataclass
 class GenerationConfig:
-    num_beams: int = opt(4, "Beam search width for evaluation and prediction (1: greedy decoding).")
+    # null below means: the model's own preference (its generation_config or task_specific_params), else
+    # the default in brackets; the values used are saved in run_config.yaml and generation_config.json.
+    num_beams: int | None = opt(None, "Beam search width for evaluation and prediction, 1 = greedy [4].")
     max_new_tokens: int | None = opt(None, "Longest output in tokens. Default: data.max_target_length.")
     min_length: int = opt(0, "Shortest output in tokens.")
-    length_penalty: float = opt(1.0, "Exponent on length in beam scores: above 1 favours longer outputs.")
-    no_repeat_ngram_size: int = opt(0, "Never repeat an n-gram of this size (3 suits summaries); 0 disables.")
-    early_stopping: bool = opt(True, "Stop beam search once num_beams finished candidates exist.")
+    length_penalty: float | None = opt(None, "Exponent on length in beam scores; above 1 favours longer outputs [1.0].")
+    no_repeat_ngram_size: int | None = opt(None, "Never repeat an n-gram of this size (3 suits summaries) [0: off].")
+    early_stopping: bool | None = opt(None, "Stop beam search once num_beams finished candidates exist [true].")
     predict_with_generate: bool = opt(
         True, "Generate during evaluation to report ROUGE and gen_len (slower than loss alone).")
 
     def __post_init__(self) -> None:
-        if self.num_beams < 1:
+        if self.num_beams is not None and self.num_beams < 1:
             raise ConfigError(f"generation.num_beams: must be at least 1, got {self.num_beams}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"generation.max_new_tokens: must be at least 1, got {self.max_new_tokens}")
-        if self.min_length < 0 or self.no_repeat_ngram_size < 0:
+        if self.min_length < 0 or (self.no_repeat_ngram_size or 0) < 0:
             raise ConfigError("generation.min_length and no_repeat_ngram_size must not be negative")
 
 

@@ -74,13 +74,14 @@ class Seq2SeqTask:
         tokenizer = load_tokenizer(config.model, revision)
         model = load_model(self.auto_class(), config.model, revision)
         complete_special_tokens(model, tokenizer)
-        apply_generation_settings(model, config)
         return model, tokenizer, commit
 
-    def resolve(self, config: RunConfig, model_config: Any) -> tuple[RunConfig, list[str]]:
-        """Fill family defaults that depend on the model: learning rate and source prefix."""
+    def resolve(self, config: RunConfig, model: Any) -> tuple[RunConfig, list[str]]:
+        """Fill defaults that depend on the model (family learning rate, source prefix, generation
+        preferences) and make the model's generation_config match the resolved settings."""
         import dataclasses
 
+        model_config = model.config
         notes = []
         training, data = config.training, config.data
         if training.learning_rate is None:
@@ -95,7 +96,9 @@ class Seq2SeqTask:
             if prefix:
                 notes.append(f"source_prefix {prefix!r} (from the model's task_specific_params."
                              f"{data.task_specific_params_key})")
-        return dataclasses.replace(config, training=training, data=data), notes
+        generation = resolve_generation(config, model)
+        apply_generation_settings(model, generation, data.max_target_length)
+        return dataclasses.replace(config, training=training, data=data, generation=generation), notes
 
     def fp16_safe(self, model_config: Any) -> bool:
         return not is_t5_family(model_config)  # T5 activations overflow fp16 and turn into NaN
@@ -226,11 +229,27 @@ class Generator:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-def apply_generation_settings(model: Any, config: RunConfig) -> None:
-    """The run's generation settings become the model's generation_config (saved with the run)."""
-    g, gen = config.generation, model.generation_config
+GENERATION_FALLBACKS = {"num_beams": 4, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "early_stopping": True}
+
+
+def resolve_generation(config: RunConfig, model: Any) -> Any:
+    """Settings left null take the model's own preference (its generation_config, else its
+    task_specific_params entry, e.g. bart-large-cnn's beams and length penalty), else the fallback."""
+    import dataclasses
+
+    params = (getattr(model.config, "task_specific_params", None) or {}).get(
+        config.data.task_specific_params_key) or {}
+    prefs = {**params, **model.generation_config.to_diff_dict()}
+    values = {key: prefs.get(key, fallback) if getattr(config.generation, key) is None
+              else getattr(config.generation, key) for key, fallback in GENERATION_FALLBACKS.items()}
+    return dataclasses.replace(config.generation, **values)
+
+
+def apply_generation_settings(model: Any, g: Any, max_target_length: int) -> None:
+    """Resolved generation settings become the model's generation_config (saved with the run)."""
+    gen = model.generation_config
     gen.num_beams = g.num_beams
-    gen.max_new_tokens = g.max_new_tokens or config.data.max_target_length
+    gen.max_new_tokens = g.max_new_tokens or max_target_length
     gen.min_length = g.min_length
     gen.length_penalty = g.length_penalty
     gen.no_repeat_ngram_size = g.no_repeat_ngram_size
