@@ -93,20 +93,11 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
     """Restore everything saved by save_checkpoint into the given objects; return the run state."""
     import numpy as np
     import torch
-    from safetensors.torch import load_file
 
     if not (path / MARKER).exists():
         raise UserError(f"training.resume_from_checkpoint: {path} is not a complete checkpoint "
                         f"(no {MARKER} marker); pick another or use 'auto'")
-    weights = sorted(path.glob("*.safetensors"))
-    state_dict: dict[str, Any] = {}
-    for file in weights:
-        state_dict |= load_file(file)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if unexpected or [k for k in missing if k not in tied]:
-        raise UserError(f"training.resume_from_checkpoint: {path} does not match this model "
-                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    load_weights(path, model)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if scaler is not None and (path / "scaler.pt").exists():
@@ -119,6 +110,20 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / STATE).read_text())
+
+
+def load_weights(path: Path, model: Any) -> None:
+    """Load a checkpoint's safetensors weights into `model`; tied copies may be absent from the file."""
+    from safetensors.torch import load_file
+
+    state_dict: dict[str, Any] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state_dict |= load_file(file)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or [k for k in missing if k not in tied]:
+        raise UserError(f"checkpoint {path} does not match this model "
+                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
 
 
 def rotate(folder: Path, limit: int | None, keep: set[Path]) -> None:

@@ -25,7 +25,14 @@ import torch
 from tuneforge.config.schema import RunConfig
 from tuneforge.data.batching import batch_order, eval_order
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
-from tuneforge.engine.checkpoint import clean_stale, complete_checkpoints, load_checkpoint, rotate, save_checkpoint
+from tuneforge.engine.checkpoint import (
+    clean_stale,
+    complete_checkpoints,
+    load_checkpoint,
+    load_weights,
+    rotate,
+    save_checkpoint,
+)
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.tracking import Tracker
 from tuneforge.errors import UserError
@@ -140,7 +147,6 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
                   f"({steps_per_epoch} per epoch), effective batch {t.per_device_train_batch_size * G}")
     tracker.start(result.global_step)
     started = time.perf_counter()
-    last_eval_step = -1
     log_loss = torch.zeros((), device=device)
     log_steps, log_samples, log_tokens, log_time = 0, 0, 0, time.perf_counter()
     lengths = train.batch_lengths  # what a row costs: source (+ target) tokens
@@ -153,12 +159,10 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
                  "metric_for_best_model": metric_name}
         path = save_checkpoint(ckpt_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, scaler, state)
         rotate(ckpt_dir, t.save_total_limit, {path} | ({best_path} if best_path else set()))
-        return path
 
     def run_eval(epoch_float: float) -> bool:
         """Evaluate, track the best; return True when this evaluation improved the best metric."""
-        nonlocal bad_evals, last_eval_step
-        last_eval_step = result.global_step
+        nonlocal bad_evals
         metrics = evaluate(model, tokenizer, task, val, data, cfg, device)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         tracker.log(result.global_step, scalars, epoch_float)
@@ -213,11 +217,10 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
             end_of_epoch = window_index == len(windows) - 1
             done = result.global_step >= total_steps
             improved = False
+            paused = time.perf_counter()  # evaluation and saving do not count against training throughput
             if val is not None and ((t.eval_strategy == "steps" and result.global_step % t.eval_steps == 0)
                                     or (t.eval_strategy == "epoch" and end_of_epoch) or done):
-                eval_started = time.perf_counter()
                 improved = run_eval(epoch_float)
-                log_time += time.perf_counter() - eval_started  # throughput counts training time only
                 if t.early_stopping_patience and bad_evals >= t.early_stopping_patience:
                     result.stopped_early = True
                     tracker.print(f"early stopping: no improvement of {metric_name} for {bad_evals} evaluations")
@@ -228,6 +231,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
                     best_path = ckpt_dir / f"checkpoint-{result.global_step}"
                 next_epoch, next_window = (epoch + 1, 0) if end_of_epoch else (epoch, window_index + 1)
                 save(result.global_step, next_epoch, next_window)
+            log_time += time.perf_counter() - paused
             if done or result.stopped_early:
                 break
         epoch += 1
@@ -235,12 +239,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     result.train_seconds = time.perf_counter() - started
     tracker.close()
     if t.load_best_model_at_end and best_path is not None and result.best_step != result.global_step:
-        from safetensors.torch import load_file
-
-        state_dict: dict[str, Any] = {}
-        for file in sorted(best_path.glob("*.safetensors")):
-            state_dict |= load_file(file)
-        accelerator.unwrap_model(model).load_state_dict(state_dict, strict=False)
+        load_weights(best_path, accelerator.unwrap_model(model))
         tracker.print(f"restored the best model (step {result.best_step}, {metric_name} {result.best_metric:.4f})")
     return result
 

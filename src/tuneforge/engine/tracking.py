@@ -86,9 +86,11 @@ class Tracker:
         self.console.print(message, highlight=False)
 
     def close(self) -> None:
+        """Idempotent: the loop closes it before its last message, the session again on errors."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
         self.jsonl.close()
