@@ -181,3 +181,73 @@ def copy_data(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("copy_data")
     return {"train": write_jsonl(folder / "train.jsonl", copy_rows(3000, 1)),
             "validation": write_jsonl(folder / "validation.jsonl", copy_rows(60, 2))}
+
+
+LM_CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a stitch in time saves nine",
+    "all that glitters is not gold",
+    "the early bird catches the worm",
+    "actions speak louder than words",
+]
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def bpe_tokenizer(folder: Path, specials: dict[str, str], roberta: bool = False, chat_template: str | None = None,
+                  corpus: list[str] | None = None) -> int:
+    """A byte-level BPE tokenizer trained here, saved to `folder`; returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = corpus or [t for t, _ in toy_rows(400, 0)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(dict.fromkeys(specials.values())),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    if roberta:
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=64, **specials)
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(folder)
+    return tok.get_vocab_size()
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_lm(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 LM without a pad token, with a chat template, tokenizer trained here."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny_gpt2_lm")
+    corpus = LM_CORPUS * 20 + [t for t, _ in toy_rows(200, 0)] + ["<|user|> <|assistant|>"]
+    vocab = bpe_tokenizer(folder, {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"},
+                          chat_template=CHAT_TEMPLATE, corpus=corpus)
+    torch_seed()
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=64,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer Llama-architecture LM (RoPE, RMSNorm, SwiGLU) sharing the GPT-2 style tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    vocab = bpe_tokenizer(folder, {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"},
+                          corpus=LM_CORPUS * 20 + [t for t, _ in toy_rows(200, 0)])
+    torch_seed()
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
+    return folder
+
+
+def torch_seed(seed: int = 0) -> None:
+    import torch
+
+    torch.manual_seed(seed)

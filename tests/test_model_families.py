@@ -4,27 +4,9 @@ type ids), both built offline."""
 from __future__ import annotations
 
 import pytest
-from conftest import toy_rows
+from conftest import bpe_tokenizer, toy_rows
 
 import tuneforge
-
-
-def _bpe_tokenizer(folder, specials: dict[str, str], roberta: bool):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([t for t, _ in toy_rows(400, 0)],
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=list(specials.values()),
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    if roberta:
-        tok.post_processor = processors.RobertaProcessing(
-            ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=64, **specials)
-    fast.save_pretrained(folder)
-    return tok.get_vocab_size()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +14,7 @@ def tiny_gpt2(tmp_path_factory):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     folder = tmp_path_factory.mktemp("tiny_gpt2")
-    vocab = _bpe_tokenizer(folder, {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}, roberta=False)
+    vocab = bpe_tokenizer(folder, {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"})
     GPT2ForSequenceClassification(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=64,
                                              num_labels=2)).save_pretrained(folder)
     return folder
@@ -45,7 +27,7 @@ def tiny_roberta(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_roberta")
     specials = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
                 "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"}
-    vocab = _bpe_tokenizer(folder, specials, roberta=True)
+    vocab = bpe_tokenizer(folder, specials, roberta=True)
     RobertaForSequenceClassification(RobertaConfig(
         vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=70, pad_token_id=2, type_vocab_size=1)).save_pretrained(folder)

@@ -4,6 +4,7 @@
     tuneforge train run.yaml learning_rate=3e-5 num_train_epochs=2
     tuneforge predict runs/<id> --text "the parcel never arrived"
     tuneforge summarize runs/<id> --input articles.jsonl --output summaries.jsonl
+    tuneforge generate runs/<id> --prompt "Once upon a time"
     tuneforge evaluate runs/<id> --data test.csv
     tuneforge demo
 
@@ -61,7 +62,8 @@ def _read_inputs(path: str, column: str, pair_column: str | None) -> tuple[list[
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     if not args.text and not args.input:
-        raise UserError("predict: give --text \"...\" (repeatable) or --input FILE")
+        raise UserError(f"{args.command}: give --{'prompt' if args.command == 'generate' else 'text'} \"...\" "
+                        "(repeatable) or --input FILE")
     from tuneforge.run import resolve_run
 
     run = resolve_run(args.run)
@@ -71,7 +73,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"predict: this model classifies text pairs ({data.text_column}, "
                         f"{data.text_pair_column}); give one --text-pair per --text")
     if args.input:
-        more, more_pairs = _read_inputs(args.input, data.text_column, data.text_pair_column)
+        column = data.prompt_column if data.data_format == "prompt_completion" else data.text_column
+        more, more_pairs = _read_inputs(args.input, column, data.text_pair_column)
         texts, pairs = texts + more, pairs + (more_pairs or [])
     from tuneforge.inference import LoadedRun
 
@@ -121,7 +124,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tuneforge.demo import run_demo
 
-    run_demo(args.output_dir, quick=args.quick)
+    run_demo(args.output_dir, quick=args.quick, task=args.task)
     return 0
 
 
@@ -169,13 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(require_task="seq2seq", text_pair=None)
     commands["summarize"] = _cmd_predict
 
+    p = sub.add_parser("generate", help="generate text with a finished causal_lm run")
+    p.add_argument("run", help="run folder (or run id under ./runs)")
+    p.add_argument("--prompt", dest="text", action="append", help="a prompt (repeatable)")
+    p.add_argument("--input", help="file of prompts: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
+    p.add_argument("--output", help="write outputs to .csv/.tsv/.jsonl instead of printing")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(require_task="causal_lm", text_pair=None)
+    commands["generate"] = _cmd_predict
+
     p = sub.add_parser("evaluate", help="evaluate a finished run on labelled data")
     p.add_argument("run", help="run folder (or run id under ./runs)")
     p.add_argument("--data", required=True, help="labelled file with the training columns")
     p.add_argument("--name", help="name of the evaluation (default: the file name); results in eval/NAME/")
     commands["evaluate"] = _cmd_evaluate
 
-    p = sub.add_parser("demo", help="fine-tune all-MiniLM-L6-v2 on a generated support-ticket dataset (offline)")
+    p = sub.add_parser("demo", help="fine-tune all-MiniLM-L6-v2 on a generated support-ticket dataset (offline)",
+                       description="Offline demo on generated support tickets. classification: fine-tune "
+                                   "all-MiniLM-L6-v2 to tell the intent; seq2seq: warm-start a bert2bert "
+                                   "encoder-decoder from it and fine-tune it to summarize each ticket in one "
+                                   "sentence (not T5: no pretrained seq2seq model is available offline).")
+    p.add_argument("--task", choices=["classification", "seq2seq"], default="classification",
+                   help="which demo to run (default: classification)")
     p.add_argument("--output-dir", default=None, help="run folder (default: runs/<id>)")
     p.add_argument("--quick", action="store_true", help="one short epoch on fewer rows (smoke test)")
     commands["demo"] = _cmd_demo

@@ -80,6 +80,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                     return _coerce(key, value, float)
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return _coerce(key, value, options[0])
+    if origin is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(x, (str, int, float)) for x in items):
+            raise ConfigError(f"{key}: expected a list of strings, e.g. ['###'], got {value!r}")
+        return [str(x) for x in items]
     if origin is Literal:
         if value is False and "no" in args:  # YAML 1.1 reads a bare `no` as false
             value = "no"

@@ -59,6 +59,22 @@ class DataConfig:
     source_prefix: str | None = opt(
         None, "Text put before every source, e.g. 'summarize: ' or 'translate English to German: '. Default: "
               "the model's task_specific_params prefix for task_specific_params_key, else none.", ("seq2seq",))
+    prompt_column: str = opt("prompt", "Prompt column for prompt/completion data (no loss on the prompt).",
+                             ("causal_lm",))
+    completion_column: str = opt("completion", "Completion column for prompt/completion data.", ("causal_lm",))
+    messages_column: str = opt("messages", "Chat column: a list of {role, content}; loss on assistant turns only.",
+                               ("causal_lm",))
+    data_format: Literal["auto", "text", "prompt_completion", "chat"] = opt(
+        "auto", "auto: chat if messages_column exists, else prompt_completion if both its columns exist, "
+                "else raw text in text_column.", ("causal_lm",))
+    document_separator: Literal["blank_line", "line"] = opt(
+        "blank_line", "How a .txt file splits into documents: at blank lines, or one per line.", ("causal_lm",))
+    block_size: int | None = opt(
+        None, "Tokens per training sequence (packed block, or longest example). Default: the model's limit, "
+              "at most 1024.", ("causal_lm",))
+    packing: bool | None = opt(
+        None, "Pack examples into full blocks (no padding). Default: on for raw text, off for "
+              "prompt/completion and chat (dynamic padding, length-grouped).", ("causal_lm",))
     task_specific_params_key: str = opt(
         "summarization", "Which entry of the model config's task_specific_params supplies the default "
                          "source_prefix (e.g. translation_en_to_de).", ("seq2seq",))
@@ -80,7 +96,7 @@ class DataConfig:
         if not 0 < self.validation_split_percentage < 100:
             raise ConfigError(f"data.validation_split_percentage: must be between 0 and 100 (exclusive), "
                               f"got {self.validation_split_percentage}")
-        for key in ("max_length", "max_source_length", "max_target_length"):
+        for key in ("max_length", "max_source_length", "max_target_length", "block_size"):
             value = getattr(self, key)
             if value is not None and value < 2:
                 raise ConfigError(f"data.{key}: must be at least 2, got {value}")
@@ -185,13 +201,27 @@ class GenerationConfig:
     no_repeat_ngram_size: int | None = opt(None, "Never repeat an n-gram of this size (3 suits summaries) [0: off].")
     early_stopping: bool | None = opt(None, "Stop beam search once num_beams finished candidates exist [true].")
     predict_with_generate: bool = opt(
-        True, "Generate during evaluation to report ROUGE and gen_len (slower than loss alone).")
+        True, "Generate during evaluation to report ROUGE and gen_len (slower than loss alone).", ("seq2seq",))
+    do_sample: bool = opt(False, "Sample instead of greedy/beam decoding.", ("causal_lm",))
+    temperature: float = opt(1.0, "Sampling temperature (with do_sample).", ("causal_lm",))
+    top_k: int = opt(50, "Sample from the k most likely tokens (with do_sample); 0 disables.", ("causal_lm",))
+    top_p: float = opt(1.0, "Nucleus sampling: smallest token set with this probability (with do_sample).",
+                       ("causal_lm",))
+    repetition_penalty: float = opt(1.0, "Penalise tokens already generated; 1.0 disables.", ("causal_lm",))
+    num_return_sequences: int = opt(1, "Outputs per prompt.", ("causal_lm",))
+    stop_strings: list[str] | None = opt(None, "Stop generating at any of these strings, e.g. ['\\n\\n'].",
+                                         ("causal_lm",))
 
     def __post_init__(self) -> None:
         if self.num_beams is not None and self.num_beams < 1:
             raise ConfigError(f"generation.num_beams: must be at least 1, got {self.num_beams}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"generation.max_new_tokens: must be at least 1, got {self.max_new_tokens}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ConfigError("generation: temperature and repetition_penalty must be positive, top_p in (0, 1], "
+                              "top_k >= 0")
+        if self.num_return_sequences < 1:
+            raise ConfigError("generation.num_return_sequences: must be at least 1")
         if self.min_length < 0 or (self.no_repeat_ngram_size or 0) < 0:
             raise ConfigError("generation.min_length and no_repeat_ngram_size must not be negative")
 

@@ -16,9 +16,9 @@ import numpy as np
 from tuneforge.data.prepared import TokenizedSplit
 
 
-def pad_rows(split: TokenizedSplit, indices: np.ndarray, pad_id: int, pad_to_multiple_of: int | None = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Gather rows `indices` into right-padded (ids, attention_mask, token_type_ids) int64 arrays."""
+def row_layout(split: TokenizedSplit, indices: np.ndarray, pad_to_multiple_of: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into the flat arrays, validity mask) for rows `indices`, right-padded to one width."""
     starts = split.offsets[indices]
     lengths = split.offsets[indices + 1] - starts
     width = int(lengths.max())
@@ -26,12 +26,21 @@ def pad_rows(split: TokenizedSplit, indices: np.ndarray, pad_id: int, pad_to_mul
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     cols = np.arange(width)
     valid = cols[None, :] < lengths[:, None]
-    flat_pos = np.where(valid, starts[:, None] + cols[None, :], 0)
-    ids = np.where(valid, split.input_ids[flat_pos], pad_id).astype(np.int64)
-    types = None
-    if split.token_type_ids is not None:
-        types = np.where(valid, split.token_type_ids[flat_pos], 0).astype(np.int64)
-    return ids, valid.astype(np.int64), types
+    return np.where(valid, starts[:, None] + cols[None, :], 0), valid
+
+
+def gather(flat: np.ndarray, layout: tuple[np.ndarray, np.ndarray], fill: int) -> np.ndarray:
+    """Any array aligned with input_ids, laid out like the batch, `fill` where padded."""
+    positions, valid = layout
+    return np.where(valid, flat[positions], fill).astype(np.int64)
+
+
+def pad_rows(split: TokenizedSplit, indices: np.ndarray, pad_id: int, pad_to_multiple_of: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gather rows `indices` into right-padded (ids, attention_mask, token_type_ids) int64 arrays."""
+    layout = row_layout(split, indices, pad_to_multiple_of)
+    types = gather(split.token_type_ids, layout, 0) if split.token_type_ids is not None else None
+    return gather(split.input_ids, layout, pad_id), layout[1].astype(np.int64), types
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,

@@ -42,11 +42,12 @@ def read_splits(data: DataConfig) -> dict[str, Table]:
         if "test" in hub:
             out["test"] = hub["test"]
     else:
-        out = {"train": read_file(data.train_file, "data.train_file")}
+        docs = data.document_separator
+        out = {"train": read_file(data.train_file, "data.train_file", docs)}
         if data.validation_file:
-            out["validation"] = read_file(data.validation_file, "data.validation_file")
+            out["validation"] = read_file(data.validation_file, "data.validation_file", docs)
         if data.test_file:
-            out["test"] = read_file(data.test_file, "data.test_file")
+            out["test"] = read_file(data.test_file, "data.test_file", docs)
     for name, table in out.items():
         table.name = name
     return out
@@ -56,6 +57,11 @@ def read_and_clean(data: DataConfig, wanted: dict[str, str | None], text_columns
                    ) -> tuple[dict[str, Table], DataReport]:
     """Read every split, check `wanted` columns exist, drop rows with empty text (counted, located)."""
     tables = read_splits(data)
+    return tables, clean_tables(tables, wanted, text_columns)
+
+
+def clean_tables(tables: dict[str, Table], wanted: dict[str, str | None], text_columns: list[str]) -> DataReport:
+    """Check `wanted` columns exist in every split and drop rows with empty text (in place; counted)."""
     report = DataReport()
     for name, table in tables.items():
         require_columns(table, wanted)
@@ -66,7 +72,7 @@ def read_and_clean(data: DataConfig, wanted: dict[str, str | None], text_columns
         report.splits[name] = SplitReport(source=table.source, rows_read=len(table), dropped_empty=len(dropped),
                                           dropped_empty_where=table.concat_locations(dropped))
         tables[name] = kept
-    return tables, report
+    return report
 
 
 def finish_splits(tables: dict[str, Table], report: DataReport, data: DataConfig, seed: int,

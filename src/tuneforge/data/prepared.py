@@ -25,6 +25,7 @@ class PreparedData:
     report: DataReport
     label_names: list[str] = field(default_factory=list)  # classification: id -> name
     fingerprint: str = ""  # hash of the cleaned training data, for caching and the run record
+    info: dict[str, Any] = field(default_factory=dict)  # task facts found in the data (e.g. causal LM format)
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TokenizedSplit:
     labels: np.ndarray | None = None  # int64, one per row (classification)
     full_lengths: np.ndarray | None = None  # token counts before truncation (for the data report)
     targets: TokenizedSplit | None = None  # seq2seq: the target token rows, aligned with these rows
+    token_labels: np.ndarray | None = None  # causal LM: per-token labels aligned with input_ids (-100: no loss)
+    position_ids: np.ndarray | None = None  # packed causal LM: position within each document
 
     def attach_targets(self, targets: TokenizedSplit) -> None:
         assert len(targets) == len(self), "targets must align with sources"
@@ -72,7 +75,7 @@ class TokenizedSplit:
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"input_ids": self.input_ids, "offsets": self.offsets}
-        for name in ("token_type_ids", "labels", "full_lengths"):
+        for name in ("token_type_ids", "labels", "full_lengths", "token_labels", "position_ids"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
@@ -80,4 +83,4 @@ class TokenizedSplit:
     @classmethod
     def from_arrays(cls, arrays: dict[str, Any]) -> TokenizedSplit:
         return cls(**{k: arrays.get(k) for k in ("input_ids", "offsets", "token_type_ids", "labels",
-                                                  "full_lengths")})
+                                                  "full_lengths", "token_labels", "position_ids")})

@@ -130,8 +130,29 @@ def _read_parquet(path: Path) -> Table:
     return Table(str(path), table.to_pydict())
 
 
-def read_file(path: str | os.PathLike, key: str = "data.train_file") -> Table:
-    """Read one local data file; `key` names the config key in error messages."""
+def _read_text(path: Path, text: str, documents: str) -> Table:
+    """.txt: one example per non-empty line, or (documents="blank_line") per blank-line-separated block."""
+    lines = text.splitlines()
+    if documents == "line":
+        kept = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+        return Table(str(path), {"text": [line for _, line in kept]}, [n for n, _ in kept])
+    docs: list[str] = []
+    starts: list[int] = []
+    current: list[str] = []
+    for n, line in enumerate(lines + [""], start=1):
+        if line.strip():
+            if not current:
+                starts.append(n)
+            current.append(line)
+        elif current:
+            docs.append("\n".join(current))
+            current = []
+    return Table(str(path), {"text": docs}, starts)
+
+
+def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: str = "line") -> Table:
+    """Read one local data file; `key` names the config key in error messages; `documents` says how a .txt
+    file splits into examples ("line" or "blank_line")."""
     p = Path(path)
     fmt = FORMATS.get(p.suffix.lower())
     if fmt is None:
@@ -154,8 +175,7 @@ def read_file(path: str | os.PathLike, key: str = "data.train_file") -> Table:
         elif fmt == "json":
             table = _read_json(p, text)
         else:
-            lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-            table = Table(str(p), {"text": [line for _, line in lines]}, [n for n, _ in lines])
+            table = _read_text(p, text, documents)
     if len(table) == 0:
         raise DataError(f"{p}: no data rows (only a header or nothing at all)")
     return table

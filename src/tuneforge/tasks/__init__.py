@@ -31,4 +31,16 @@ register_task(TaskSpec(
            "metric_for_best_model": "seq2seq default: loss; rougeL/rougeLsum select on generated summaries"},
 ))
 
+register_task(TaskSpec(
+    name="causal_lm",
+    summary="Causal language modelling and text generation with any AutoModelForCausalLM (GPT-2, Llama, Qwen).",
+    factory="tuneforge.tasks.causal_lm:CausalLMTask",
+    defaults={"training": {"learning_rate": 5e-5, "num_train_epochs": 3.0, "warmup_steps": 0.05,
+                           "weight_decay": 0.01, "lr_scheduler_type": "cosine", "max_grad_norm": 1.0,
+                           "metric_for_best_model": "loss", "per_device_train_batch_size": 8,
+                           "per_device_eval_batch_size": 8}},
+    metrics=("loss", "perplexity"),
+    notes={"learning_rate": "causal_lm default for full fine-tuning; LoRA runs use about 2e-4"},
+))
+
 __all__ = ["Task", "TaskSpec", "get_spec", "get_task", "register_task", "task_names"]

@@ -1,0 +1,57 @@
+"""Packing documents into fixed-length blocks for causal language modelling, from flat token arrays.
+
+>>> import numpy as np
+>>> from tuneforge.data.prepared import TokenizedSplit
+>>> from tuneforge.data.packing import pack_documents
+>>> docs = TokenizedSplit.from_lists([[5, 6, 2], [7, 2], [8, 9, 10, 2]])   # each ends with EOS (2)
+>>> blocks = pack_documents(docs, block_size=4, pad_id=0)
+>>> blocks.input_ids.tolist(), blocks.positions.tolist()
+([[5, 6, 2, 7], [2, 8, 9, 10], [2, 0, 0, 0]], [[0, 1, 2, 0], [1, 0, 1, 2], [3, 0, 0, 0]])
+>>> blocks.labels.tolist()   # first token of a document is not predicted from the previous one; pads ignored
+[[5, 6, 2, -100], [2, -100, 9, 10], [2, -100, -100, -100]]
+
+Documents are joined (each already ends with EOS), every token lands in exactly one block, the last block
+is padded. `positions` restart at 0 per document so models that separate documents by position ids (GPT-2,
+Llama under SDPA/eager when no attention mask is passed) never attend across a boundary; a document cut
+by a block boundary continues its positions in the next block. Labels are aligned with input_ids (the
+loss shifts them), so the EOS that ends a document is a target and the token after it is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tuneforge.data.prepared import TokenizedSplit
+
+
+@dataclass
+class PackedBlocks:
+    input_ids: np.ndarray  # (n_blocks, block_size) int32
+    labels: np.ndarray  # same shape, -100 where no loss
+    positions: np.ndarray  # same shape, position within the document
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def pack_documents(docs: TokenizedSplit, block_size: int, pad_id: int) -> PackedBlocks:
+    """Pack `docs` (each ending with EOS; `token_labels`, when set, keep their -100s) into blocks."""
+    flat = docs.input_ids.astype(np.int64)
+    starts = docs.offsets[:-1]
+    total = len(flat)
+    n_blocks = max(1, -(-total // block_size))
+    size = n_blocks * block_size
+    ids = np.full(size, pad_id, dtype=np.int64)
+    ids[:total] = flat
+    labels = np.full(size, -100, dtype=np.int64)
+    labels[:total] = docs.token_labels if docs.token_labels is not None else flat  # prompts stay -100
+    first = starts[starts > 0]  # a document's first token is not predicted from the one before it
+    labels[first] = -100
+    # position within the document: index minus the start of the document that holds it
+    doc_of_token = np.repeat(np.arange(len(starts)), np.diff(docs.offsets))
+    positions = np.zeros(size, dtype=np.int64)
+    positions[:total] = np.arange(total) - starts[doc_of_token]
+    shape = (n_blocks, block_size)
+    return PackedBlocks(ids.reshape(shape), labels.reshape(shape), positions.reshape(shape))

@@ -1,0 +1,257 @@
+"""Causal language modelling and generation with any AutoModelForCausalLM (GPT-2, Llama, Qwen, SmolLM).
+
+>>> from tuneforge.tasks import get_task
+>>> task = get_task("causal_lm")
+>>> data = task.prepare_data(load_config("lm.yaml"))     # doctest: +SKIP
+>>> data.info["format"]                                  # doctest: +SKIP
+'text'
+
+Three data shapes: raw text (packed into full blocks, documents kept apart by position ids, EOS trained),
+prompt/completion (loss on the completion and its EOS only) and chat (loss on assistant turns only). The
+loss is summed over target tokens; the engine normalises over the accumulation window's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from tuneforge.config.schema import RunConfig
+from tuneforge.data.batching import gather, row_layout
+from tuneforge.data.cache import cache_root, cached_tokenize
+from tuneforge.data.checks import fingerprint
+from tuneforge.data.packing import pack_documents
+from tuneforge.data.pipeline import clean_tables, finish_splits, read_splits
+from tuneforge.data.prepared import PreparedData, TokenizedSplit
+from tuneforge.errors import DataError
+from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.chat import check_template, parse_conversations, render_conversation
+from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision
+from tuneforge.tasks.tokenize import length_stats, tokenizer_fingerprint
+
+
+def _columns(config: RunConfig, fmt: str) -> list[str]:
+    d = config.data
+    return {"text": [d.text_column], "prompt_completion": [d.prompt_column, d.completion_column],
+            "chat": [d.messages_column]}[fmt]
+
+
+class CausalLMTask:
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+
+    # ---- data (no torch) -------------------------------------------------------------------------
+    def detect_format(self, config: RunConfig, columns: list[str]) -> str:
+        d = config.data
+        if d.data_format != "auto":
+            return d.data_format
+        if d.messages_column in columns:
+            return "chat"
+        if d.prompt_column in columns and d.completion_column in columns:
+            return "prompt_completion"
+        return "text"
+
+    def text_columns(self, config: RunConfig) -> list[str]:
+        return _columns(config, config.data.data_format if config.data.data_format != "auto" else "text")
+
+    def prepare_data(self, config: RunConfig) -> PreparedData:
+        d = config.data
+        tables = read_splits(d)
+        fmt = self.detect_format(config, list(tables["train"].columns))
+        config.data.data_format = fmt  # resolved: recorded in run_config.yaml, used by generate
+        columns = _columns(config, fmt)
+        keys = {"text": "data.text_column", "prompt_completion": "data.prompt_column", "chat": "data.messages_column"}
+        wanted = dict(zip([keys[fmt], "data.completion_column"], columns))
+        report = clean_tables(tables, wanted, [] if fmt == "chat" else columns)
+        if fmt == "chat":
+            for table in tables.values():
+                parse_conversations(table, d.messages_column)
+        tables = finish_splits(tables, report, d, config.training.seed, columns, None, stratify=False)
+        return PreparedData(tables, report, [], fingerprint([tables["train"]], columns), info={"format": fmt})
+
+    # ---- model ---------------------------------------------------------------------------------------
+    @staticmethod
+    def auto_class() -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
+        revision, commit = pin_revision(config.model)
+        tokenizer = load_tokenizer(config.model, revision)
+        if tokenizer.eos_token_id is None:
+            raise DataError(f"model.model_name_or_path: the tokenizer of {config.model.model_name_or_path!r} has "
+                            "no EOS token; causal LM training needs one to end documents")
+        if data.info.get("format") == "chat":
+            check_template(tokenizer, config.model.model_name_or_path or "")
+        model = load_model(self.auto_class(), config.model, revision)
+        if tokenizer.pad_token_id is None:
+            # Padding only fills batches; labels come from our own arrays, so EOS stays a training target.
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model, tokenizer, commit
+
+    def resolve(self, config: RunConfig, model: Any) -> tuple[RunConfig, list[str]]:
+        import dataclasses
+
+        g = config.generation
+        generation = dataclasses.replace(g, num_beams=g.num_beams or 1, length_penalty=g.length_penalty or 1.0,
+                                         no_repeat_ngram_size=g.no_repeat_ngram_size or 0,
+                                         early_stopping=bool(g.early_stopping))
+        gen = model.generation_config
+        for key in ("num_beams", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                    "num_return_sequences", "no_repeat_ngram_size", "length_penalty"):
+            setattr(gen, key, getattr(generation, key))
+        gen.max_new_tokens = generation.max_new_tokens or 128
+        gen.max_length = None
+        gen.pad_token_id = model.config.pad_token_id
+        gen.stop_strings = generation.stop_strings
+        return dataclasses.replace(config, generation=generation), []
+
+    def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
+        limit = model_max_length(tokenizer, model_config, cap=1024)
+        for key in ("n_positions", "max_sequence_length"):
+            limit = min(limit, getattr(model_config, key, None) or limit)
+        return min(config.data.block_size, limit) if config.data.block_size else limit
+
+    def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig, max_length: int
+                 ) -> dict[str, TokenizedSplit]:
+        d = config.data
+        fmt = data.info["format"]
+        packing = d.packing if d.packing is not None else fmt == "text"
+        d.packing, d.block_size = packing, max_length  # resolved values, recorded with the run
+        columns = _columns(config, fmt)
+        parts = {"tokenizer": tokenizer_fingerprint(tokenizer), "format": fmt, "v": 1}
+        out = {}
+        for name, table in data.splits.items():
+            docs = cached_tokenize(cache_root(d.preprocessing_cache_dir),
+                                   {**parts, "data": fingerprint([table], columns)},
+                                   partial(tokenize_documents, tokenizer, table, columns, fmt))
+            rep = data.report.splits[name]
+            if packing:
+                blocks = pack_documents(docs, max_length, tokenizer.pad_token_id)
+                n, width = blocks.input_ids.shape
+                split = TokenizedSplit(blocks.input_ids.reshape(-1), np.arange(n + 1) * width,
+                                       token_labels=blocks.labels.reshape(-1),
+                                       position_ids=blocks.positions.reshape(-1))
+                rep.token_lengths, rep.truncated_percent = length_stats(docs, 10**9)  # packing cuts nothing
+            else:
+                split = truncate_rows(docs, max_length)
+                rep.token_lengths, rep.truncated_percent = length_stats(docs, max_length)
+            out[name] = split
+        data.report.max_length = max_length
+        data.report.length_key = "block_size (packed)" if packing else "block_size"
+        return out
+
+    # ---- batches, loss, metrics (torch) ------------------------------------------------------------
+    def collate(self, split: TokenizedSplit, indices: np.ndarray, pad_id: int,
+                pad_to_multiple_of: int | None = None) -> dict[str, Any]:
+        import torch
+
+        layout = row_layout(split, indices, pad_to_multiple_of)
+        labels = gather(split.token_labels, layout, -100)
+        batch: dict[str, Any] = {"input_ids": torch.from_numpy(gather(split.input_ids, layout, pad_id)),
+                                 "labels": torch.from_numpy(labels),
+                                 "num_items": int((labels[:, 1:] != -100).sum())}
+        if split.position_ids is not None:
+            # packed: no attention mask, so the model separates documents by their restarting position ids
+            batch["position_ids"] = torch.from_numpy(gather(split.position_ids, layout, 0))
+        else:
+            batch["attention_mask"] = torch.from_numpy(layout[1].astype(np.int64))
+        return batch
+
+    def num_items(self, batch: dict[str, Any]) -> int:
+        return batch["num_items"]
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        import torch.nn.functional as F
+
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        # use_cache=False: with a cache (GPT-2 builds one by default) transformers ignores the position-id
+        # document boundaries and packed documents would attend to each other
+        logits = model(**inputs, use_cache=False).logits[:, :-1]
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100,
+                               reduction="sum")
+
+    def eval_step(self, model: Any, batch: dict[str, Any], state: dict[str, Any]) -> None:
+        state["loss_sum"] = state.get("loss_sum", 0.0) + float(self.loss(model, batch))
+        state["tokens"] = state.get("tokens", 0) + batch["num_items"]
+
+    def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:
+        loss = state["loss_sum"] / max(1, state["tokens"])  # token-weighted over the whole set
+        return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "tokens": state["tokens"]}
+
+    # ---- inference ---------------------------------------------------------------------------------
+    def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
+                pairs: list[str] | None = None, batch_size: int = 8, max_length: int | None = None
+                ) -> list[dict[str, Any]]:
+        import torch
+
+        if config.data.data_format == "chat":
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                   add_generation_prompt=True) for t in texts]
+        gen = model.generation_config
+        device = next(model.parameters()).device
+        stops = gen.stop_strings or []
+        results = []
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                padding_side="left", add_special_tokens=config.data.data_format != "chat")
+                enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                out = model.generate(**enc, generation_config=gen, tokenizer=tokenizer if stops else None)
+                new = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                new = [_cut_at_stop(t, stops) for t in new]
+                k = gen.num_return_sequences or 1
+                for i in range(0, len(new), k):
+                    results.append({"generated_text": new[i], **({"generated_texts": new[i:i + k]} if k > 1 else {})})
+        return results
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+def tokenize_documents(tokenizer: Any, table: Any, columns: list[str], fmt: str) -> TokenizedSplit:
+    """One row per example, ending with EOS; token_labels -100 where no loss (prompt, non-assistant turns)."""
+    eos = tokenizer.eos_token_id
+    rows: list[list[int]] = []
+    labels: list[list[int]] = []
+    if fmt == "chat":
+        for value in table.columns[columns[0]]:
+            ids, lab = render_conversation(tokenizer, json.loads(value))
+            if all(x == -100 for x in lab):
+                raise DataError(f"{table.source}: a conversation's assistant turns render to no tokens with this "
+                                "chat template; check the template or the data")
+            rows.append(ids)
+            labels.append(lab)
+    elif fmt == "prompt_completion":
+        prompts = tokenizer(table.columns[columns[0]])["input_ids"]
+        completions = tokenizer(table.columns[columns[1]], add_special_tokens=False)["input_ids"]
+        for p, c in zip(prompts, completions):
+            rows.append(p + c + [eos])
+            labels.append([-100] * len(p) + c + [eos])  # the EOS is a target: the model learns to stop
+    else:
+        for ids in tokenizer(table.columns[columns[0]])["input_ids"]:
+            row = ids if ids and ids[-1] == eos else ids + [eos]
+            rows.append(row)
+            labels.append(row)
+    split = TokenizedSplit.from_lists(rows, full_lengths=[len(r) for r in rows])
+    split.token_labels = np.fromiter((x for r in labels for x in r), dtype=np.int64, count=len(split.input_ids))
+    return split
+
+
+def truncate_rows(docs: TokenizedSplit, max_length: int) -> TokenizedSplit:
+    """Keep the first max_length tokens of each row (unpacked data); lengths before the cut stay recorded."""
+    lengths = np.minimum(docs.lengths, max_length)
+    keep = np.concatenate([np.arange(s, s + n) for s, n in zip(docs.offsets[:-1], lengths)]) \
+        if len(lengths) else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TokenizedSplit(docs.input_ids[keep], offsets, full_lengths=docs.full_lengths,
+                          token_labels=docs.token_labels[keep])

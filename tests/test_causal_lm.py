@@ -1,0 +1,155 @@
+"""Causal LM task on tiny GPT-2 and Llama models built offline: packing, masks, chat, learning, generation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import LM_CORPUS, one_line_error, write_jsonl
+
+import tuneforge
+from tuneforge.cli import main
+from tuneforge.config import load_config
+from tuneforge.data.packing import pack_documents
+from tuneforge.data.prepared import TokenizedSplit
+from tuneforge.tasks import get_task
+
+
+def _cfg(model, train, out=None, **extra):
+    items = {"task": "causal_lm", "model_name_or_path": str(model), "train_file": str(train), "report_to": "none",
+             "seed": 0}
+    if out is not None:
+        items |= {"output_dir": str(out), "preprocessing_cache_dir": str(out.parent / "cache")}
+    items.update(extra)
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def _prepared(model, train, **extra):
+    from transformers import AutoTokenizer
+
+    task = get_task("causal_lm")
+    cfg = load_config(None, _cfg(model, train, **extra))
+    data = task.prepare_data(cfg)
+    tok = AutoTokenizer.from_pretrained(model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return task, cfg, data, tok
+
+
+def test_packing_puts_every_token_in_exactly_one_block_and_trains_eos(tiny_gpt2_lm, tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(LM_CORPUS * 3) + "\n")
+    task, cfg, data, tok = _prepared(tiny_gpt2_lm, path, validation_split_percentage=20, block_size=16)
+    splits = task.tokenize(tok, data, cfg, 16)
+    eos = tok.eos_token_id
+    for name, split in splits.items():
+        docs = [tok(t)["input_ids"] + [eos] for t in data.splits[name].columns["text"]]
+        flat = [x for d in docs for x in d]
+        n_real = len(flat)
+        assert split.input_ids[:n_real].tolist() == flat  # in order, once each
+        assert (split.input_ids[n_real:] == tok.pad_token_id).all() and len(split.input_ids) - n_real < 16
+        labels = split.token_labels
+        ends = np.cumsum([len(d) for d in docs]) - 1
+        assert (labels[ends] == eos).all()  # EOS is a training target (pad == eos must not mask it)
+        starts = ends[:-1] + 1
+        assert (labels[starts] == -100).all()  # no loss for predicting a document from the previous one
+        assert (labels[n_real:] == -100).all()  # padding ignored
+        assert (split.position_ids[starts] == 0).all()
+    assert cfg.data.data_format == "text" and cfg.data.packing is True
+
+
+@pytest.mark.parametrize("family", ["tiny_gpt2_lm", "tiny_llama"])
+def test_packed_logits_equal_per_document_logits(family, request):
+    """Position ids that restart per document and no attention mask keep documents apart."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = request.getfixturevalue(family)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    docs = [tok(t)["input_ids"] + [tok.eos_token_id] for t in LM_CORPUS[:3]]
+    split = TokenizedSplit.from_lists(docs)
+    blocks = pack_documents(split, block_size=sum(map(len, docs)), pad_id=0)
+    task = get_task("causal_lm")
+    packed = TokenizedSplit(blocks.input_ids.reshape(-1), np.array([0, blocks.input_ids.size]),
+                            token_labels=blocks.labels.reshape(-1), position_ids=blocks.positions.reshape(-1))
+    batch = task.collate(packed, np.array([0]), 0)
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        # the task's own loss path gives the same per-document loss as scoring documents one by one
+        per_doc = sum(torch.nn.functional.cross_entropy(model(input_ids=torch.tensor([d])).logits[0, :-1],
+                                                        torch.tensor(d[1:]), reduction="sum") for d in docs)
+        torch.testing.assert_close(task.loss(model, batch), per_doc, atol=1e-3, rtol=1e-4)
+        together = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for d in docs:
+            alone = model(input_ids=torch.tensor([d])).logits[0]
+            torch.testing.assert_close(together[start:start + len(d)], alone, atol=1e-4, rtol=1e-4)
+            start += len(d)
+
+
+def test_prompt_tokens_get_no_loss(tiny_gpt2_lm, tmp_path):
+    rows = [{"prompt": "Q: what saves nine? A:", "completion": " a stitch in time"},
+            {"prompt": "Q: who catches the worm? A:", "completion": " the early bird"}]
+    path = write_jsonl(tmp_path / "pc.jsonl", rows * 5)
+    task, cfg, data, tok = _prepared(tiny_gpt2_lm, path, validation_file=str(path))
+    assert data.info["format"] == "prompt_completion"
+    split = task.tokenize(tok, data, cfg, 64)["train"]
+    assert split.position_ids is None  # prompt/completion: dynamic padding, not packing, by default
+    for i in range(len(split)):
+        ids = split.row(i).tolist()
+        labels = split.token_labels[split.offsets[i]:split.offsets[i + 1]].tolist()
+        prompt = tok(rows[i % 2]["prompt"])["input_ids"]
+        assert labels[:len(prompt)] == [-100] * len(prompt)
+        assert labels[len(prompt):] == ids[len(prompt):] and ids[-1] == tok.eos_token_id
+    batch = task.collate(split, np.array([0, 1]), tok.pad_token_id)
+    assert batch["num_items"] == int((batch["labels"][:, 1:] != -100).sum())
+
+
+def test_chat_loss_on_assistant_turns_only(tiny_gpt2_lm, tmp_path):
+    conv = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "the early bird"},
+            {"role": "user", "content": "more"}, {"role": "assistant", "content": "catches the worm"}]
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": conv}] * 4)
+    task, cfg, data, tok = _prepared(tiny_gpt2_lm, path, validation_file=str(path))
+    split = task.tokenize(tok, data, cfg, 64)["train"]
+    ids, labels = split.row(0).tolist(), split.token_labels[:split.offsets[1]].tolist()
+    trained = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    assert trained == "the early bird<|endoftext|>catches the worm<|endoftext|>"
+
+
+def test_chat_errors_are_one_line(tiny_llama, tmp_path, capsys):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    line = one_line_error(capsys, ["train", *_cfg(tiny_llama, path)])
+    assert "no assistant turn" in line and "chat.jsonl" in line
+    path = write_jsonl(tmp_path / "chat2.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                {"role": "assistant", "content": "yo"}]}] * 4)
+    line = one_line_error(capsys, ["train", *_cfg(tiny_llama, path, output_dir=tmp_path / "o",
+                                                  validation_file=str(path))])
+    assert "chat template" in line  # tiny_llama's tokenizer has none
+
+
+@pytest.fixture(scope="module")
+def memorised_run(tiny_gpt2_lm, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm_runs")
+    path = folder / "corpus.txt"
+    path.write_text("\n\n".join(LM_CORPUS) + "\n")  # five documents, one packed block
+    return tuneforge.train(None, _cfg(tiny_gpt2_lm, path, folder / "run", validation_file=str(path),
+                                      learning_rate=3e-3, max_steps=150, eval_strategy="steps", eval_steps=50,
+                                      save_strategy="no", block_size=64, max_new_tokens=8))
+
+
+def test_tiny_model_memorises_and_generates_the_continuation(memorised_run):
+    assert memorised_run.metrics["eval"]["perplexity"] < 2.0
+    out = tuneforge.load(memorised_run.path).predict(["a stitch in", "the early bird"])
+    assert out[0]["generated_text"].startswith(" time saves nine")
+    assert out[1]["generated_text"].startswith(" catches the worm")
+
+
+def test_cli_generate_and_saved_generation_config(memorised_run, capsys):
+    assert main(["generate", str(memorised_run.path), "--prompt", "all that glitters"]) == 0
+    assert capsys.readouterr().out.startswith(" is not gold")
+    gen = json.loads((memorised_run.path / "generation_config.json").read_text())
+    assert gen["max_new_tokens"] == 8 and gen.get("do_sample", False) is False
+    info = json.loads((memorised_run.path / "data_report.json").read_text())
+    assert info["splits"]["train"]["truncated_percent"] == 0.0
