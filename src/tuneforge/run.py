@@ -142,6 +142,10 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         cfg, notes = task.resolve(cfg, model)
         for note in notes:
             console.print(f"using {note}", highlight=False)
+    if cfg.lora.enabled:
+        from tuneforge.engine.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora, cfg.task, getattr(model, "tuneforge_new_keys", []))
     fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True
     session = start_session(cfg, console, fp16_safe)
     max_length = task.max_length(cfg, tokenizer, model.config)

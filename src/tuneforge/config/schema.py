@@ -226,8 +226,28 @@ class GenerationConfig:
             raise ConfigError("generation.min_length and no_repeat_ngram_size must not be negative")
 
 
+@dataclass
+class LoraConfig:
+    enabled: bool = opt(False, "Train LoRA adapters (peft) instead of all weights. Without an explicit "
+                               "learning_rate, LoRA runs use 2e-4.")
+    r: int = opt(8, "LoRA rank.")
+    lora_alpha: int = opt(16, "LoRA scaling numerator (scale = lora_alpha / r).")
+    lora_dropout: float = opt(0.05, "Dropout on the LoRA path.")
+    target_modules: list[str] | None = opt(
+        None, "Module names to adapt. Default: peft's choice for the architecture, else every linear layer "
+              "except the output head.")
+    merge_weights: bool = opt(True, "Also save merged full weights at the run folder's root (plain transformers "
+                                    "loads them without peft); the adapter alone is always in adapter/.")
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.lora_alpha < 1:
+            raise ConfigError(f"lora.r and lora.lora_alpha must be at least 1, got {self.r}, {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig,
-                             "generation": GenerationConfig}
+                             "generation": GenerationConfig, "lora": LoraConfig}
 SECTION_TASKS: dict[str, tuple[str, ...]] = {"generation": ("seq2seq", "causal_lm")}
 
 
@@ -240,6 +260,7 @@ class RunConfig:
     data: DataConfig
     training: TrainingConfig
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field that applies to this task (reloads with load_config to the same config)."""

@@ -119,6 +119,14 @@ def load_weights(path: Path, model: Any) -> None:
     state_dict: dict[str, Any] = {}
     for file in sorted(path.glob("*.safetensors")):
         state_dict |= load_file(file)
+    if hasattr(model, "peft_config"):  # a LoRA checkpoint holds the adapter (and new modules) only
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, state_dict)
+        if result.unexpected_keys:
+            raise UserError(f"checkpoint {path} does not match this adapter (unexpected "
+                            f"{list(result.unexpected_keys)[:3]})")
+        return
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied]:

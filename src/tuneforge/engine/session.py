@@ -48,8 +48,13 @@ class Session:
         return metrics
 
     def save_final(self, model: Any, tokenizer: Any, run_dir: Path) -> None:
+        from tuneforge.engine.lora import is_peft, save_lora
+
         unwrapped = self.accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(run_dir)
+        if is_peft(unwrapped):
+            save_lora(unwrapped, run_dir, self.cfg.lora.merge_weights)
+        else:
+            unwrapped.save_pretrained(run_dir)
         tokenizer.save_pretrained(run_dir)
 
 

@@ -87,13 +87,19 @@ def load_tokenizer(model: ModelConfig, revision: str | None = None) -> Any:
 
 
 def load_model(auto_class: Any, model: ModelConfig, revision: str | None = None, **kwargs: Any) -> Any:
+    """from_pretrained with one-line errors; `loaded.tuneforge_new_keys` lists the parameters the checkpoint
+    did not have (new heads), which LoRA must train in full."""
     quiet_transformers()
     name = model.model_name_or_path or ""
     try:
-        return auto_class.from_pretrained(name, revision=revision or model.revision, cache_dir=model.cache_dir,
-                                          trust_remote_code=model.trust_remote_code, **kwargs)
+        loaded, info = auto_class.from_pretrained(
+            name, revision=revision or model.revision, cache_dir=model.cache_dir,
+            trust_remote_code=model.trust_remote_code, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as err:
         raise _explain(err, name, "model") from None
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
+    loaded.tuneforge_new_keys = sorted(set(info.get("missing_keys", [])) | set(mismatched))
+    return loaded
 
 
 def model_max_length(tokenizer: Any, model_config: Any, cap: int = 512) -> int:

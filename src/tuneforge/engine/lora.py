@@ -1,0 +1,50 @@
+"""LoRA adapters (peft) for every task: wrap after loading, train adapters + new modules, save both ways.
+
+>>> model = apply_lora(model, cfg.lora, "classification", new_keys=["classifier.weight"])   # doctest: +SKIP
+
+Modules the checkpoint did not have (any new classification head, whatever its name, e.g. BART's
+`classification_head`; resized embeddings) are trained fully (`modules_to_save`): peft's SEQ_CLS default
+only knows `classifier` and `score`, and a head left frozen at random init silently ruins a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config.schema import LoraConfig
+
+TASK_TYPES = {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal_lm": "CAUSAL_LM"}
+
+
+def new_module_names(new_keys: list[str]) -> list[str]:
+    """Modules owning parameters that the checkpoint lacked (newly initialised)."""
+    return sorted({key.rsplit(".", 1)[0] for key in new_keys if "." in key})
+
+
+def apply_lora(model: Any, cfg: LoraConfig, task: str, new_keys: list[str]) -> Any:
+    import peft
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = getattr(model.config, "model_type", "")
+    targets = cfg.target_modules or (list(DEFAULTS[model_type]) if model_type in DEFAULTS else "all-linear")
+    config = peft.LoraConfig(task_type=TASK_TYPES[task], r=cfg.r, lora_alpha=cfg.lora_alpha,
+                             lora_dropout=cfg.lora_dropout, target_modules=targets,
+                             modules_to_save=new_module_names(new_keys) or None,
+                             fan_in_fan_out=model_type == "gpt2")  # GPT-2 stores Linear weights transposed
+    return peft.get_peft_model(model, config)
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_lora(model: Any, run_dir: Path, merge: bool) -> Any:
+    """Adapter into run_dir/adapter; with `merge`, full merged weights at the root. Returns the model to
+    keep using (merged weights when merged)."""
+    model.save_pretrained(run_dir / "adapter")
+    if not merge:
+        return model
+    merged = model.merge_and_unload()
+    merged.save_pretrained(run_dir)
+    return merged
