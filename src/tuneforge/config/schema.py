@@ -195,7 +195,8 @@ class GenerationConfig:
     # null below means: the model's own preference (its generation_config or task_specific_params), else
     # the default in brackets; the values used are saved in run_config.yaml and generation_config.json.
     num_beams: int | None = opt(None, "Beam search width for evaluation and prediction, 1 = greedy [4].")
-    max_new_tokens: int | None = opt(None, "Longest output in tokens. Default: data.max_target_length.")
+    max_new_tokens: int | None = opt(
+        None, "Longest output in tokens. Default: data.max_target_length (seq2seq), 128 (causal_lm).")
     min_length: int = opt(0, "Shortest output in tokens.")
     length_penalty: float | None = opt(None, "Exponent on length in beam scores; above 1 favours longer outputs [1.0].")
     no_repeat_ngram_size: int | None = opt(None, "Never repeat an n-gram of this size (3 suits summaries) [0: off].")
