@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "all-MiniLM-L6-v2 to tell the intent; seq2seq: warm-start a bert2bert "
                                    "encoder-decoder from it and fine-tune it to summarize each ticket in one "
                                    "sentence (not T5: no pretrained seq2seq model is available offline).")
-    p.add_argument("--task", choices=["classification", "seq2seq"], default="classification",
+    p.add_argument("--task", choices=["classification", "seq2seq", "causal_lm"], default="classification",
                    help="which demo to run (default: classification)")
     p.add_argument("--output-dir", default=None, help="run folder (default: runs/<id>)")
     p.add_argument("--quick", action="store_true", help="one short epoch on fewer rows (smoke test)")
