@@ -154,32 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", choices=task_names())
     commands["config"] = _cmd_config
 
-    p = sub.add_parser("predict", help="predict with a finished run (labels, or generated text)")
-    p.add_argument("run", help="run folder (or run id under ./runs)")
-    p.add_argument("--text", action="append", help="a text to classify (repeatable)")
-    p.add_argument("--text-pair", action="append", help="second text, for models trained on pairs (repeatable)")
-    p.add_argument("--input", help="file of texts: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
-    p.add_argument("--output", help="write predictions to .csv/.tsv/.jsonl instead of printing")
-    p.add_argument("--batch-size", type=int, default=64)
-    commands["predict"] = _cmd_predict
-
-    p = sub.add_parser("summarize", help="summarize (generate) with a finished seq2seq run")
-    p.add_argument("run", help="run folder (or run id under ./runs)")
-    p.add_argument("--text", action="append", help="a text to summarize (repeatable)")
-    p.add_argument("--input", help="file of texts: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
-    p.add_argument("--output", help="write outputs to .csv/.tsv/.jsonl instead of printing")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.set_defaults(require_task="seq2seq", text_pair=None)
-    commands["summarize"] = _cmd_predict
-
-    p = sub.add_parser("generate", help="generate text with a finished causal_lm run")
-    p.add_argument("run", help="run folder (or run id under ./runs)")
-    p.add_argument("--prompt", dest="text", action="append", help="a prompt (repeatable)")
-    p.add_argument("--input", help="file of prompts: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
-    p.add_argument("--output", help="write outputs to .csv/.tsv/.jsonl instead of printing")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(require_task="causal_lm", text_pair=None)
-    commands["generate"] = _cmd_predict
+    for name, help_text, flag, what, batch, task in (
+            ("predict", "predict with a finished run (labels, or generated text)", "--text", "a text", 64, None),
+            ("summarize", "summarize (generate) with a finished seq2seq run", "--text", "a text", 16, "seq2seq"),
+            ("generate", "generate text with a finished causal_lm run", "--prompt", "a prompt", 8, "causal_lm")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run", help="run folder (or run id under ./runs)")
+        p.add_argument(flag, dest="text", action="append", help=f"{what} (repeatable)")
+        if name == "predict":
+            p.add_argument("--text-pair", action="append", help="second text, for models trained on pairs")
+        p.add_argument("--input", help="file of inputs: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
+        p.add_argument("--output", help="write results to .csv/.tsv/.jsonl instead of printing")
+        p.add_argument("--batch-size", type=int, default=batch)
+        p.set_defaults(require_task=task, **({} if name == "predict" else {"text_pair": None}))
+        commands[name] = _cmd_predict
 
     p = sub.add_parser("evaluate", help="evaluate a finished run on labelled data")
     p.add_argument("run", help="run folder (or run id under ./runs)")
