@@ -98,3 +98,35 @@ def test_lora_on_a_new_head_with_another_name(tiny_bert, tmp_path):
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert any("classifier" in n for n in trainable)
     assert all("lora_" in n or "classifier" in n for n in trainable)
+
+
+def test_added_tokens_grow_the_embeddings_and_lora_trains_them(tiny_gpt2_lm, tmp_path):
+    """A tokenizer with more tokens than the embedding table (added chat/special tokens) gets the table
+    resized, and under LoRA the grown embeddings are trained in full and saved."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_gpt2_lm, base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    rows = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|sep|>"]})
+    tokenizer.save_pretrained(base)
+    new_id = tokenizer.convert_tokens_to_ids("<|sep|>")
+    assert new_id == rows  # past the model's table: without resizing, an index error
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"{line} <|sep|> {line}" for line in LM_CORPUS * 3) + "\n")
+    run = tuneforge.train(None, [
+        "task=causal_lm", f"model_name_or_path={base}", f"train_file={corpus}", f"output_dir={tmp_path / 'run'}",
+        "lora.enabled=true", "lora.r=4", "max_steps=6", "learning_rate=1e-2", "report_to=none",
+        f"preprocessing_cache_dir={tmp_path / 'cache'}", "eval_strategy=no", "load_best_model_at_end=false"])
+    saved = load_file(run.path / "adapter" / "adapter_model.safetensors")
+    wte = [k for k in saved if "wte" in k]
+    assert wte and saved[wte[0]].shape[0] == rows + 1
+    merged = AutoModelForCausalLM.from_pretrained(run.path)
+    assert merged.get_input_embeddings().num_embeddings == rows + 1
+    start = AutoModelForCausalLM.from_pretrained(base).get_input_embeddings().weight
+    assert not torch.equal(merged.get_input_embeddings().weight[:rows], start)  # embeddings trained
+    torch.testing.assert_close(merged.get_input_embeddings().weight, merged.get_output_embeddings().weight)

@@ -9,6 +9,7 @@ only knows `classifier` and `score`, and a head left frozen at random init silen
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,17 @@ def apply_lora(model: Any, cfg: LoraConfig, task: str, new_keys: list[str]) -> A
 
     model_type = getattr(model.config, "model_type", "")
     targets = cfg.target_modules or (list(DEFAULTS[model_type]) if model_type in DEFAULTS else "all-linear")
+    to_save = new_module_names(new_keys)
+    embeddings = model.get_input_embeddings()
+    extra = {}
+    if ("ensure_weight_tying" in {f.name for f in dataclasses.fields(peft.LoraConfig)}
+            and getattr(model.config, "tie_word_embeddings", False)
+            and any(module is embeddings for name, module in model.named_modules() if name in to_save)):
+        extra["ensure_weight_tying"] = True  # resized tied embeddings stay one matrix, also after merging
     config = peft.LoraConfig(task_type=TASK_TYPES[task], r=cfg.r, lora_alpha=cfg.lora_alpha,
                              lora_dropout=cfg.lora_dropout, target_modules=targets,
-                             modules_to_save=new_module_names(new_keys) or None,
-                             fan_in_fan_out=model_type == "gpt2")  # GPT-2 stores Linear weights transposed
+                             modules_to_save=to_save or None,
+                             fan_in_fan_out=model_type == "gpt2", **extra)  # GPT-2 stores Linear weights transposed
     return peft.get_peft_model(model, config)
 
 

@@ -87,7 +87,7 @@ class CausalLMTask:
                             "no EOS token; causal LM training needs one to end documents")
         if data.info.get("format") == "chat":
             check_template(tokenizer, config.model.model_name_or_path or "")
-        model = load_model(self.auto_class(), config.model, revision)
+        model = load_model(self.auto_class(), config.model, revision, tokenizer)
         if tokenizer.pad_token_id is None:
             # Padding only fills batches; labels come from our own arrays, so EOS stays a training target.
             tokenizer.pad_token = tokenizer.eos_token

@@ -93,7 +93,7 @@ class ClassificationTask:
         tokenizer = load_tokenizer(config.model, revision)
         names = data.label_names
         model = load_model(
-            AutoModelForSequenceClassification, config.model, revision, num_labels=len(names),
+            AutoModelForSequenceClassification, config.model, revision, tokenizer, num_labels=len(names),
             id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
             ignore_mismatched_sizes=True)  # a checkpoint fine-tuned for other labels gets a new head
         if tokenizer.pad_token_id is None:  # GPT-style models: pad with EOS, the model finds the last token

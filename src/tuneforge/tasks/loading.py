@@ -86,9 +86,11 @@ def load_tokenizer(model: ModelConfig, revision: str | None = None) -> Any:
     return tokenizer
 
 
-def load_model(auto_class: Any, model: ModelConfig, revision: str | None = None, **kwargs: Any) -> Any:
+def load_model(auto_class: Any, model: ModelConfig, revision: str | None = None, tokenizer: Any = None,
+               **kwargs: Any) -> Any:
     """from_pretrained with one-line errors; `loaded.tuneforge_new_keys` lists the parameters the checkpoint
-    did not have (new heads), which LoRA must train in full."""
+    did not have (new heads) or that had to grow (embeddings resized for a tokenizer with added tokens),
+    which LoRA must train in full."""
     quiet_transformers()
     name = model.model_name_or_path or ""
     try:
@@ -99,7 +101,30 @@ def load_model(auto_class: Any, model: ModelConfig, revision: str | None = None,
         raise _explain(err, name, "model") from None
     mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
     loaded.tuneforge_new_keys = sorted(set(info.get("missing_keys", [])) | set(mismatched))
+    if tokenizer is not None:
+        loaded.tuneforge_new_keys = sorted(set(loaded.tuneforge_new_keys) | set(fit_vocab(loaded, tokenizer, name)))
     return loaded
+
+
+def fit_vocab(model: Any, tokenizer: Any, name: str = "") -> list[str]:
+    """Grow the embedding matrix when the tokenizer has more tokens than the model (added special or chat
+    tokens); an id past the table is an index error on CPU and a device assert on GPU. Returns the names of
+    the resized parameters. Never shrinks: many models pad their table past the tokenizer on purpose."""
+    embeddings = model.get_input_embeddings()
+    if embeddings is None or len(tokenizer) <= embeddings.num_embeddings:
+        return []
+    rows = embeddings.num_embeddings
+    try:
+        model.resize_token_embeddings(len(tokenizer))
+    except NotImplementedError:
+        raise UserError(f"model.model_name_or_path: the tokenizer of {name!r} has {len(tokenizer)} tokens but the "
+                        f"model's embedding table only {rows} rows, and this architecture cannot be resized; "
+                        "use the tokenizer the model was trained with") from None
+    grown = {id(model.get_input_embeddings().weight)}
+    output = model.get_output_embeddings()
+    if output is not None:
+        grown.add(id(output.weight))
+    return [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in grown]
 
 
 def model_max_length(tokenizer: Any, model_config: Any, cap: int = 512) -> int:

@@ -72,7 +72,7 @@ class Seq2SeqTask:
     def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
         revision, commit = pin_revision(config.model)
         tokenizer = load_tokenizer(config.model, revision)
-        model = load_model(self.auto_class(), config.model, revision)
+        model = load_model(self.auto_class(), config.model, revision, tokenizer)
         complete_special_tokens(model, tokenizer)
         return model, tokenizer, commit
 
