@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tuneforge.errors import UserError
+from tuneforge.errors import Interrupted, UserError
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -38,6 +38,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = None
     if args.resume:
         items.append(f"resume_from_checkpoint={args.resume}")
+    if args.allow_pickle:
+        items.append("allow_pickle=true")
     train(config, items)
     return 0
 
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config file (optional when every key is given as overrides)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. learning_rate=3e-5 training.seed=1")
     p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint (needs output_dir)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also load pickle weights (.bin/.pt) with torch's weights_only loader; trusted sources only")
     commands["train"] = _cmd_train
 
     p = sub.add_parser("config", help="print a complete, commented config for a task")
@@ -196,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return args._commands[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -22,3 +22,18 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Unreadable, malformed or unusable training data."""
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGTERM/SIGINT after saving a checkpoint; the run is marked interrupted.
+    Exit code 128 + the signal number, as a shell reports a process ended by that signal."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        import signal
+
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+
+
+class Diverged(UserError):
+    """Too many consecutive optimizer steps with a non-finite loss or gradient."""

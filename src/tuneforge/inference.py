@@ -26,13 +26,18 @@ class LoadedRun:
         from transformers import AutoTokenizer
 
         from tuneforge.tasks.loading import quiet_transformers
+        from tuneforge.tasks.tokenize import tokenizer_fingerprint
 
         quiet_transformers()
         self.run = run
         self.config = run.config
         self.task = get_task(self.config.task)
         self.tokenizer = AutoTokenizer.from_pretrained(run.path)
-        self.model = self.task.auto_class().from_pretrained(run.path)
+        trained_with = run.info.get("tokenizer_fingerprint")
+        if trained_with and tokenizer_fingerprint(self.tokenizer) != trained_with:
+            raise UserError(f"RUN: the tokenizer files in {run.path} differ from the tokenizer the model was trained "
+                            "with (fingerprint in run.json); restore them from the run's checkpoint or retrain")
+        self.model = self.task.auto_class().from_pretrained(run.path, use_safetensors=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         self.max_length = run.info.get("max_length")

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from tuneforge.config import RunConfig, load_config
-from tuneforge.errors import UserError
+from tuneforge.errors import Interrupted, UserError
 from tuneforge.tasks import get_task
 
 RUNS_ROOT = Path("runs")
@@ -126,6 +126,10 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     """Train a model as described by `config` (+ overrides) and return its finished Run."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     run_dir = prepare_output_dir(cfg)
+    if cfg.training.output_dir is None:  # run_config.yaml then resumes this very folder
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, output_dir=str(run_dir)))
     task = get_task(cfg.task)
     data = task.prepare_data(cfg)  # every data error is raised here, before torch is imported
 
@@ -135,6 +139,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     from accelerate.utils import set_seed
 
     from tuneforge.engine.session import start_session
+    from tuneforge.tasks.tokenize import tokenizer_fingerprint
 
     set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
     model, tokenizer, revision = task.load(cfg, data)
@@ -157,6 +162,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     info = run.info if resumed else {"id": run_dir.name, "created_at": _now()}
     info |= {"task": cfg.task, "status": "running", "base_model": cfg.model.model_name_or_path,
              "model_revision": revision, "data_fingerprint": data.fingerprint, "max_length": max_length,
+             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
              "device": session.device_description, "mixed_precision": session.mixed_precision,
              "versions": _versions(), "pid": os.getpid(), "updated_at": _now()}
     _write_json(run_dir / "run.json", info)
@@ -170,6 +176,9 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         session.save_final(model, tokenizer, run_dir)
     except KeyboardInterrupt:
         run.update(status="interrupted")
+        raise
+    except Interrupted as err:
+        run.update(status="interrupted", error=str(err))
         raise
     except BaseException as err:
         run.update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)

@@ -11,7 +11,9 @@ says "task default" means the task fills it in (see `tuneforge config TASK`). Se
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from tuneforge.errors import ConfigError
@@ -33,12 +35,21 @@ class ModelConfig:
     model_name_or_path: str | None = opt(
         None, "Hugging Face hub id (e.g. bert-base-uncased) or a local folder with config and weights. Required.")
     revision: str = opt("main", "Hub branch, tag or commit to load; the resolved commit is saved with the run.")
-    trust_remote_code: bool = opt(False, "Allow model code from the hub to run. Only for repositories you trust.")
+    trust_remote_code: bool = opt(False, "Allow model code from the hub to run. Only for repositories you trust; "
+                                         "hub models then need revision pinned to a commit hash.")
+    allow_pickle: bool = opt(False, "Also load pickle weights (.bin/.pt), with torch's weights_only loader. "
+                                    "Default: safetensors only (pickle files can run code when loaded).")
     cache_dir: str | None = opt(None, "Where downloaded models are cached (default: the Hugging Face cache).")
 
     def __post_init__(self) -> None:
         if self.model_name_or_path is not None and not self.model_name_or_path.strip():
             raise ConfigError("model.model_name_or_path: must not be empty; give a hub id or a local folder")
+        name = self.model_name_or_path
+        if (self.trust_remote_code and name and not Path(name).expanduser().exists()
+                and not re.fullmatch(r"[0-9a-f]{40}", self.revision or "")):
+            raise ConfigError(f"model.revision: trust_remote_code runs Python code from {self.model_name_or_path!r}; "
+                              f"pin revision to a full commit hash (40 hex characters, got {self.revision!r}) so the "
+                              "code cannot change under you")
 
 
 @dataclass
@@ -127,6 +138,9 @@ class TrainingConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and normalisation weights).")
     lr_scheduler_type: SchedulerName = opt("linear", "Learning-rate schedule after warmup.")
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+    max_nonfinite_steps: int = opt(
+        10, "Optimizer steps with a NaN/inf loss or gradient are skipped; stop the run after this many in a row "
+            "(0: never stop).")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
@@ -148,7 +162,11 @@ class TrainingConfig:
         None, "Stop after this many evaluations without improvement of metric_for_best_model. null disables.")
     early_stopping_threshold: float = opt(0.0, "Minimum improvement that resets early-stopping patience.")
     resume_from_checkpoint: str | None = opt(
-        None, "Continue a run: a checkpoint folder, or 'auto' for the newest complete one in output_dir.")
+        None, "Continue a run: a checkpoint folder, or 'auto' for the newest complete one in output_dir "
+              "(starts from scratch when there is none yet, so a preemptible job can always pass it).")
+    record_sample_ids: bool = opt(
+        False, "Write the training row ids of every optimizer step to sample_ids.jsonl (audits data order "
+               "across resumes).")
     train_sampling_strategy: Literal["group_by_length", "random"] = opt(
         "group_by_length", "Batch order: group_by_length batches similar lengths together (less padding).")
     dataloader_num_workers: int = opt(0, "Background workers that collate batches (0: main process).")
@@ -186,6 +204,8 @@ class TrainingConfig:
                 raise bad(key, "must be at least 1 (or null)")
         if self.early_stopping_patience and self.eval_strategy == "no":
             raise ConfigError("training.early_stopping_patience: needs evaluation; set eval_strategy=epoch or steps")
+        if self.max_nonfinite_steps < 0:
+            raise bad("max_nonfinite_steps", "must not be negative (0: never stop)")
         if self.dataloader_num_workers < 0:
             raise bad("dataloader_num_workers", "must not be negative")
 

@@ -48,6 +48,7 @@ class SplitReport:
     dropped_empty_where: str = ""
     dropped_duplicates: int = 0
     held_out: int = 0  # training rows moved to the validation split
+    dropped_no_target: int = 0  # rows whose every trainable token was truncated away
     label_counts: dict[str, int] = field(default_factory=dict)
     token_lengths: dict[str, float] = field(default_factory=dict)  # percentiles of untruncated lengths
     truncated_percent: float | None = None
@@ -76,6 +77,9 @@ class DataReport:
                 out.append(f"    dropped {s.dropped_empty} rows with empty text ({s.dropped_empty_where})")
             if s.dropped_duplicates:
                 out.append(f"    dropped {s.dropped_duplicates} exact duplicate rows")
+            if s.dropped_no_target:
+                out.append(f"    dropped {s.dropped_no_target} rows with nothing left to learn after truncation at "
+                           f"{self.length_key} {self.max_length} (the completion was cut away entirely)")
             if s.held_out:
                 out.append(f"    {s.held_out} rows held out for validation")
             if s.label_counts:

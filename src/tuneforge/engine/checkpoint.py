@@ -82,11 +82,37 @@ def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, schedul
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_dir(folder)  # the rename itself survives a power cut
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"could not write checkpoint {final}: {err.strerror or err}; "
                         "free disk space or choose another output_dir (the previous checkpoint is intact)") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_tensors(file: Path) -> Any:
+    """torch.load restricted to tensors and plain containers; anything else is refused, never run."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(file, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise UserError(f"training.resume_from_checkpoint: {file} is not a plain-tensor file "
+                        f"({str(err).splitlines()[0][:120]}); refusing to load it: the checkpoint is damaged or "
+                        "was not written by tuneforge") from None
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> dict[str, Any]:
@@ -98,11 +124,11 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
         raise UserError(f"training.resume_from_checkpoint: {path} is not a complete checkpoint "
                         f"(no {MARKER} marker); pick another or use 'auto'")
     load_weights(path, model)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
+    scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    rng = torch.load(path / "rng_state.pt", weights_only=True)
+        scaler.load_state_dict(_load_tensors(path / "scaler.pt"))
+    rng = _load_tensors(path / "rng_state.pt")
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
     np_state = rng["numpy"]
     np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
@@ -114,11 +140,16 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
 
 def load_weights(path: Path, model: Any) -> None:
     """Load a checkpoint's safetensors weights into `model`; tied copies may be absent from the file."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     state_dict: dict[str, Any] = {}
     for file in sorted(path.glob("*.safetensors")):
-        state_dict |= load_file(file)
+        try:
+            state_dict |= load_file(file)
+        except (SafetensorError, OSError) as err:  # a cut or corrupt file
+            raise UserError(f"checkpoint {file} cannot be read ({str(err).splitlines()[0][:120]}); it is damaged: "
+                            "resume from an earlier checkpoint") from None
     if hasattr(model, "peft_config"):  # a LoRA checkpoint holds the adapter (and new modules) only
         from peft import set_peft_model_state_dict
 

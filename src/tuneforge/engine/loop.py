@@ -33,9 +33,10 @@ from tuneforge.engine.checkpoint import (
     rotate,
     save_checkpoint,
 )
+from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.tracking import Tracker
-from tuneforge.errors import UserError
+from tuneforge.errors import Diverged, Interrupted, UserError
 
 
 @dataclass
@@ -124,8 +125,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     metric_name, greater = _metric_key(cfg)
     result = FitResult()
     start_epoch, skip_windows, bad_evals, best_path = 0, 0, 0, None
-    if t.resume_from_checkpoint:
-        path = _resolve_resume(t.resume_from_checkpoint, ckpt_dir)
+    path = _resolve_resume(t.resume_from_checkpoint, ckpt_dir, tracker) if t.resume_from_checkpoint else None
+    if path is not None:
         state = load_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, scaler)
         result.global_step, start_epoch, skip_windows = state["global_step"], state["epoch"], state["window"]
         result.best_metric, result.best_step = state["best_metric"], state["best_step"]
@@ -146,6 +147,10 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     tracker.print(f"training: {len(train)} examples, {total_steps} optimizer steps "
                   f"({steps_per_epoch} per epoch), effective batch {t.per_device_train_batch_size * G}")
     tracker.start(result.global_step)
+    # fp16's GradScaler already skips inf/NaN steps (and expects a few while it searches for a scale)
+    guard = NonFiniteGuard(t.max_nonfinite_steps) if scaler is None else None
+    id_log = _SampleIds(run_dir / "sample_ids.jsonl", result.global_step) if t.record_sample_ids else None
+    last_saved = -1
     started = time.perf_counter()
     log_loss = torch.zeros((), device=device)
     log_steps, log_samples, log_tokens, log_time = 0, 0, 0, time.perf_counter()
@@ -157,8 +162,12 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
                  "best_step": result.best_step, "best_metrics": result.best_metrics, "bad_evals": bad_evals,
                  "best_path": str(ckpt_dir / f"checkpoint-{result.best_step}") if result.best_step else None,
                  "metric_for_best_model": metric_name}
+        nonlocal last_saved
+        if id_log is not None:
+            id_log.flush()
         path = save_checkpoint(ckpt_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, scaler, state)
         rotate(ckpt_dir, t.save_total_limit, {path} | ({best_path} if best_path else set()))
+        last_saved = step
 
     def run_eval(epoch_float: float) -> bool:
         """Evaluate, track the best; return True when this evaluation improved the best metric."""
@@ -166,7 +175,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         metrics = evaluate(model, tokenizer, task, val, data, cfg, device)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         tracker.log(result.global_step, scalars, epoch_float)
-        shown = [k for k in ("loss", "accuracy", metric_name) if k in metrics]
+        shown = [k for k in ("loss", "accuracy", "perplexity", metric_name) if k in metrics]
         tracker.print(f"eval @ step {result.global_step}: " + "  ".join(
             f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown)))
         result.last_metrics = metrics
@@ -184,73 +193,140 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         return improved
 
     epoch, epoch_float = start_epoch, float(start_epoch)
-    while result.global_step < total_steps and not result.stopped_early:
-        batches = batch_order(lengths, t.per_device_train_batch_size, t.seed, epoch, t.train_sampling_strategy)
-        windows = [batches[i:i + G] for i in range(0, len(batches), G)]
-        first = skip_windows if epoch == start_epoch else 0
-        it = loader([b for w in windows[first:] for b in w])
-        for window_index in range(first, len(windows)):
-            micro = [next(it) for _ in windows[window_index]]
-            window_loss = forward_backward(accelerator, model, task, micro)
-            if t.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.global_step += 1
-            epoch_float = epoch + (window_index + 1) / len(windows)
-            log_loss += window_loss
-            log_steps += 1
-            rows = np.concatenate(windows[window_index])
-            log_samples += len(rows)
-            log_tokens += int(lengths[rows].sum())
-            tracker.advance(result.global_step)
-            if result.global_step % t.logging_steps == 0 or result.global_step == total_steps:
-                elapsed = max(1e-9, time.perf_counter() - log_time)
-                tracker.log(result.global_step, {
-                    "loss": float(log_loss) / log_steps, "learning_rate": scheduler.get_last_lr()[0],
-                    "samples_per_second": log_samples / elapsed, "tokens_per_second": log_tokens / elapsed},
-                    epoch_float)
-                log_loss.zero_()
-                log_steps, log_samples, log_tokens, log_time = 0, 0, 0, time.perf_counter()
-            end_of_epoch = window_index == len(windows) - 1
-            done = result.global_step >= total_steps
-            improved = False
-            paused = time.perf_counter()  # evaluation and saving do not count against training throughput
-            if val is not None and ((t.eval_strategy == "steps" and result.global_step % t.eval_steps == 0)
-                                    or (t.eval_strategy == "epoch" and end_of_epoch) or done):
-                improved = run_eval(epoch_float)
-                if t.early_stopping_patience and bad_evals >= t.early_stopping_patience:
-                    result.stopped_early = True
-                    tracker.print(f"early stopping: no improvement of {metric_name} for {bad_evals} evaluations")
-            wants_save = ((t.save_strategy == "steps" and result.global_step % t.save_steps == 0)
-                          or (t.save_strategy == "epoch" and end_of_epoch))
-            if wants_save or (improved and t.load_best_model_at_end):
-                if improved:
-                    best_path = ckpt_dir / f"checkpoint-{result.global_step}"
-                next_epoch, next_window = (epoch + 1, 0) if end_of_epoch else (epoch, window_index + 1)
-                save(result.global_step, next_epoch, next_window)
-            log_time += time.perf_counter() - paused
-            if done or result.stopped_early:
-                break
-        epoch += 1
+    with GracefulStop(tracker.print) as stop:
+        while result.global_step < total_steps and not result.stopped_early:
+            batches = batch_order(lengths, t.per_device_train_batch_size, t.seed, epoch, t.train_sampling_strategy)
+            windows = [batches[i:i + G] for i in range(0, len(batches), G)]
+            first = skip_windows if epoch == start_epoch else 0
+            it = loader([b for w in windows[first:] for b in w])
+            for window_index in range(first, len(windows)):
+                micro = [next(it) for _ in windows[window_index]]
+                window_loss = forward_backward(accelerator, model, task, micro)
+                grad_norm = None
+                if t.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                if guard is not None:
+                    if grad_norm is None:
+                        grad_norm = _total_norm(model)
+                    bad = guard.check(window_loss, grad_norm, optimizer)
+                    window_loss = torch.where(bad.bool(), torch.zeros_like(window_loss), window_loss)
+                optimizer.step()
+                if not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.global_step += 1
+                epoch_float = epoch + (window_index + 1) / len(windows)
+                log_loss += window_loss
+                log_steps += 1
+                rows = np.concatenate(windows[window_index])
+                if id_log is not None:
+                    id_log.write(result.global_step, rows)
+                log_samples += len(rows)
+                log_tokens += int(lengths[rows].sum())
+                tracker.advance(result.global_step)
+                if result.global_step % t.logging_steps == 0 or result.global_step == total_steps:
+                    elapsed = max(1e-9, time.perf_counter() - log_time)
+                    skipped, streak = guard.read() if guard is not None else (0, 0)
+                    scalars = {"loss": float(log_loss) / max(1, log_steps - skipped) if skipped < log_steps
+                               else math.nan, "learning_rate": scheduler.get_last_lr()[0],
+                               "samples_per_second": log_samples / elapsed, "tokens_per_second": log_tokens / elapsed}
+                    if skipped:
+                        scalars["skipped_steps"] = skipped
+                        tracker.print(f"[yellow]warning:[/] skipped {skipped} of the last {log_steps} optimizer steps: "
+                                      "non-finite loss or gradient (weights left unchanged)")
+                    tracker.log(result.global_step, scalars, epoch_float)
+                    if guard is not None and guard.tripped(streak):
+                        last = complete_checkpoints(ckpt_dir)
+                        raise Diverged(
+                            f"training diverged: {streak} optimizer steps in a row up to step {result.global_step} "
+                            "had a non-finite loss or gradient (all skipped); last complete checkpoint: "
+                            f"{last[-1] if last else 'none'}; lower learning_rate, raise warmup_steps, or "
+                            "use bf16 instead of fp16 (training.max_nonfinite_steps sets the limit)")
+                    log_loss.zero_()
+                    log_steps, log_samples, log_tokens, log_time = 0, 0, 0, time.perf_counter()
+                end_of_epoch = window_index == len(windows) - 1
+                done = result.global_step >= total_steps
+                improved = False
+                paused = time.perf_counter()  # evaluation and saving do not count against training throughput
+                if val is not None and ((t.eval_strategy == "steps" and result.global_step % t.eval_steps == 0)
+                                        or (t.eval_strategy == "epoch" and end_of_epoch) or done):
+                    improved = run_eval(epoch_float)
+                    if t.early_stopping_patience and bad_evals >= t.early_stopping_patience:
+                        result.stopped_early = True
+                        tracker.print(f"early stopping: no improvement of {metric_name} for {bad_evals} evaluations")
+                wants_save = ((t.save_strategy == "steps" and result.global_step % t.save_steps == 0)
+                              or (t.save_strategy == "epoch" and end_of_epoch))
+                if wants_save or (improved and t.load_best_model_at_end):
+                    if improved:
+                        best_path = ckpt_dir / f"checkpoint-{result.global_step}"
+                    next_epoch, next_window = (epoch + 1, 0) if end_of_epoch else (epoch, window_index + 1)
+                    save(result.global_step, next_epoch, next_window)
+                if stop.requested and not done:
+                    if last_saved != result.global_step:
+                        next_epoch, next_window = (epoch + 1, 0) if end_of_epoch else (epoch, window_index + 1)
+                        save(result.global_step, next_epoch, next_window)
+                    raise Interrupted(f"{stop.requested}: stopped at step {result.global_step} of {total_steps}; "
+                                      f"checkpoint saved in {ckpt_dir / f'checkpoint-{result.global_step}'}; "
+                                      f"continue with: tuneforge train {run_dir / 'run_config.yaml'} --resume auto",
+                                      stop.requested)
+                log_time += time.perf_counter() - paused
+                if done or result.stopped_early:
+                    break
+            epoch += 1
     result.epoch = epoch_float
     result.train_seconds = time.perf_counter() - started
     tracker.close()
+    if id_log is not None:
+        id_log.close()
     if t.load_best_model_at_end and best_path is not None and result.best_step != result.global_step:
         load_weights(best_path, accelerator.unwrap_model(model))
         tracker.print(f"restored the best model (step {result.best_step}, {metric_name} {result.best_metric:.4f})")
     return result
 
 
-def _resolve_resume(value: str, ckpt_dir: Path) -> Path:
+def _total_norm(model: Any) -> torch.Tensor:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+
+
+def _resolve_resume(value: str, ckpt_dir: Path, tracker: Tracker) -> Path | None:
     if value == "auto":
         found = complete_checkpoints(ckpt_dir)
         if not found:
-            raise UserError(f"training.resume_from_checkpoint=auto: no complete checkpoint in {ckpt_dir}")
+            tracker.print(f"resume_from_checkpoint=auto: no complete checkpoint in {ckpt_dir}; starting from the "
+                          "beginning")
+            return None
         return found[-1]
     path = Path(value)
     if not path.is_dir():
         raise UserError(f"training.resume_from_checkpoint: folder not found: {value!r}")
     return path
+
+
+class _SampleIds:
+    """sample_ids.jsonl: the training row ids of each optimizer step. On resume, lines past the checkpoint's
+    step (written before a crash) are dropped, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resumed_step: int) -> None:
+        import json
+
+        kept = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a crash
+                    continue
+                if record["step"] <= resumed_step:
+                    kept.append(line + "\n")
+        path.write_text("".join(kept))
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, step: int, rows: np.ndarray) -> None:
+        self.file.write(f'{{"step": {step}, "ids": {rows.tolist()}}}\n')
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()

@@ -139,8 +139,11 @@ class CausalLMTask:
                                        position_ids=blocks.positions.reshape(-1))
                 rep.token_lengths, rep.truncated_percent = length_stats(docs, 10**9)  # packing cuts nothing
             else:
-                split = truncate_rows(docs, max_length)
+                split, rep.dropped_no_target = truncate_rows(docs, max_length)
                 rep.token_lengths, rep.truncated_percent = length_stats(docs, max_length)
+                if not len(split):
+                    raise DataError(f"data: every {name} row lost all its completion/assistant tokens to truncation "
+                                    f"at block_size {max_length}; raise data.block_size or shorten the prompts")
             out[name] = split
         data.report.max_length = max_length
         data.report.length_key = "block_size (packed)" if packing else "block_size"
@@ -246,12 +249,19 @@ def tokenize_documents(tokenizer: Any, table: Any, columns: list[str], fmt: str)
     return split
 
 
-def truncate_rows(docs: TokenizedSplit, max_length: int) -> TokenizedSplit:
-    """Keep the first max_length tokens of each row (unpacked data); lengths before the cut stay recorded."""
-    lengths = np.minimum(docs.lengths, max_length)
-    keep = np.concatenate([np.arange(s, s + n) for s, n in zip(docs.offsets[:-1], lengths)]) \
-        if len(lengths) else np.zeros(0, dtype=np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+def truncate_rows(docs: TokenizedSplit, max_length: int) -> tuple[TokenizedSplit, int]:
+    """Keep the first max_length tokens of each row (unpacked data); lengths before the cut stay recorded.
+    Rows left without a single trained token (a prompt filling the whole length) are dropped and counted:
+    they cost compute, teach nothing, and a batch of only such rows has no loss to normalise."""
+    cut = np.minimum(docs.lengths, max_length)
+    starts = docs.offsets[:-1]
+    trained = np.array([(docs.token_labels[s + 1:s + n] != -100).any() for s, n in zip(starts, cut)], dtype=bool)
+    rows = np.flatnonzero(trained)
+    lengths = cut[rows]
+    keep = np.concatenate([np.arange(starts[r], starts[r] + cut[r]) for r in rows]) \
+        if len(rows) else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return TokenizedSplit(docs.input_ids[keep], offsets, full_lengths=docs.full_lengths,
-                          token_labels=docs.token_labels[keep])
+    full = docs.full_lengths[rows] if docs.full_lengths is not None else None
+    return TokenizedSplit(docs.input_ids[keep], offsets, full_lengths=full,
+                          token_labels=docs.token_labels[keep]), int(len(cut) - len(rows))

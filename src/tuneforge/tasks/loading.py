@@ -93,12 +93,28 @@ def load_model(auto_class: Any, model: ModelConfig, revision: str | None = None,
     which LoRA must train in full."""
     quiet_transformers()
     name = model.model_name_or_path or ""
+    folder = model_folder(name, revision or model.revision, model.cache_dir)
+    if folder is not None:
+        check_model_folder(folder)
+        if not model.allow_pickle and not any(folder.glob("*.safetensors*")) and any(
+                f.suffix in PICKLE_SUFFIXES for f in folder.iterdir()):
+            pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+            raise UserError(f"model.model_name_or_path: {name!r} has only pickle weights ({', '.join(pickles[:3])}), "
+                            "and loading a pickle can run code; convert them to safetensors, or pass --allow-pickle "
+                            "(model.allow_pickle=true) for a source you trust")
     try:
         loaded, info = auto_class.from_pretrained(
             name, revision=revision or model.revision, cache_dir=model.cache_dir,
-            trust_remote_code=model.trust_remote_code, output_loading_info=True, **kwargs)
+            trust_remote_code=model.trust_remote_code, output_loading_info=True,
+            use_safetensors=None if model.allow_pickle else True, **kwargs)
     except (OSError, ValueError) as err:
         raise _explain(err, name, "model") from None
+    except Exception as err:  # torch's weights_only unpickler refusing a crafted file
+        if "weights_only" in str(err) or "Unpickl" in type(err).__name__:
+            raise UserError(f"model.model_name_or_path: {name!r}: a pickle weights file holds objects other than "
+                            "tensors and was refused (it may be crafted to run code); use safetensors weights"
+                            ) from None
+        raise
     mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
     loaded.tuneforge_new_keys = sorted(set(info.get("missing_keys", [])) | set(mismatched))
     if tokenizer is not None:
@@ -107,13 +123,18 @@ def load_model(auto_class: Any, model: ModelConfig, revision: str | None = None,
 
 
 def fit_vocab(model: Any, tokenizer: Any, name: str = "") -> list[str]:
-    """Grow the embedding matrix when the tokenizer has more tokens than the model (added special or chat
-    tokens); an id past the table is an index error on CPU and a device assert on GPU. Returns the names of
-    the resized parameters. Never shrinks: many models pad their table past the tokenizer on purpose."""
+    """Grow the embedding matrix when the tokenizer's *added* tokens (special or chat tokens) run past it; an id
+    past the table is an index error on CPU and a device assert on GPU. A tokenizer whose base vocabulary alone
+    is larger belongs to another model: an error. Never shrinks: many models pad their table past the tokenizer
+    on purpose (T5, or for speed). Returns the names of the resized parameters."""
     embeddings = model.get_input_embeddings()
     if embeddings is None or len(tokenizer) <= embeddings.num_embeddings:
         return []
     rows = embeddings.num_embeddings
+    if getattr(tokenizer, "vocab_size", 0) > rows:
+        raise UserError(f"model.model_name_or_path: the tokenizer of {name!r} has a {tokenizer.vocab_size}-token "
+                        f"vocabulary but the model's embedding table only {rows} rows; tokenizer and weights come "
+                        "from different models; use the tokenizer the model was trained with")
     try:
         model.resize_token_embeddings(len(tokenizer))
     except NotImplementedError:
@@ -125,6 +146,50 @@ def fit_vocab(model: Any, tokenizer: Any, name: str = "") -> list[str]:
     if output is not None:
         grown.add(id(output.weight))
     return [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in grown]
+
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+
+
+def model_folder(name: str, revision: str | None, cache_dir: str | None) -> Path | None:
+    """The local folder the weights come from: the path itself, or the hub cache snapshot when cached."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json", revision=revision, cache_dir=cache_dir)
+    except Exception:  # noqa: BLE001 - not a valid repo id, or no cache: loading reports it
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse files that lead out of the model folder: symlinks pointing elsewhere and sharded-index entries
+    with absolute paths or `..`. A hub cache snapshot links into its repository's blobs/, so for one the
+    repository folder (models--org--name) counts as the model folder."""
+    import json
+
+    root = folder.resolve()
+    if folder.parent.name == "snapshots":
+        root = folder.parent.parent.resolve()
+    for file in folder.rglob("*"):
+        target = file.resolve()
+        if target != root and root not in target.parents:
+            raise UserError(f"model.model_name_or_path: {file} links outside the model folder (to {target}); "
+                            "refusing to load it: copy the real files into the folder")
+    for index in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (ValueError, AttributeError):
+            raise UserError(f"model.model_name_or_path: {index} is not a valid shard index (JSON with a "
+                            "weight_map)") from None
+        for shard in shards:
+            target = (folder / str(shard)).resolve()
+            if Path(str(shard)).is_absolute() or ".." in Path(str(shard)).parts or root not in target.parents:
+                raise UserError(f"model.model_name_or_path: {index.name} names shard {shard!r} outside the model "
+                                "folder; refusing to load it (the index may be tampered with)")
 
 
 def model_max_length(tokenizer: Any, model_config: Any, cap: int = 512) -> int:
