@@ -107,6 +107,33 @@ def test_prompt_tokens_get_no_loss(tiny_gpt2_lm, tmp_path):
     assert batch["num_items"] == int((batch["labels"][:, 1:] != -100).sum())
 
 
+def test_rows_whose_completion_is_truncated_away_are_dropped_and_counted(tiny_gpt2_lm, tmp_path):
+    long_prompt = "Q: " + " ".join(["the weather today is mild and dry"] * 12) + " A:"
+    rows = [row for i in range(4) for row in ({"prompt": f"Q: what saves nine, take {i}? A:", "completion": " time"},
+                                              {"prompt": f"{long_prompt} {i}", "completion": " nothing left"})]
+    path = write_jsonl(tmp_path / "pc.jsonl", rows)
+    task, cfg, data, tok = _prepared(tiny_gpt2_lm, path, validation_file=str(path))
+    split = task.tokenize(tok, data, cfg, 32)["train"]
+    assert len(split) == 4 and data.report.splits["train"].dropped_no_target == 4
+    assert all((split.token_labels[split.offsets[i] + 1:split.offsets[i + 1]] != -100).any() for i in range(4))
+    assert "dropped 4 rows with nothing left to learn" in data.report.render()
+
+
+def test_an_explicit_block_size_is_honoured_up_to_the_position_limit(tiny_gpt2_lm, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tuneforge.errors import UserError
+
+    task, tok = get_task("causal_lm"), AutoTokenizer.from_pretrained(tiny_gpt2_lm)
+    config = AutoConfig.from_pretrained(tiny_gpt2_lm)  # 64 positions
+    assert task.max_length(load_config(None, _cfg(tiny_gpt2_lm, "t.txt", block_size=48)), tok, config) == 48
+    config.n_positions = 4096  # a long-context model: an explicit 2048 is not cut to the 1024 default cap
+    assert task.max_length(load_config(None, _cfg(tiny_gpt2_lm, "t.txt", block_size=2048)), tok, config) == 2048
+    assert task.max_length(load_config(None, _cfg(tiny_gpt2_lm, "t.txt")), tok, config) <= 1024
+    with pytest.raises(UserError, match="block_size: 8192 tokens is longer than the model accepts"):
+        task.max_length(load_config(None, _cfg(tiny_gpt2_lm, "t.txt", block_size=8192)), tok, config)
+
+
 def test_chat_loss_on_assistant_turns_only(tiny_gpt2_lm, tmp_path):
     conv = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "the early bird"},
             {"role": "user", "content": "more"}, {"role": "assistant", "content": "catches the worm"}]

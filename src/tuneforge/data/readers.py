@@ -104,7 +104,8 @@ def _read_json(path: Path, text: str) -> Table:
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # several top-level values: JSON Lines with a .json name
             return _read_jsonl(path, text)
-        raise DataError(f"{path}: line {err.lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+        raise DataError(f"{path}: line {err.lineno}: invalid JSON ({err.msg} at column {err.colno}); "
+                        "a .json file must hold one array of objects (or use .jsonl, one object per line)") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list) \
             and all(isinstance(r, dict) for r in next(iter(data.values()))):
         data = next(iter(data.values()))  # {"data": [records]}

@@ -29,7 +29,7 @@ from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.errors import DataError
 from tuneforge.tasks.base import TaskSpec
 from tuneforge.tasks.chat import check_template, parse_conversations, render_conversation
-from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision
+from tuneforge.tasks.loading import load_model, load_tokenizer, pin_revision, resolve_length
 from tuneforge.tasks.tokenize import length_stats, tokenizer_fingerprint
 
 
@@ -112,10 +112,7 @@ class CausalLMTask:
         return dataclasses.replace(config, generation=generation), []
 
     def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
-        limit = model_max_length(tokenizer, model_config, cap=1024)
-        for key in ("n_positions", "max_sequence_length"):
-            limit = min(limit, getattr(model_config, key, None) or limit)
-        return min(config.data.block_size, limit) if config.data.block_size else limit
+        return resolve_length(config.data.block_size, "block_size", tokenizer, model_config, cap=1024)
 
     def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig, max_length: int
                  ) -> dict[str, TokenizedSplit]:

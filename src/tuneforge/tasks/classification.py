@@ -25,7 +25,7 @@ from tuneforge.data.labels import encode_labels
 from tuneforge.data.pipeline import finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.tasks.base import TaskSpec
-from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision
+from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
 
 
@@ -102,8 +102,7 @@ class ClassificationTask:
         return model, tokenizer, commit
 
     def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
-        limit = model_max_length(tokenizer, model_config)
-        return min(config.data.max_length, limit) if config.data.max_length else limit
+        return resolve_length(config.data.max_length, "max_length", tokenizer, model_config, cap=512)
 
     def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig, max_length: int
                  ) -> dict[str, TokenizedSplit]:

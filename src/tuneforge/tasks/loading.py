@@ -38,6 +38,10 @@ def _explain(err: Exception, name: str, what: str) -> UserError:
     text = f"{err} {err.__cause__ or ''}"
     if _looks_local(name) and not Path(name).expanduser().exists():
         return UserError(f"model.model_name_or_path: local folder not found: {name!r}")
+    unknown = re.search(r"model type `([^`]+)` but Transformers does not recognize", text)
+    if unknown:
+        return UserError(f"model.model_name_or_path: {name!r} has model_type {unknown.group(1)!r}, which the installed "
+                         "transformers does not know; upgrade transformers, or fix model_type in its config.json")
     if Path(name).expanduser().is_dir():
         return UserError(f"model.model_name_or_path: {name!r} has no loadable {what} "
                          f"({str(err).splitlines()[0][:200]}); it needs config.json, weights and tokenizer files")
@@ -109,7 +113,10 @@ def load_model(auto_class: Any, model: ModelConfig, revision: str | None = None,
             use_safetensors=None if model.allow_pickle else True, **kwargs)
     except (OSError, ValueError) as err:
         raise _explain(err, name, "model") from None
-    except Exception as err:  # torch's weights_only unpickler refusing a crafted file
+    except Exception as err:  # torch's weights_only unpickler refusing a crafted file, a damaged safetensors file
+        if type(err).__name__ == "SafetensorError":
+            raise UserError(f"model.model_name_or_path: the weights of {name!r} cannot be read ({str(err)[:120]}); "
+                            "the file is damaged or cut short: download or copy it again") from None
         if "weights_only" in str(err) or "Unpickl" in type(err).__name__:
             raise UserError(f"model.model_name_or_path: {name!r}: a pickle weights file holds objects other than "
                             "tensors and was refused (it may be crafted to run code); use safetensors weights"
@@ -190,6 +197,25 @@ def check_model_folder(folder: Path) -> None:
             if Path(str(shard)).is_absolute() or ".." in Path(str(shard)).parts or root not in target.parents:
                 raise UserError(f"model.model_name_or_path: {index.name} names shard {shard!r} outside the model "
                                 "folder; refusing to load it (the index may be tampered with)")
+
+
+def position_limit(model_config: Any) -> int | None:
+    """The hard length limit of learned position embeddings; None for relative positions (T5)."""
+    limits = [v for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
+              if isinstance(v := getattr(model_config, k, None), int) and v > 0]
+    return min(limits) if limits else None
+
+
+def resolve_length(requested: int | None, key: str, tokenizer: Any, model_config: Any, cap: int) -> int:
+    """An explicit length is honoured up to the model's position limit (beyond it: an error, not a silent cut);
+    without one, the model's own limit capped at `cap` (a safe default for memory)."""
+    hard = position_limit(model_config)
+    if requested:
+        if hard and requested > hard:
+            raise UserError(f"data.{key}: {requested} tokens is longer than the model accepts ({hard} positions); "
+                            f"use at most {hard}")
+        return requested
+    return model_max_length(tokenizer, model_config, cap)
 
 
 def model_max_length(tokenizer: Any, model_config: Any, cap: int = 512) -> int:

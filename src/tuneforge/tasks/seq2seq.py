@@ -23,7 +23,7 @@ from tuneforge.data.checks import fingerprint
 from tuneforge.data.pipeline import finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.tasks.base import TaskSpec
-from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision
+from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
 
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
@@ -104,8 +104,8 @@ class Seq2SeqTask:
         return not is_t5_family(model_config)  # T5 activations overflow fp16 and turn into NaN
 
     def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
-        limit = model_max_length(tokenizer, _encoder_config(model_config), cap=1024)
-        return min(config.data.max_source_length, limit) if config.data.max_source_length else limit
+        return resolve_length(config.data.max_source_length, "max_source_length", tokenizer,
+                              _encoder_config(model_config), cap=1024)
 
     def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig, max_length: int
                  ) -> dict[str, TokenizedSplit]:
