@@ -99,7 +99,8 @@ def test_demo_recipe_trains_bert2bert_and_summarizes(tiny_bert2bert, tmp_path):
     recipe = resources.files("tuneforge") / "recipes" / "seq2seq" / "bert2bert_demo.yaml"
     items = {"model_name_or_path": tiny_bert2bert, "train_file": data["train"],
              "validation_file": data["validation"], "output_dir": tmp_path / "run", "max_steps": 3,
-             "report_to": "none", "max_target_length": 8, "preprocessing_cache_dir": tmp_path / "cache"}
+             "report_to": "none", "max_target_length": 8, "max_source_length": 64,  # the tiny model's limit
+             "preprocessing_cache_dir": tmp_path / "cache"}
     run = tuneforge.train(str(recipe), [f"{k}={v}" for k, v in items.items()])
     assert run.config.task == "seq2seq" and run.config.generation.num_beams == 1
     assert "rougeL" in run.metrics["eval"]

@@ -172,6 +172,9 @@ class TrainingConfig:
     dataloader_num_workers: int = opt(0, "Background workers that collate batches (0: main process).")
     report_to: Literal["tensorboard", "none"] = opt("tensorboard", "Where to log metrics besides metrics.jsonl.")
     use_cpu: bool = opt(False, "Train on the CPU even when a GPU is available.")
+    torch_compile: bool = opt(
+        False, "Compile the model with torch.compile (GPU; pays off on runs of more than a few hundred steps). "
+               "Batch lengths are then padded to multiples of 64 so shapes repeat instead of recompiling.")
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:

@@ -84,14 +84,14 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
 
 @torch.inference_mode()
 def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
-             device: torch.device) -> dict[str, Any]:
+             device: torch.device, multiple: int | None = None) -> dict[str, Any]:
     """Streaming evaluation: per batch the task folds predictions into a small state, never all logits."""
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
     for indices in eval_order(split.batch_lengths, cfg.training.per_device_eval_batch_size):
-        task.eval_step(model, to_device(task.collate(split, indices, pad_id), device), state)
+        task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
     model.train(was_training)
     return task.eval_metrics(state, data)
 
@@ -109,7 +109,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     val = splits.get("validation") if t.eval_strategy != "no" else None
     device = accelerator.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    multiple = 8 if device.type == "cuda" else None
+    # tensor cores like multiples of 8; a compiled model needs few distinct shapes, so coarser buckets
+    multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else None
     G = t.gradient_accumulation_steps
     n_batches = math.ceil(len(train) / t.per_device_train_batch_size)
     steps_per_epoch = math.ceil(n_batches / G)
@@ -119,6 +120,9 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if t.torch_compile:
+        # in place (nn.Module.compile): parameter names, save_pretrained and checkpoints stay unchanged
+        accelerator.unwrap_model(model).compile()
     scaler = accelerator.scaler
     ckpt_dir = run_dir / "checkpoints"
     clean_stale(ckpt_dir)
@@ -172,7 +176,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     def run_eval(epoch_float: float) -> bool:
         """Evaluate, track the best; return True when this evaluation improved the best metric."""
         nonlocal bad_evals
-        metrics = evaluate(model, tokenizer, task, val, data, cfg, device)
+        metrics = evaluate(model, tokenizer, task, val, data, cfg, device, multiple)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         tracker.log(result.global_step, scalars, epoch_float)
         shown = [k for k in ("loss", "accuracy", "perplexity", metric_name) if k in metrics]

@@ -1,0 +1,314 @@
+"""GPU benchmark: tuneforge vs plain transformers.Trainer recipes on one GPU, same model, data and device.
+
+    python bench/gpu_check.py                 # both cases, about 6-7 minutes on one H100/H200, compile included
+    python bench/gpu_check.py --smoke         # tiny models, a few steps: checks the script itself (CPU is fine)
+
+Cases (random-init models: throughput does not depend on the weights; no hub access is needed):
+  gpt2    GPT-2 124M causal LM on generated documents of varied length (median ~300 tokens, long tail)
+          tutorial   Trainer, pad every document to 512, batch 4, fp32 (the guide's recipe)
+          trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
+          tuneforge  packing into 1024-token blocks, bf16, fused AdamW, torch.compile, batch 16
+  bert    BERT-base classification on generated reviews (~70 tokens)
+          tutorial   Trainer, pad to 512, batch 16, fp32
+          trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
+          tuneforge  defaults + torch_compile, batch 32
+Each recipe runs a fixed number of optimizer steps after warm-up (compile happens in warm-up) and reports
+real (non-pad) tokens/s, samples/s, MFU (GPU only), peak GPU memory and the eval loss after the same number
+of steps. MFU = (6N + 12 L d T) x real tokens/s / 989 TFLOP/s (dense bf16 peak of an H100/H200 SXM).
+
+Each recipe runs in its own process, so peak memory and compile caches do not leak between recipes.
+The tokenizers are trained here on the generated text (byte-level BPE / WordPiece), sized like the real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+PEAK_FLOPS = 989e12
+_VOCABULARY = ("the a of to and in is was for on that with as by at from this be are it an or have not which one "
+         "their were all we when there can more if out so up said what its about into than them only other "
+         "new some could time these two may then first any like now my over such our man me even most made "
+         "after also did many before must through back years where much your way well down should because "
+         "each just those people how too little state good very make world still own see men work long get "
+         "here between both life being under never day same another know while last might us great old year "
+         "off come since against go came right used take three weather river market garden train school")
+WORDS = _VOCABULARY.split()
+
+
+def documents(n: int, seed: int, median: int) -> list[str]:
+    """n documents with a log-normal length spread around `median` words (a realistic long tail)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = max(8, min(4 * median, int(rng.lognormvariate(0, 0.6) * median)))
+        out.append(" ".join(rng.choice(WORDS) for _ in range(length)) + ".")
+    return out
+
+
+def build_case(case: str, folder: Path, smoke: bool) -> dict:
+    """Tokenizer + random-init model saved to `folder`; returns what the recipes need."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    corpus = documents(200 if smoke else 2000, 0, 40 if smoke else 300)
+    if case == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<|endoftext|>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                model_max_length=1024).save_pretrained(folder)
+        config = GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=256) if smoke else GPT2Config()
+        GPT2LMHeadModel(config).save_pretrained(folder)  # 50257-row embedding as in GPT-2: realistic FLOPs
+        layers, width, seq = config.n_layer, config.n_embd, (128 if smoke else 1024)
+    else:
+        from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(corpus, trainers.WordPieceTrainer(
+            vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+            ("[CLS]", cls), ("[SEP]", sep)])
+        PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                sep_token="[SEP]", mask_token="[MASK]", model_max_length=512).save_pretrained(folder)
+        config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) \
+            if smoke else BertConfig()
+        BertForSequenceClassification(config).save_pretrained(folder)
+        layers, width, seq = config.num_hidden_layers, config.hidden_size, (64 if smoke else 128)
+    return {"layers": layers, "width": width, "seq": seq}
+
+
+def write_data(case: str, folder: Path, smoke: bool) -> tuple[Path, Path]:
+    n_train, n_eval = (64, 16) if smoke else ((6000, 300) if case == "gpt2" else (20000, 1000))
+    median = 40 if smoke else (300 if case == "gpt2" else 60)
+    if case == "gpt2":
+        train, val = folder / "train.jsonl", folder / "val.jsonl"
+        for path, docs in ((train, documents(n_train, 1, median)), (val, documents(n_eval, 2, median))):
+            path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        return train, val
+    train, val = folder / "train.jsonl", folder / "val.jsonl"
+    for path, docs in ((train, documents(n_train, 1, median)), (val, documents(n_eval, 2, median))):
+        path.write_text("".join(json.dumps({"text": d, "label": "pos" if (len(d) // 7) % 2 else "neg"}) + "\n"
+                                for d in docs))
+    return train, val
+
+
+# ---- one recipe per process ----------------------------------------------------------------------------
+
+def run_trainer(case: str, recipe: str, model: Path, train: Path, val: Path, steps: int, warmup: int,
+                smoke: bool) -> dict:
+    import torch
+    from datasets import load_dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    tok = AutoTokenizer.from_pretrained(model)
+    tutorial = recipe == "tutorial"
+    length = 512 if not smoke else 64
+    ds = load_dataset("json", data_files={"train": str(train), "validation": str(val)})
+    if case == "gpt2":
+        tok.pad_token = tok.eos_token
+        enc = ds.map(lambda b: tok([t + tok.eos_token for t in b["text"]], truncation=True, max_length=length,
+                                   padding="max_length" if tutorial else False), batched=True, remove_columns=["text"])
+        net = AutoModelForCausalLM.from_pretrained(model)
+        collator = DataCollatorForLanguageModeling(tok, mlm=False)
+        batch = 4 if tutorial else 32
+    else:
+        label = {"neg": 0, "pos": 1}
+        enc = ds.map(lambda b: {**tok(b["text"], truncation=True, max_length=length,
+                                      padding="max_length" if tutorial else False),
+                                "labels": [label[x] for x in b["label"]]},
+                     batched=True, remove_columns=["text", "label"])
+        net = AutoModelForSequenceClassification.from_pretrained(model, num_labels=2)
+        collator = None if tutorial else DataCollatorWithPadding(tok)
+        batch = 16 if tutorial else 32
+    if smoke:
+        batch = 4
+    real = {"tokens": 0, "samples": 0}
+
+    class Clock(TrainerCallback):
+        start = end = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warmup:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                Clock.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            Clock.end = time.perf_counter()
+
+    original = net.forward
+
+    def counting_forward(*a, **kw):  # real tokens = attention-mask ones, counted after warm-up
+        if net.training and Clock.start is not None:
+            mask = kw.get("attention_mask")
+            real["tokens"] += int(mask.sum()) if mask is not None else kw["input_ids"].numel()
+            real["samples"] += kw["input_ids"].shape[0]
+        return original(*a, **kw)
+
+    net.forward = counting_forward
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(train.parent / f"trainer-{recipe}"), per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch, max_steps=warmup + steps, learning_rate=5e-5, report_to="none",
+        save_strategy="no", logging_steps=10**6, use_cpu=not cuda, dataloader_num_workers=2 if cuda else 0,
+        bf16=cuda and not tutorial, optim="adamw_torch" if tutorial else "adamw_torch_fused",
+        train_sampling_strategy="random" if tutorial else "group_by_length")
+    trainer = Trainer(model=net, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
+                      data_collator=collator, callbacks=[Clock()])
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    seconds = Clock.end - Clock.start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    eval_loss = trainer.evaluate()["eval_loss"]
+    return {"tokens_per_s": real["tokens"] / seconds, "samples_per_s": real["samples"] / seconds,
+            "peak_gib": peak, "eval_loss": eval_loss}
+
+
+def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, warmup: int, smoke: bool) -> dict:
+    import torch
+
+    import tuneforge
+
+    cuda = torch.cuda.is_available()
+    out = train.parent / "tuneforge-run"
+    common = [f"model_name_or_path={model}", f"train_file={train}", f"validation_file={val}", f"output_dir={out}",
+              f"preprocessing_cache_dir={train.parent / 'cache'}", f"max_steps={warmup + steps}",
+              f"logging_steps={warmup}", "eval_strategy=no", "save_strategy=no", "load_best_model_at_end=false",
+              "report_to=none", "learning_rate=5e-5", "warmup_steps=0", f"torch_compile={str(cuda).lower()}"]
+    if case == "gpt2":
+        common += ["task=causal_lm", f"block_size={128 if smoke else 1024}",
+                   f"per_device_train_batch_size={4 if smoke else 16}"]
+    else:
+        common += ["task=classification", f"per_device_train_batch_size={4 if smoke else 32}",
+                   f"max_length={64 if smoke else 512}"]
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    run = tuneforge.train(None, common)
+    records = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in records if "tokens_per_second" in r and r["step"] > warmup]
+    batch = 4 if smoke else (16 if case == "gpt2" else 32)
+    seconds = [warmup * batch / r["samples_per_second"] for r in timed]  # each record covers `warmup` steps
+    samples = warmup * batch * len(timed)
+    tokens = sum(r["tokens_per_second"] * s for r, s in zip(timed, seconds))
+    seconds = sum(seconds)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    from tuneforge.inference import evaluate_run
+
+    eval_loss = evaluate_run(run.path, str(val), "bench")["loss"]
+    return {"tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds, "peak_gib": peak,
+            "eval_loss": eval_loss}
+
+
+def child(args: argparse.Namespace) -> int:
+    folder = Path(args.work)
+    meta = json.loads((folder / "meta.json").read_text())
+    train, val = folder / "train.jsonl", folder / "val.jsonl"
+    if args.recipe == "tuneforge":
+        result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke)
+    else:
+        result = run_trainer(args.case, args.recipe, folder / "model", train, val, args.steps, args.warmup,
+                             args.smoke)
+    n = meta["params"]
+    flops_per_token = 6 * n + 12 * meta["layers"] * meta["width"] * meta["seq"]
+    result["mfu"] = flops_per_token * result["tokens_per_s"] / PEAK_FLOPS
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny models and few steps (checks the script)")
+    parser.add_argument("--cases", nargs="*", default=["gpt2", "bert"])
+    parser.add_argument("--recipes", nargs="*", default=["tutorial", "trainer+", "tuneforge"])
+    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps after warm-up")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.steps = args.steps or (4 if args.smoke else 60)  # a multiple of warmup: tuneforge logs every warmup steps
+    args.warmup = args.warmup or (2 if args.smoke else 15)
+    if args.child:
+        return child(args)
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    rows = []
+    for case in args.cases:
+        work = Path(tempfile.mkdtemp(prefix=f"tuneforge-gpu-{case}-"))
+        meta = build_case(case, work / "model", args.smoke)
+        n_params = _count_params(work / "model")
+        meta["params"] = n_params
+        (work / "meta.json").write_text(json.dumps(meta))
+        write_data(case, work, args.smoke)
+        for recipe in args.recipes:
+            cmd = [sys.executable, __file__, "--child", "--case", case, "--recipe", recipe, "--work", str(work),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--smoke"] if args.smoke else [])
+            started = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{case}/{recipe} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+                rows.append((case, recipe, None, time.perf_counter() - started))
+                continue
+            rows.append((case, recipe, json.loads(line[7:]), time.perf_counter() - started))
+    print(f"\n{device}, torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up steps")
+    print(f"{'case':<6}{'recipe':<11}{'tokens/s':>11}{'samples/s':>11}{'MFU':>7}{'peak GiB':>10}{'eval loss':>11}"
+          f"{'vs tutorial':>13}{'wall s':>8}")
+    tutorial = {c: r["tokens_per_s"] for c, name, r, _ in rows if name == "tutorial" and r}
+    for case, recipe, r, wall in rows:
+        if r is None:
+            print(f"{case:<6}{recipe:<11}{'failed':>11}")
+            continue
+        ratio = f"{r['tokens_per_s'] / tutorial[case]:.1f}x" if case in tutorial else "-"
+        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+        print(f"{case:<6}{recipe:<11}{r['tokens_per_s']:>11.0f}{r['samples_per_s']:>11.1f}{100 * r['mfu']:>6.1f}%"
+              f"{peak:>10}{r['eval_loss']:>11.3f}{ratio:>13}{wall:>8.0f}")
+    return 0 if all(r for _, _, r, _ in rows) else 1
+
+
+def _count_params(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(folder / "model.safetensors"), "pt") as fh:
+        for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+            shape = fh.get_slice(key).get_shape()
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+    return total
+
+
+if __name__ == "__main__":
+    sys.exit(main())
