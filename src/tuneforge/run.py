@@ -146,6 +146,11 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         from tuneforge.engine.lora import apply_lora
 
         model = apply_lora(model, cfg.lora, cfg.task, getattr(model, "tuneforge_new_keys", []))
+    if cfg.freeze.enabled:
+        from tuneforge.engine.freeze import apply_freeze
+
+        for note in apply_freeze(model, cfg.freeze):
+            console.print(note, highlight=False)
     fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True
     session = start_session(cfg, console, fp16_safe)
     max_length = task.max_length(cfg, tokenizer, model.config)
