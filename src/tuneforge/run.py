@@ -121,19 +121,24 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
-          overrides: list[str] | dict[str, Any] | None = None, console: Any = None) -> Run:
-    """Train a model as described by `config` (+ overrides) and return its finished Run."""
-    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
-    run_dir = prepare_output_dir(cfg)
-    task = get_task(cfg.task)
-    data = task.prepare_data(cfg)  # every data error is raised here, before torch is imported
+@dataclass
+class Prepared:
+    """Everything a training (or an LR range test) starts from."""
 
-    from rich.console import Console
+    cfg: RunConfig
+    model: Any
+    tokenizer: Any
+    revision: str | None
+    session: Any
+    splits: dict[str, Any]
+    max_length: int
 
-    console = console or Console(soft_wrap=True)
+
+def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prepared:
+    """Load model and tokenizer, apply LoRA / freezing / memory savers, start the session, tokenize."""
     from accelerate.utils import set_seed
 
+    from tuneforge.engine.memory import apply_memory_savers
     from tuneforge.engine.session import start_session
 
     set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
@@ -153,17 +158,39 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
             console.print(note, highlight=False)
     fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True
     session = start_session(cfg, console, fp16_safe)
+    for note in apply_memory_savers(model, cfg, session.accelerator.mixed_precision):
+        console.print(note, highlight=False)
     max_length = task.max_length(cfg, tokenizer, model.config)
     splits = task.tokenize(tokenizer, data, cfg, max_length)
+    return Prepared(cfg, model, tokenizer, revision, session, splits, max_length)
+
+
+def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
+          overrides: list[str] | dict[str, Any] | None = None, console: Any = None) -> Run:
+    """Train a model as described by `config` (+ overrides) and return its finished Run."""
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    run_dir = prepare_output_dir(cfg)
+    task = get_task(cfg.task)
+    data = task.prepare_data(cfg)  # every data error is raised here, before torch is imported
+
+    from rich.console import Console
+
+    console = console or Console(soft_wrap=True)
+    p = prepare_training(cfg, task, data, console)
+    cfg, model, tokenizer, session, splits = p.cfg, p.model, p.tokenizer, p.session, p.splits
+    revision, max_length = p.revision, p.max_length
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    from tuneforge.engine.preflight import preflight
+
+    cfg, chosen = preflight(cfg, session, task, model, tokenizer, splits, run_dir, console)
     run = Run(run_dir)
     resumed = (run_dir / "run.json").exists()
     info = run.info if resumed else {"id": run_dir.name, "created_at": _now()}
     info |= {"task": cfg.task, "status": "running", "base_model": cfg.model.model_name_or_path,
              "model_revision": revision, "data_fingerprint": data.fingerprint, "max_length": max_length,
              "device": session.device_description, "mixed_precision": session.mixed_precision,
-             "versions": _versions(), "pid": os.getpid(), "updated_at": _now()}
+             "versions": _versions(), "pid": os.getpid(), "updated_at": _now(), **chosen}
     _write_json(run_dir / "run.json", info)
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     _write_json(run_dir / "data_report.json", data.report.to_dict())
