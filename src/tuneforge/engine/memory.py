@@ -137,7 +137,13 @@ def apply_memory_savers(model: Any, cfg: Any, mixed_precision: str) -> list[str]
             raise UserError(f"training.gradient_checkpointing: {type(model).__name__} does not support it; "
                             "set gradient_checkpointing=false")
         # non-reentrant: works with frozen inputs (LoRA, frozen embeddings) without enable_input_require_grads
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.2x renamed gradient_checkpointing_enable to activation_checkpointing_enable
+        # (and its keyword to activation_checkpointing_kwargs); the old name warns
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if getattr(model.config, "use_cache", None):
             model.config.use_cache = False  # a KV cache during training defeats checkpointing (and warns)
         notes.append("gradient checkpointing: on (activations recomputed in the backward pass)")
