@@ -78,7 +78,7 @@ def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float 
     `share` of the rows: plain cross-entropy then favours the majority. (2 of 100 rows, 98 in the other class:)
 
     >>> imbalance_warning({"spam": 2, "ham": 98})[:80]
-    "strong class imbalance in training data: 'ham' 98 rows vs 'spam' 2 (49x; 'spam' is"
+    "strong class imbalance in training data: 'ham' 98 rows vs 'spam' 2 (49x; 'spam' "
     """
     present = {k: v for k, v in counts.items() if v > 0}
     if len(present) < 2:
