@@ -128,8 +128,9 @@ class ClassificationTask:
             data.report.splits[name].token_lengths, data.report.splits[name].truncated_percent = \
                 length_stats(split, max_length)
             out[name] = split
-        counts = data.report.splits["train"].label_counts
-        self.class_weights = class_weight_vector(config.training.class_weights, data.label_names, counts)
+        if "train" in data.report.splits:  # (evaluating a finished run tokenizes an eval split only)
+            counts = data.report.splits["train"].label_counts
+            self.class_weights = class_weight_vector(config.training.class_weights, data.label_names, counts)
         data.report.max_length = max_length
         if d.max_length and d.max_length > max_length:
             data.report.warnings.append(f"data.max_length {d.max_length} exceeds what the model accepts; "
