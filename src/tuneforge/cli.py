@@ -2,6 +2,7 @@
 
     tuneforge config classification > run.yaml
     tuneforge train run.yaml learning_rate=3e-5 num_train_epochs=2
+    tuneforge lr-find run.yaml --output lr_find/
     tuneforge predict runs/<id> --text "the parcel never arrived"
     tuneforge summarize runs/<id> --input articles.jsonl --output summaries.jsonl
     tuneforge generate runs/<id> --prompt "Once upon a time"
@@ -41,6 +42,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.allow_pickle:
         items.append("allow_pickle=true")
     train(config, items)
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from tuneforge.engine.lr_finder import find_lr
+
+    items, config = list(args.overrides), args.config
+    if config is not None and "=" in config:
+        items.insert(0, config)
+        config = None
+    find_lr(config, items, args.output)
     return 0
 
 
@@ -153,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true",
                    help="also load pickle weights (.bin/.pt) with torch's weights_only loader; trusted sources only")
     commands["train"] = _cmd_train
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: writes lr_find.csv and lr_find.png, suggests a rate",
+                       description="Ramp the learning rate exponentially from lr_find_min_lr to lr_find_max_lr over "
+                                   "lr_find_num_steps steps of real training, stop when the loss diverges, restore "
+                                   "the weights; suggest a tenth of the rate at the smoothed-loss minimum.")
+    p.add_argument("config", nargs="?", help="YAML config file (the training config)")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. lr_find_num_steps=200")
+    p.add_argument("--output", default="lr_find", help="folder for lr_find.csv and lr_find.png (default: lr_find)")
+    commands["lr-find"] = _cmd_lr_find
 
     p = sub.add_parser("config", help="print a complete, commented config for a task")
     p.add_argument("task", choices=task_names())

@@ -121,6 +121,50 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@dataclass
+class Prepared:
+    """Everything a training (or an LR range test) starts from."""
+
+    cfg: RunConfig
+    model: Any
+    tokenizer: Any
+    revision: str | None
+    session: Any
+    splits: dict[str, Any]
+    max_length: int
+
+
+def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prepared:
+    """Load model and tokenizer, apply LoRA / freezing / memory savers, start the session, tokenize."""
+    from accelerate.utils import set_seed
+
+    from tuneforge.engine.memory import apply_memory_savers
+    from tuneforge.engine.session import start_session
+
+    set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
+    model, tokenizer, revision = task.load(cfg, data)
+    if hasattr(task, "resolve"):  # defaults that depend on the model (family learning rate, prefix)
+        cfg, notes = task.resolve(cfg, model)
+        for note in notes:
+            console.print(f"using {note}", highlight=False)
+    if cfg.lora.enabled:
+        from tuneforge.engine.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora, cfg.task, getattr(model, "tuneforge_new_keys", []))
+    if cfg.freeze.enabled:
+        from tuneforge.engine.freeze import apply_freeze
+
+        for note in apply_freeze(model, cfg.freeze):
+            console.print(note, highlight=False)
+    fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True
+    session = start_session(cfg, console, fp16_safe)
+    for note in apply_memory_savers(model, cfg, session.accelerator.mixed_precision):
+        console.print(note, highlight=False)
+    max_length = task.max_length(cfg, tokenizer, model.config)
+    splits = task.tokenize(tokenizer, data, cfg, max_length)
+    return Prepared(cfg, model, tokenizer, revision, session, splits, max_length)
+
+
 def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
           overrides: list[str] | dict[str, Any] | None = None, console: Any = None) -> Run:
     """Train a model as described by `config` (+ overrides) and return its finished Run."""
@@ -136,27 +180,15 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     from rich.console import Console
 
     console = console or Console(soft_wrap=True)
-    from accelerate.utils import set_seed
-
-    from tuneforge.engine.session import start_session
-    from tuneforge.tasks.tokenize import tokenizer_fingerprint
-
-    set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
-    model, tokenizer, revision = task.load(cfg, data)
-    if hasattr(task, "resolve"):  # defaults that depend on the model (family learning rate, prefix)
-        cfg, notes = task.resolve(cfg, model)
-        for note in notes:
-            console.print(f"using {note}", highlight=False)
-    if cfg.lora.enabled:
-        from tuneforge.engine.lora import apply_lora
-
-        model = apply_lora(model, cfg.lora, cfg.task, getattr(model, "tuneforge_new_keys", []))
-    fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True
-    session = start_session(cfg, console, fp16_safe)
-    max_length = task.max_length(cfg, tokenizer, model.config)
-    splits = task.tokenize(tokenizer, data, cfg, max_length)
+    p = prepare_training(cfg, task, data, console)
+    cfg, model, tokenizer, session, splits = p.cfg, p.model, p.tokenizer, p.session, p.splits
+    revision, max_length = p.revision, p.max_length
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    from tuneforge.engine.preflight import preflight
+    from tuneforge.tasks.tokenize import tokenizer_fingerprint
+
+    cfg, chosen = preflight(cfg, session, task, model, tokenizer, splits, run_dir, console)
     run = Run(run_dir)
     resumed = (run_dir / "run.json").exists()
     info = run.info if resumed else {"id": run_dir.name, "created_at": _now()}
@@ -164,7 +196,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
              "model_revision": revision, "data_fingerprint": data.fingerprint, "max_length": max_length,
              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
              "device": session.device_description, "mixed_precision": session.mixed_precision,
-             "versions": _versions(), "pid": os.getpid(), "updated_at": _now()}
+             "versions": _versions(), "pid": os.getpid(), "updated_at": _now(), **chosen}
     _write_json(run_dir / "run.json", info)
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     _write_json(run_dir / "data_report.json", data.report.to_dict())

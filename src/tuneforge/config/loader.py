@@ -80,7 +80,18 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 except ValueError:
                     return _coerce(key, value, float)
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return _coerce(key, value, options[0])
+        if len(options) == 1:
+            return _coerce(key, value, options[0])
+        for option in options:  # e.g. a number or 'auto'; a choice or a {label: weight} mapping
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' or '.join(_describe(o) for o in options)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, e.g. {{positive: 1.0, negative: 5.0}}, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
     if origin is list:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(x, (str, int, float)) for x in items):
@@ -127,6 +138,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise TypeError(f"unsupported config annotation {hint!r} for {key}")  # a bug in the schema
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is dict:
+        return "a mapping {label: weight}"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -243,6 +262,9 @@ def _check_cross_fields(config: RunConfig, metrics: tuple[str, ...]) -> None:
     if not config.model.model_name_or_path:
         raise ConfigError("model.model_name_or_path: missing; give a hub id (e.g. bert-base-uncased) "
                           "or a local model folder")
+    if config.lora.enabled and config.freeze.enabled:
+        raise ConfigError("freeze: LoRA already freezes the whole base model and trains adapters (plus new heads); "
+                          "remove the freeze.* settings or set lora.enabled=false")
     data = config.data
     if not data.train_file and not data.dataset_name:
         raise ConfigError("data.train_file: missing; give a training file (csv/tsv/json/jsonl/parquet) "

@@ -40,6 +40,9 @@ class ModelConfig:
     allow_pickle: bool = opt(False, "Also load pickle weights (.bin/.pt), with torch's weights_only loader. "
                                     "Default: safetensors only (pickle files can run code when loaded).")
     cache_dir: str | None = opt(None, "Where downloaded models are cached (default: the Hugging Face cache).")
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = opt(
+        "float32", "Dtype of the frozen weights (LoRA base, freeze.*): bfloat16/float16 halve their memory and need "
+                   "mixed_precision of the same kind; trainable weights always stay float32 (see docs/precision.md).")
 
     def __post_init__(self) -> None:
         if self.model_name_or_path is not None and not self.model_name_or_path.strip():
@@ -126,11 +129,22 @@ SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", 
 @dataclass
 class TrainingConfig:
     output_dir: str | None = opt(None, "Run folder. Default: runs/<run id>. Must not hold a finished run.")
-    learning_rate: float | None = opt(None, "Peak learning rate of AdamW. Task default.")
+    learning_rate: float | Literal["auto"] | None = opt(
+        None, "Peak learning rate of AdamW, or auto: run the LR range test first and use its suggestion "
+              "(lr_find.csv/png in the run folder). Task default.")
+    lr_find_min_lr: float = opt(1e-7, "LR range test (lr-find, learning_rate=auto): lowest learning rate tried.")
+    lr_find_max_lr: float = opt(1.0, "LR range test: highest learning rate tried (the test stops earlier when the "
+                                     "loss diverges).")
+    lr_find_num_steps: int = opt(100, "LR range test: optimizer steps over which the rate grows exponentially "
+                                      "from lr_find_min_lr to lr_find_max_lr.")
     num_train_epochs: float = opt(3.0, "Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = opt(-1, "Total optimizer steps; overrides num_train_epochs when > 0.")
     per_device_train_batch_size: int = opt(16, "Examples per forward pass during training.")
     per_device_eval_batch_size: int = opt(64, "Examples per forward pass during evaluation.")
+    auto_find_batch_size: bool = opt(
+        False, "Shrink per_device_train_batch_size (halving) until the longest batch fits in memory (GPU: "
+               "out-of-memory back-off; CPU: memory estimate), and raise gradient_accumulation_steps to keep "
+               "the effective batch per_device_train_batch_size x gradient_accumulation_steps.")
     gradient_accumulation_steps: int = opt(
         1, "Micro-batches per optimizer step; the loss is normalised over the whole accumulated batch.")
     warmup_steps: int | float = opt(
@@ -146,6 +160,11 @@ class TrainingConfig:
     adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = opt(
         "auto", "auto: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU.")
+    gradient_checkpointing: bool = opt(
+        False, "Recompute activations in the backward pass: much less activation memory, ~30% slower steps.")
+    class_weights: Literal["none", "auto"] | dict[str, float] = opt(
+        "none", "Weight the loss per class: none, auto (inverse class frequency, n / (classes x count)), or "
+                "{label: weight} (unlisted labels weigh 1).", ("classification",))
     seed: int = opt(42, "Random seed for initialisation, data order, dropout and the validation split.")
     eval_strategy: Literal["epoch", "steps", "no"] = opt("epoch", "When to evaluate on the validation data.")
     eval_steps: int | None = opt(None, "Evaluate every N optimizer steps (with eval_strategy=steps).")
@@ -180,8 +199,17 @@ class TrainingConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"training.{key}: {why}, got {getattr(self, key)!r}")
 
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise bad("learning_rate", "must be positive")
+        if self.learning_rate not in (None, "auto") and not self.learning_rate > 0:
+            raise bad("learning_rate", "must be positive (or auto)")
+        if not 0 < self.lr_find_min_lr < self.lr_find_max_lr:
+            raise ConfigError(f"training.lr_find_min_lr: must be positive and below lr_find_max_lr, got "
+                              f"{self.lr_find_min_lr} and {self.lr_find_max_lr}")
+        if self.lr_find_num_steps < 5:
+            raise bad("lr_find_num_steps", "must be at least 5")
+        if isinstance(self.class_weights, dict):
+            for label, weight in self.class_weights.items():
+                if not weight > 0:
+                    raise ConfigError(f"training.class_weights: weight of {label!r} must be positive, got {weight}")
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                     "logging_steps"):
             if getattr(self, key) < 1:
@@ -270,8 +298,29 @@ class LoraConfig:
             raise ConfigError(f"lora.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
 
 
+@dataclass
+class FreezeConfig:
+    embeddings: bool = opt(False, "Freeze the input embeddings (token, position, type) of every stack. A tied LM "
+                                  "head is the same matrix and is frozen with them (the run says so).")
+    bottom_layers: int = opt(0, "Freeze the N lowest transformer blocks of each stack (encoder and decoder), found "
+                                "from the model's structure.")
+    all_but_head: bool = opt(False, "Train only the head: the new classification head, or the LM head (when the LM "
+                                    "head is tied to the input embeddings, those train too; the run says so).")
+    modules: list[str] | None = opt(
+        None, "Also freeze parameters whose name matches any of these glob patterns, e.g. ['*.attention.*']; "
+              "names as in model.named_parameters(). A pattern that matches nothing is an error.")
+
+    def __post_init__(self) -> None:
+        if self.bottom_layers < 0:
+            raise ConfigError(f"freeze.bottom_layers: must not be negative, got {self.bottom_layers}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.embeddings or self.bottom_layers or self.all_but_head or self.modules)
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig,
-                             "generation": GenerationConfig, "lora": LoraConfig}
+                             "generation": GenerationConfig, "lora": LoraConfig, "freeze": FreezeConfig}
 SECTION_TASKS: dict[str, tuple[str, ...]] = {"generation": ("seq2seq", "causal_lm")}
 
 
@@ -285,6 +334,7 @@ class RunConfig:
     training: TrainingConfig
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field that applies to this task (reloads with load_config to the same config)."""

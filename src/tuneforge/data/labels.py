@@ -71,3 +71,44 @@ def encode_labels(tables: dict[str, Table], column: str) -> tuple[list[str], dic
                                 f"in training (training labels: {', '.join(map(str, classes[:20]))}); "
                                 "fix the label or add training examples for it")
     return [str(c) for c in classes], {name: [index[v] for v in values] for name, values in parsed.items()}
+
+
+def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float = 0.05) -> str | None:
+    """A warning when the largest class outnumbers the smallest by more than `ratio`, or a class holds under
+    `share` of the rows: plain cross-entropy then favours the majority. (2 of 100 rows, 98 in the other class:)
+
+    >>> imbalance_warning({"spam": 2, "ham": 98})[:80]
+    "strong class imbalance in training data: 'ham' 98 rows vs 'spam' 2 (49x; 'spam' "
+    """
+    present = {k: v for k, v in counts.items() if v > 0}
+    if len(present) < 2:
+        return None
+    big, small = max(present, key=present.get), min(present, key=present.get)
+    total = sum(present.values())
+    rare = [k for k, v in present.items() if v / total < share]
+    if present[big] / present[small] <= ratio and not rare:
+        return None
+    return (f"strong class imbalance in training data: {big!r} {present[big]} rows vs {small!r} {present[small]} "
+            f"({present[big] / present[small]:.0f}x; {small!r} is {100 * present[small] / total:.1f}% of rows); "
+            "accuracy will flatter the model; consider class_weights=auto and watch f1_macro")
+
+
+def class_weight_vector(setting: Any, names: list[str], counts: dict[str, int]) -> list[float] | None:
+    """Per-class loss weights in label-id order, or None for unweighted. auto: n / (classes x count), the
+    'balanced' rule of scikit-learn; a mapping gives weights by label name (unlisted labels weigh 1).
+
+    >>> class_weight_vector("auto", ["neg", "pos"], {"neg": 30, "pos": 10})
+    [0.6666666666666666, 2.0]
+    """
+    from tuneforge.errors import ConfigError
+
+    if setting == "none":
+        return None
+    if setting == "auto":
+        total = sum(counts.values())
+        return [total / (len(names) * counts[n]) if counts.get(n) else 1.0 for n in names]
+    unknown = [k for k in setting if k not in names]
+    if unknown:
+        raise ConfigError(f"training.class_weights: unknown label {unknown[0]!r}; labels in the data: "
+                          f"{', '.join(names)}")
+    return [float(setting.get(n, 1.0)) for n in names]

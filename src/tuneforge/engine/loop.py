@@ -76,7 +76,7 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
     for j, batch in enumerate(micro_batches):
         last = j == len(micro_batches) - 1
         with nullcontext() if last or accelerator.num_processes == 1 else accelerator.no_sync(model):
-            loss = task.loss(model, to_device(batch, accelerator.device)) / max(1, n_items)
+            loss = task.loss(model, to_device(batch, accelerator.device)) / (n_items or 1)  # items or weights
             accelerator.backward(loss)
         total += loss.detach()
     return total
@@ -86,12 +86,20 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
 def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
              device: torch.device, multiple: int | None = None) -> dict[str, Any]:
     """Streaming evaluation: per batch the task folds predictions into a small state, never all logits."""
+    from tuneforge.engine.batch_size import run_with_backoff
+
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
-    for indices in eval_order(split.batch_lengths, cfg.training.per_device_eval_batch_size):
-        task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
+
+    def run(batch_size: int) -> dict[str, Any]:
+        state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
+        for indices in eval_order(split.batch_lengths, batch_size):
+            task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
+        return state
+
+    # out of memory here halves the evaluation batch only (and later evaluations start from it)
+    state, cfg.training.per_device_eval_batch_size = run_with_backoff(run, cfg.training.per_device_eval_batch_size)
     model.train(was_training)
     return task.eval_metrics(state, data)
 

@@ -24,3 +24,24 @@ def resolve_mixed_precision(requested: str, device_type: str, bf16_supported: bo
     if requested == "bf16" and device_type == "cuda" and not bf16_supported:
         return "fp16", "this GPU does not support bf16; using fp16 with loss scaling instead"
     return requested, None
+
+
+def explain_precision(requested: str, chosen: str, device_type: str, bf16_supported: bool = False,
+                      fp16_safe: bool = True) -> str:
+    """One line saying which precision a run uses and why.
+
+    >>> explain_precision("auto", "no", "cpu")
+    'mixed precision: no (fp32) (auto: on CPU; autocast is opt-in there with mixed_precision=bf16)'
+    """
+    name = {"no": "no (fp32)", "fp16": "fp16 with dynamic loss scaling", "bf16": "bf16"}[chosen]
+    if requested != "auto":
+        return f"mixed precision: {name} (as configured)" if requested == chosen else f"mixed precision: {name}"
+    if device_type != "cuda":
+        why = "on CPU; autocast is opt-in there with mixed_precision=bf16"
+    elif chosen == "bf16":
+        why = "this GPU supports bf16: fp32 range, no loss scaling needed"
+    elif chosen == "fp16":
+        why = "this GPU lacks bf16; fp16 needs loss scaling against gradient underflow"
+    else:
+        why = "this GPU lacks bf16 and this model family overflows in fp16"
+    return f"mixed precision: {name} (auto: {why})"

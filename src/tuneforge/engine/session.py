@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneforge.config.schema import RunConfig
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
-from tuneforge.engine.precision import resolve_mixed_precision
+from tuneforge.engine.precision import explain_precision, resolve_mixed_precision
 
 
 @dataclass
@@ -74,6 +74,13 @@ def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Sessi
     mixed, warning = resolve_mixed_precision(t.mixed_precision, device_type, bf16, fp16_safe)
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")
+    console.print(explain_precision(t.mixed_precision, mixed, device_type, bf16, fp16_safe), highlight=False)
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+        # accelerate keeps one precision per process: a second run in the same process (a notebook, lr-find
+        # then train) with another precision would raise; the device/distributed state is kept
+        AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1)
     if cuda:
         name = torch.cuda.get_device_name(accelerator.device)

@@ -21,7 +21,7 @@ from tuneforge.config.schema import RunConfig
 from tuneforge.data.batching import pad_rows
 from tuneforge.data.cache import cache_root, cached_tokenize
 from tuneforge.data.checks import fingerprint
-from tuneforge.data.labels import encode_labels
+from tuneforge.data.labels import class_weight_vector, encode_labels, imbalance_warning
 from tuneforge.data.pipeline import finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.tasks.base import TaskSpec
@@ -32,6 +32,7 @@ from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fin
 class ClassificationTask:
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
+        self.class_weights: list[float] | None = None  # training.class_weights, set by tokenize
 
     # ---- data (no torch) -------------------------------------------------------------------------
     def text_columns(self, config: RunConfig) -> list[str]:
@@ -54,6 +55,9 @@ class ClassificationTask:
             for label in table.columns[d.label_column]:
                 counts[label] += 1
             report.splits[split].label_counts = counts
+        warning = imbalance_warning(report.splits["train"].label_counts)
+        if warning:
+            report.warnings.append(warning)
         return PreparedData(tables, report, names,
                             fingerprint([tables["train"]], text_columns + [d.label_column]))
 
@@ -123,10 +127,10 @@ class ClassificationTask:
             data.report.splits[name].token_lengths, data.report.splits[name].truncated_percent = \
                 length_stats(split, max_length)
             out[name] = split
+        if "train" in data.report.splits:  # (evaluating a finished run tokenizes an eval split only)
+            counts = data.report.splits["train"].label_counts
+            self.class_weights = class_weight_vector(config.training.class_weights, data.label_names, counts)
         data.report.max_length = max_length
-        if d.max_length and d.max_length > max_length:
-            data.report.warnings.append(f"data.max_length {d.max_length} exceeds what the model accepts; "
-                                        f"using {max_length}")
         return out
 
     # ---- batches, loss, metrics (torch) ------------------------------------------------------------
@@ -140,19 +144,27 @@ class ClassificationTask:
             batch["token_type_ids"] = torch.from_numpy(types)
         if split.labels is not None:
             batch["labels"] = torch.from_numpy(split.labels[indices])
+            if self.class_weights is not None:  # per-example weight: the loss sums, the engine divides by these
+                batch["label_weights"] = torch.tensor(self.class_weights, dtype=torch.float32)[batch["labels"]]
         return batch
 
-    def num_items(self, batch: dict[str, Any]) -> int:
+    def num_items(self, batch: dict[str, Any]) -> float:
+        """Examples in the batch; with class weights, the sum of their weights (weighted mean over the window)."""
+        if "label_weights" in batch:
+            return float(batch["label_weights"].sum())
         return int(batch["labels"].shape[0])
 
     def logits(self, model: Any, batch: dict[str, Any]) -> Any:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "label_weights")}
         return model(**inputs).logits.float()
 
     def loss(self, model: Any, batch: dict[str, Any]) -> Any:
         import torch.nn.functional as F
 
-        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum")
+        losses = F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="none")
+        if "label_weights" in batch:
+            losses = losses * batch["label_weights"]
+        return losses.sum()
 
     def eval_step(self, model: Any, batch: dict[str, Any], state: dict[str, Any]) -> None:
         import torch.nn.functional as F

@@ -1,0 +1,239 @@
+"""Class weights, automatic batch size (out-of-memory injected), evaluation back-off, memory estimate,
+gradient checkpointing, low-precision frozen weights and the printed precision choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import base_overrides, one_line_error, toy_rows, write_csv
+from rich.console import Console
+from test_engine import _grads, _model_and_split
+
+import tuneforge
+from tuneforge.config import load_config
+from tuneforge.tasks import get_task
+
+OOM = "CUDA out of memory. Tried to allocate 20.00 MiB (injected by the test)"
+
+
+# ---- class weights ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("groups", [[[0, 1], [2, 3], [4, 5], [6, 7]], [[0, 1, 2], [3, 4, 5, 6], [7]]])
+def test_weighted_accumulation_equals_one_weighted_batch(tiny_bert, groups):
+    import torch.nn.functional as F
+
+    from tuneforge.engine.loop import forward_backward
+
+    task = get_task("classification")
+    task.class_weights = [1.0, 3.0, 0.5]
+    accelerator, model, split = _model_and_split(tiny_bert)
+    flat = [i for g in groups for i in g]
+    big = _grads(accelerator, model, task, split, [flat])
+    accumulated = _grads(accelerator, model, task, split, groups)
+    for name, grad in big.items():
+        torch.testing.assert_close(accumulated[name], grad, atol=1e-6, rtol=1e-4)
+    # the window loss is PyTorch's weighted mean: sum(w_y * loss) / sum(w_y)
+    batch = task.collate(split, np.asarray(flat), 0)
+    expected = F.cross_entropy(task.logits(model, batch), batch["labels"], weight=torch.tensor([1.0, 3.0, 0.5]))
+    micro = [task.collate(split, np.asarray(g), 0) for g in groups]
+    torch.testing.assert_close(forward_backward(accelerator, model, task, micro), expected.detach(), rtol=1e-5,
+                               atol=1e-6)
+    task.class_weights = None
+    unweighted = _grads(accelerator, model, task, split, groups)
+    assert not torch.allclose(unweighted["classifier.weight"], big["classifier.weight"], atol=1e-6)
+
+
+def test_imbalance_warning_and_auto_weights(tiny_bert, tmp_path, capsys):
+    rows = toy_rows(400, 5)
+    pos = [r for r in rows if r[1] == "pos"][:190]
+    neg = [r for r in rows if r[1] == "neg"][:10]
+    train = write_csv(tmp_path / "train.csv", pos + neg)
+    cfg = load_config(None, ["task=classification", f"model_name_or_path={tiny_bert}", f"train_file={train}",
+                             "class_weights=auto", f"preprocessing_cache_dir={tmp_path / 'cache'}"])
+    task = get_task("classification")
+    data = task.prepare_data(cfg)
+    assert any("strong class imbalance" in w and "class_weights=auto" in w for w in data.report.warnings)
+    from transformers import AutoTokenizer
+
+    task.tokenize(AutoTokenizer.from_pretrained(tiny_bert), data, cfg, 32)
+    counts = data.report.splits["train"].label_counts
+    weights = dict(zip(data.label_names, task.class_weights))
+    assert weights["neg"] / weights["pos"] == pytest.approx(counts["pos"] / counts["neg"])
+    balanced = write_csv(tmp_path / "balanced.csv", rows)
+    cfg2 = load_config(None, [f"{k}={v}" for k, v in {"task": "classification", "model_name_or_path": tiny_bert,
+                                                          "train_file": balanced}.items()])
+    assert not any("imbalance" in w for w in task.prepare_data(cfg2).report.warnings)
+
+
+def test_class_weights_unknown_label_is_one_line(tiny_bert, toy_data, tmp_path, capsys):
+    err = one_line_error(capsys, ["train", *base_overrides(tiny_bert, toy_data, tmp_path / "x"),
+                                  "class_weights={pos: 2, maybe: 1}"])
+    assert "unknown label 'maybe'" in err and "neg, pos" in err
+
+
+# ---- automatic batch size -----------------------------------------------------------------------------
+def _prepared(tiny_bert, toy_data, tmp_path, *extra):
+    from tuneforge.run import prepare_training
+
+    cfg = load_config(None, base_overrides(tiny_bert, toy_data, tmp_path / "run") + list(extra))
+    task = get_task("classification")
+    return task, prepare_training(cfg, task, task.prepare_data(cfg), Console(quiet=True))
+
+
+def test_probe_backs_off_on_injected_oom_longest_rows_first(tiny_bert, toy_data, tmp_path):
+    from tuneforge.engine.batch_size import choose_batch_size
+
+    task, p = _prepared(tiny_bert, toy_data, tmp_path, "per_device_train_batch_size=16",
+                        "gradient_accumulation_steps=2")
+    seen = []
+    real_loss = task.loss
+
+    def loss(model, batch):
+        seen.append((batch["input_ids"].shape[0], int(batch["attention_mask"].sum(1).max())))
+        if batch["input_ids"].shape[0] > 5:
+            raise torch.cuda.OutOfMemoryError(OOM)
+        return real_loss(model, batch)
+
+    task.loss = loss
+    before = {k: v.clone() for k, v in p.model.state_dict().items()}
+    cfg, info = choose_batch_size(p.cfg, p.session, task, p.model, p.tokenizer, p.splits["train"],
+                                  Console(quiet=True), probe=True)
+    assert [b for b, _ in seen] == [16, 8, 4]
+    assert seen[0][1] == int(p.splits["train"].lengths.max())  # the longest rows come first
+    assert (cfg.training.per_device_train_batch_size, cfg.training.gradient_accumulation_steps) == (4, 8)
+    assert info["effective_batch_size"] == info["target_effective_batch_size"] == 32
+    assert all(torch.equal(v, before[k]) for k, v in p.model.state_dict().items())  # probing trains nothing
+    assert all(p_.grad is None for p_ in p.model.parameters())
+
+
+def test_other_errors_are_not_taken_for_oom():
+    from tuneforge.engine.batch_size import probe_batch_size
+
+    def step(batch_size):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        probe_batch_size(step, 16)
+
+
+def test_eval_oom_halves_only_the_eval_batch(tiny_bert, toy_data, tmp_path):
+    from tuneforge.engine.loop import evaluate
+
+    task, p = _prepared(tiny_bert, toy_data, tmp_path, "per_device_eval_batch_size=32")
+    device = p.session.accelerator.device
+    real_step = task.eval_step
+
+    def eval_step(model, batch, state):
+        if batch["input_ids"].shape[0] > 8:
+            raise torch.cuda.OutOfMemoryError(OOM)
+        real_step(model, batch, state)
+
+    from tuneforge.data.prepared import PreparedData
+
+    data = PreparedData({}, None, ["neg", "pos"])
+    task.eval_step = eval_step
+    metrics = evaluate(p.model, p.tokenizer, task, p.splits["validation"], data, p.cfg, device)
+    assert p.cfg.training.per_device_eval_batch_size == 8 and p.cfg.training.per_device_train_batch_size == 16
+    task.eval_step = real_step
+    expected = evaluate(p.model, p.tokenizer, task, p.splits["validation"], data, p.cfg, device)
+    assert metrics["loss"] == pytest.approx(expected["loss"]) and metrics["accuracy"] == expected["accuracy"]
+
+
+def test_cpu_uses_the_memory_estimate_and_keeps_the_effective_batch(tiny_bert, toy_data, tmp_path, monkeypatch,
+                                                                     capsys):
+    from tuneforge.engine import memory
+
+    _, p = _prepared(tiny_bert, toy_data, tmp_path)
+    longest = int(p.splits["train"].batch_lengths.max())
+    at = {b: memory.estimate_for_model(p.model, "classification", b, longest, "no").total for b in (4, 8)}
+    monkeypatch.setattr(memory, "available_memory", lambda device: int((at[4] + at[8]) / 2 / 0.9))
+    run = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "auto", auto_find_batch_size=True,
+                                               per_device_train_batch_size=16, gradient_accumulation_steps=2,
+                                               max_steps=2, eval_strategy="no", save_strategy="no",
+                                               load_best_model_at_end=False))
+    found = run.info["auto_find_batch_size"]
+    assert (found["per_device_train_batch_size"], found["gradient_accumulation_steps"]) == (4, 8)
+    assert found["method"] == "memory estimate" and run.config.training.gradient_accumulation_steps == 8
+    out = capsys.readouterr().out
+    assert "memory estimate" in out and "mixed precision: no (fp32) (auto: on CPU" in out
+    assert run.info["memory_estimate"]["total"] == memory.estimate_for_model(
+        p.model, "classification", 4, longest, "no").total
+
+
+# ---- memory estimate ----------------------------------------------------------------------------------
+def test_memory_estimate_scales_and_warns():
+    from tuneforge.engine.memory import estimate_training_memory, report_memory
+
+    base = dict(n_params=100_000_000, n_trainable=100_000_000, batch_size=8, seq_len=256, layers=12, hidden=768,
+                heads=12)
+    e1 = estimate_training_memory(**base)
+    e2 = estimate_training_memory(**{**base, "batch_size": 16})
+    assert e2.activations == 2 * e1.activations and e2.weights == e1.weights and e2.optimizer == e1.optimizer
+    assert e1.weights == 4 * 10**8 and e1.gradients == 4 * 10**8 and e1.optimizer == 8 * 10**8  # AdamW: 2 fp32 states
+    frozen = estimate_training_memory(**{**base, "n_trainable": 10_000_000})
+    assert frozen.optimizer == e1.optimizer // 10 and frozen.gradients == e1.gradients // 10
+    assert estimate_training_memory(**base, gradient_checkpointing=True).activations < e1.activations / 5
+    assert estimate_training_memory(**base, mixed_precision="bf16").activations < e1.activations
+    lm = estimate_training_memory(**base, vocab=50_000)
+    assert lm.activations - e1.activations == 2 * 4 * 8 * 256 * 50_000  # logits and their gradient
+    console = Console(record=True, width=200)
+    assert report_memory(e1, 10**6, "a tiny fake device", console)
+    assert "exceeds the 0.00 GiB available on a tiny fake device" in console.export_text()
+    assert not report_memory(e1, 10**12, "a big device", Console(quiet=True))
+
+
+# ---- gradient checkpointing, dtype, precision ---------------------------------------------------------
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.engine.memory import apply_memory_savers
+
+    ids = torch.randint(1, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def grads(checkpointing):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        cfg = SimpleNamespace(training=SimpleNamespace(gradient_checkpointing=checkpointing),
+                              model=SimpleNamespace(torch_dtype="float32"))
+        notes = apply_memory_savers(model, cfg, "no")
+        model.train()
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        return model, notes, {n: p.grad for n, p in model.named_parameters()}
+
+    plain_model, _, plain = grads(False)
+    model, notes, checkpointed = grads(True)
+
+    def on(m):  # transformers 5.2x: is_activation_checkpointing; the old name warns
+        new = "is_activation_checkpointing"
+        return getattr(m, new) if hasattr(m, new) else m.is_gradient_checkpointing
+
+    assert on(model) and not on(plain_model)
+    assert "gradient checkpointing: on" in notes[0]
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad)
+
+
+def test_frozen_weights_in_bfloat16_train_with_bf16_autocast(tiny_bert, toy_data, tmp_path, capsys):
+    _, p = _prepared(tiny_bert, toy_data, tmp_path, "freeze.bottom_layers=1", "freeze.embeddings=true",
+                        "torch_dtype=bfloat16", "mixed_precision=bf16")
+    frozen = [q for q in p.model.parameters() if not q.requires_grad and q.ndim >= 2]
+    assert frozen and all(q.dtype == torch.bfloat16 for q in frozen)
+    assert all(q.dtype == torch.float32 for q in p.model.parameters() if q.requires_grad)
+    run = tuneforge.train(None, base_overrides(
+        tiny_bert, toy_data, tmp_path / "bf16", **{"freeze.bottom_layers": 1, "torch_dtype": "bfloat16",
+                                                   "mixed_precision": "bf16", "max_steps": 3, "eval_strategy": "no",
+                                                   "save_strategy": "no", "load_best_model_at_end": False}))
+    assert run.info["status"] == "finished"
+    assert "frozen weight matrices stored in bfloat16" in capsys.readouterr().out
+    _, q = _prepared(tiny_bert, toy_data, tmp_path / "fp32", "freeze.bottom_layers=1", "torch_dtype=bfloat16")
+    assert all(x.dtype == torch.float32 for x in q.model.parameters())  # no bf16 autocast: stays fp32
+
+
+def test_precision_reasons():
+    from tuneforge.engine.precision import explain_precision
+
+    assert "supports bf16" in explain_precision("auto", "bf16", "cuda", True)
+    assert "loss scaling" in explain_precision("auto", "fp16", "cuda", False)
+    assert "overflows in fp16" in explain_precision("auto", "no", "cuda", False, fp16_safe=False)
+    assert explain_precision("bf16", "bf16", "cpu") == "mixed precision: bf16 (as configured)"
