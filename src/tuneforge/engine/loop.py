@@ -83,13 +83,17 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
 
 @torch.inference_mode()
 def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
-             device: torch.device) -> dict[str, Any]:
-    """Streaming evaluation: per batch the task folds predictions into a small state, never all logits."""
+             device: torch.device, errors: Any = None) -> dict[str, Any]:
+    """Streaming evaluation: per batch the task folds predictions into a small state, never all logits.
+    `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis."""
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
+    if errors is not None:
+        state["errors"] = errors
     for indices in eval_order(split.batch_lengths, cfg.training.per_device_eval_batch_size):
+        state["rows"] = indices
         task.eval_step(model, to_device(task.collate(split, indices, pad_id), device), state)
     model.train(was_training)
     return task.eval_metrics(state, data)
