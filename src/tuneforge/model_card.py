@@ -117,7 +117,8 @@ def render_model_card(run_dir: Path) -> str:
     out += ["", f"Data fingerprint: `{info.get('data_fingerprint', '')}`.", ""]
 
     out += ["## Training procedure", "", "| hyperparameter | value |", "|---|---|"]
-    out += [f"| {k} | {_fmt(training.get(k))} |" for k in HYPERPARAMETERS if k in training]
+    out += [f"| {k} | {training[k]:g} |" if isinstance(training[k], float) else f"| {k} | {_fmt(training[k])} |"
+            for k in HYPERPARAMETERS if k in training]
     out.append(f"| mixed_precision | {info.get('mixed_precision', '-')} |")
     lora = config.get("lora") or {}
     if lora.get("enabled"):

@@ -98,6 +98,8 @@ def plot_eval_metrics(records: list[dict[str, Any]]) -> str | None:
     skip = {"eval_loss", "eval_perplexity", "eval_tokens", "eval_gen_len"}
     keys = list(dict.fromkeys(k for r in records for k, v in r.items()
                               if k.startswith("eval_") and k not in skip and isinstance(v, (int, float))))
+    headline = [k for k in keys if k.removeprefix("eval_") in ("accuracy", "f1_macro", "rouge1", "rouge2", "rougeL")]
+    keys = headline or keys
     if not keys:
         return None
     fig = _figure()
@@ -185,10 +187,10 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else html.escape("-" if v is None else str(v))
 
 
-def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(header: list[str] | None, rows: list[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header) if header else ""
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{f"<thead><tr>{head}</tr></thead>" if head else ""}<tbody>{body}</tbody></table>'
 
 
 SHOWN = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "rouge1", "rouge2", "rougeL",
@@ -229,6 +231,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;
 vertical-align:top}th{background:#f4f4f4}table.metrics td:not(:first-child){text-align:right;font-variant-numeric:
 tabular-nums}table.examples td{max-width:420px;overflow-wrap:anywhere}.grid{display:flex;flex-wrap:wrap;gap:1em}
+.grid figure{flex:1 1 460px;max-width:640px}
 figure{margin:0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#666}
 pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}.status{font-weight:bold}"""
 
@@ -269,13 +272,13 @@ def render_report(run_dir: Path) -> str:
         head.append(["parent", info["parent"].get("id")])
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)} - tuneforge"
              f"</title><style>{CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", _table(["", ""], head),
+             f"<h1>{html.escape(title)}</h1>", _table(None, head),
              "<h2>Results</h2>", _metrics_table(metrics),
              "<h2>Plots</h2>", '<div class="grid">' + "".join(p for p in plots if p) + "</div>",
              _analysis_section(analysis),
              "<h2>Data report</h2>", f"<pre>{html.escape(data_report)}</pre>",
              "<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>",
-             "<h2>Environment</h2>", _table(["", ""], env_rows),
+             "<h2>Environment</h2>", _table(None, env_rows),
              f"<script>{CHECK_SCRIPT}</script></body></html>"]
     return "\n".join(parts)
 

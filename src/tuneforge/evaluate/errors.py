@@ -190,7 +190,7 @@ def render_markdown(a: dict[str, Any]) -> str:
     for key, title in (("most_confident_errors", "Most confidently wrong"), ("lowest_rouge", "Lowest ROUGE-L"),
                        ("highest_loss", "Highest loss")):
         if key in a:
-            out += [f"## {title}", ""]
+            out += [f"## {title}", ""] + ([] if a[key] else ["(none)"])
             for i, ex in enumerate(a[key], 1):
                 out.append(f"{i}. " + "; ".join(f"**{k}**: {_cell(v)}" for k, v in ex.items()))
             out.append("")
