@@ -7,7 +7,8 @@
 >>> {k: round(v, 4) for k, v in s.items()}
 {'rouge1': 0.8333, 'rouge2': 0.6, 'rougeL': 0.8333, 'rougeLsum': 0.8333, 'gen_len': 6.0}
 >>> acc = RougeAccumulator()
->>> acc.add(["猫坐在垫子上"], ["猫躺在垫子上"], lengths=[7])
+>>> [round(s["rougeL"], 4) for s in acc.add(["猫坐在垫子上"], ["猫躺在垫子上"], lengths=[7])]
+[0.8333]
 >>> round(acc.result()["rouge1"], 4), acc.result()["gen_len"]
 (0.8333, 7.0)
 
