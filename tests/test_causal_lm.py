@@ -180,3 +180,38 @@ def test_cli_generate_and_saved_generation_config(memorised_run, capsys):
     assert gen["max_new_tokens"] == 8 and gen.get("do_sample", False) is False
     info = json.loads((memorised_run.path / "data_report.json").read_text())
     assert info["splits"]["train"]["truncated_percent"] == 0.0
+
+
+def test_error_analysis_loss_per_document_matches_a_single_document_pass(tiny_gpt2_lm, tmp_path):
+    """Unpacked documents: each row's recorded loss equals the loss of that document evaluated alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.evaluate.errors import evaluate_with_analysis
+
+    path = tmp_path / "docs.txt"
+    path.write_text("\n\n".join(LM_CORPUS) + "\n")
+    task = get_task("causal_lm")
+    cfg = load_config(None, _cfg(tiny_gpt2_lm, path, validation_file=str(path), packing="false", block_size=64,
+                                 preprocessing_cache_dir=str(tmp_path / "cache")))
+    data = task.prepare_data(cfg)
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_lm)
+    tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_lm).eval()
+    splits = task.tokenize(tok, data, cfg, 64)
+    metrics, analysis = evaluate_with_analysis(model, tok, task, splits["validation"], data, "validation", cfg,
+                                               torch.device("cpu"))
+    worst = analysis["highest_loss"]
+    assert len(worst) == len(LM_CORPUS)
+    assert [w["loss"] for w in worst] == sorted((w["loss"] for w in worst), reverse=True)
+    split = splits["validation"]
+    for w in worst:
+        batch = task.collate(split, np.array([w["row"]]), tok.pad_token_id)
+        with torch.no_grad():
+            alone = float(task.loss(model, batch)) / batch["num_items"]
+        assert abs(alone - w["loss"]) < 1e-3
+        assert w["text"].strip() in LM_CORPUS
+    slices = analysis["length_slices"]
+    total = sum(s["rows"] for s in slices)
+    assert total == len(LM_CORPUS) and all(s["loss"] is None or s["loss"] > 0 for s in slices)
+    assert abs(metrics["loss"] - sum(w["loss"] * w["tokens"] for w in worst) / metrics["tokens"]) < 1e-4

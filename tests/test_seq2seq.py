@@ -169,3 +169,18 @@ def test_generation_defaults_follow_the_model_preferences(tiny_t5):
     g = resolved.generation
     assert (g.num_beams, g.length_penalty, g.no_repeat_ngram_size, g.early_stopping) == (6, 2.0, 2, True)
     assert model.generation_config.num_beams == 6 and model.generation_config.max_new_tokens == 128
+
+
+def test_error_analysis_lists_lowest_rouge_rows_with_their_texts(t5_run, copy_data):
+    analysis = json.loads((t5_run.path / "error_analysis.json").read_text())
+    assert analysis["split"] == "validation" and analysis["metric"] == "rougeL"
+    worst = analysis["lowest_rouge"]
+    assert worst and [w["rougeL"] for w in worst] == sorted(w["rougeL"] for w in worst)
+    rows = [json.loads(line) for line in copy_data["validation"].read_text().splitlines()]
+    for w in worst:
+        row = rows[int(w["where"].rsplit("line ", 1)[1]) - 1]  # jsonl: line n is row n
+        assert (w["source"], w["reference"]) == (row["text"], row["summary"])
+    slices = analysis["length_slices"]
+    recombined = sum(s["rows"] * s["rougeL"] for s in slices) / sum(s["rows"] for s in slices)
+    assert abs(recombined - t5_run.metrics["eval"]["rougeL"]) < 1e-6
+    assert "lead_1" in t5_run.metrics["baselines"]

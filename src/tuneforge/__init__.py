@@ -28,10 +28,10 @@ def load(ref: Any, device: str | None = None) -> Any:
     return _load(ref, device)
 
 
-def evaluate(ref: Any, data_file: str, name: str | None = None) -> dict:
+def evaluate(ref: Any, data_file: str | None = None, name: str | None = None, split: str | None = None) -> dict:
     from tuneforge.inference import evaluate_run
 
-    return evaluate_run(ref, data_file, name)
+    return evaluate_run(ref, data_file, name, split)
 
 
 __all__ = ["ConfigError", "DataError", "RunConfig", "UserError", "evaluate", "load", "load_config",

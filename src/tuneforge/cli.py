@@ -7,6 +7,9 @@
     tuneforge summarize runs/<id> --input articles.jsonl --output summaries.jsonl
     tuneforge generate runs/<id> --prompt "Once upon a time"
     tuneforge evaluate runs/<id> --data test.csv
+    tuneforge report runs/<id>
+    tuneforge runs list --task classification
+    tuneforge runs compare runs/<a> runs/<b>
     tuneforge demo
 
 Errors a user can cause print one line and exit with code 2.
@@ -130,8 +133,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tuneforge.inference import evaluate_run
     from tuneforge.report import print_metrics
 
-    metrics = evaluate_run(args.run, args.data, args.name)
+    metrics = evaluate_run(args.run, args.data, args.name, args.split)
     print_metrics({"model": metrics})
+    print(f"metrics and error analysis in {metrics['output_dir']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tuneforge.outputs import finish_run
+    from tuneforge.registry import find_run
+    from tuneforge.run import Run
+
+    run = Run(find_run(args.run, args.root))
+    finish_run(run)
+    print(f"wrote {run.path / 'report.html'} and {run.path / 'README.md'}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from tuneforge import registry
+
+    if args.action == "list":
+        registry.print_runs(registry.list_runs(args.root, args.task, args.status))
+    elif args.action == "show":
+        registry.print_run(args.run, args.root)
+    else:
+        registry.print_comparison(registry.compare_runs(args.runs, args.root))
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from tuneforge.hub import push_run
+    from tuneforge.registry import find_run
+
+    print(f"pushed to {push_run(find_run(args.run, args.root), args.hub_model_id, args.private or None)}")
     return 0
 
 
@@ -196,9 +231,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a finished run on labelled data")
     p.add_argument("run", help="run folder (or run id under ./runs)")
-    p.add_argument("--data", required=True, help="labelled file with the training columns")
-    p.add_argument("--name", help="name of the evaluation (default: the file name); results in eval/NAME/")
+    p.add_argument("--data", help="labelled file with the training columns")
+    p.add_argument("--split", choices=["test", "validation"],
+                   help="without --data: the run's own test or validation file")
+    p.add_argument("--name", help="name of the evaluation (default: the file or split name); results in eval/NAME/")
     commands["evaluate"] = _cmd_evaluate
+
+    p = sub.add_parser("report", help="rebuild a run's report.html and model card (README.md)")
+    p.add_argument("run", help="run folder (or run id under --root)")
+    p.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
+    commands["report"] = _cmd_report
+
+    p = sub.add_parser("runs", help="list, show and compare runs")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_OneLineParser)
+    a = actions.add_parser("list", help="a table of every run (status, headline metric, lineage)")
+    a.add_argument("--task", help="only runs of this task")
+    a.add_argument("--status", choices=["running", "finished", "failed", "interrupted"], help="only this status")
+    b = actions.add_parser("show", help="one run: record, metrics and config")
+    b.add_argument("run", help="run folder or id")
+    c = actions.add_parser("compare", help="config differences and metric deltas, side by side")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders or ids")
+    for q in (a, b, c):
+        q.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
+    commands["runs"] = _cmd_runs
+
+    p = sub.add_parser("push", help="upload a finished run (weights, tokenizer, configs, card) to the Hugging Face Hub")
+    p.add_argument("run", help="run folder (or run id under --root)")
+    p.add_argument("--hub-model-id", help="repository, e.g. me/my-model (default: hub_model_id, else the run id)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
+    commands["push"] = _cmd_push
 
     p = sub.add_parser("demo", help="fine-tune all-MiniLM-L6-v2 on a generated support-ticket dataset (offline)",
                        description="Offline demo on generated support tickets. classification: fine-tune "

@@ -60,12 +60,23 @@ def load(ref: str | os.PathLike, device: str | None = None) -> LoadedRun:
     return LoadedRun(resolve_run(ref), device)
 
 
-def evaluate_run(ref: str | os.PathLike, data_file: str, name: str | None = None) -> dict[str, Any]:
-    """Evaluate a finished run on a labelled file (same columns as training); writes eval/<name>/metrics.json."""
+def evaluate_run(ref: str | os.PathLike, data_file: str | None = None, name: str | None = None,
+                 split: str | None = None) -> dict[str, Any]:
+    """Evaluate a finished run on a labelled file (same columns as training), or on its own `split`
+    ("test" or "validation" file from its config). Writes eval/<name>/metrics.json and error_analysis.json/.md."""
     from tuneforge.data.prepared import PreparedData
+    from tuneforge.evaluate.errors import evaluate_with_analysis, write_analysis
 
     run = resolve_run(ref)
     cfg = run.config
+    if data_file is None:
+        if split not in ("test", "validation"):
+            raise UserError("evaluate: give --data FILE, or --split test|validation to use the run's own data")
+        data_file = getattr(cfg.data, f"{split}_file")
+        if not data_file:
+            raise UserError(f"evaluate --split {split}: {run.path} was trained without data.{split}_file "
+                            "(a split held out from the training file is not reproducible as a file); "
+                            "pass --data FILE")
     data_cfg = dataclasses.replace(cfg.data, train_file=data_file, validation_file=None, test_file=None,
                                    dataset_name=None)
     task = get_task(cfg.task)
@@ -74,10 +85,10 @@ def evaluate_run(ref: str | os.PathLike, data_file: str, name: str | None = None
     table, report, label_names = task.read_eval_file(eval_cfg, loaded.model.config)
     data = PreparedData({"eval": table}, report, label_names)
     splits = task.tokenize(loaded.tokenizer, data, eval_cfg, loaded.max_length or 512)
-    from tuneforge.engine.loop import evaluate
-
-    metrics = evaluate(loaded.model, loaded.tokenizer, task, splits["eval"], data, eval_cfg, loaded.device)
-    out_dir = run.path / "eval" / (name or Path(data_file).stem)
+    metrics, analysis = evaluate_with_analysis(loaded.model, loaded.tokenizer, task, splits["eval"], data, "eval",
+                                               eval_cfg, loaded.device)
+    out_dir = run.path / "eval" / (name or split or Path(data_file).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "metrics.json", {"data_file": str(data_file), "rows": len(table), **metrics})
-    return metrics
+    write_analysis({**analysis, "split": str(data_file)}, out_dir)
+    return {**metrics, "output_dir": str(out_dir)}

@@ -174,6 +174,9 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         import dataclasses
 
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, output_dir=str(run_dir)))
+    from tuneforge.registry import check_integrations, lineage, start_heartbeat
+
+    check_integrations(cfg)  # report_to package, hub token: before hours of training, not after
     task = get_task(cfg.task)
     data = task.prepare_data(cfg)  # every data error is raised here, before torch is imported
 
@@ -196,8 +199,10 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
              "model_revision": revision, "data_fingerprint": data.fingerprint, "max_length": max_length,
              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
              "device": session.device_description, "mixed_precision": session.mixed_precision,
-             "versions": _versions(), "pid": os.getpid(), "updated_at": _now(), **chosen}
+             "versions": _versions(), "pid": os.getpid(), "updated_at": _now(), **chosen,
+             **lineage(cfg, info)}
     _write_json(run_dir / "run.json", info)
+    start_heartbeat(run_dir)  # lets `tuneforge runs list` tell a silently dead run from a running one
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     _write_json(run_dir / "data_report.json", data.report.to_dict())
     (run_dir / "data_report.txt").write_text(data.report.render() + "\n", encoding="utf-8")
@@ -206,6 +211,9 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         metrics = session.fit(task, model, tokenizer, splits, data, run_dir)
         _write_json(run_dir / "metrics.json", metrics)
         session.save_final(model, tokenizer, run_dir)
+        from tuneforge.outputs import finish_run, record_evaluation
+
+        record_evaluation(run_dir, metrics, session.analysis, splits, data, cfg)
     except KeyboardInterrupt:
         run.update(status="interrupted")
         raise
@@ -216,5 +224,6 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         run.update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise
     run.update(status="finished", finished_at=_now())
+    finish_run(run, console)  # report.html, README.md (model card, last), push_to_hub
     console.print(f"run saved to {run_dir}", highlight=False)
     return run

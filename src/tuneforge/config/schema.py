@@ -189,7 +189,15 @@ class TrainingConfig:
     train_sampling_strategy: Literal["group_by_length", "random"] = opt(
         "group_by_length", "Batch order: group_by_length batches similar lengths together (less padding).")
     dataloader_num_workers: int = opt(0, "Background workers that collate batches (0: main process).")
-    report_to: Literal["tensorboard", "none"] = opt("tensorboard", "Where to log metrics besides metrics.jsonl.")
+    report_to: Literal["tensorboard", "wandb", "mlflow", "none"] = opt(
+        "tensorboard", "Where to log metrics besides metrics.jsonl (through accelerate's trackers; wandb and mlflow "
+                       "need their package installed).")
+    push_to_hub: bool = opt(False, "At the end, upload the final weights, tokenizer, configs and model card (never "
+                                   "checkpoints, logs or error analysis) to the Hugging Face Hub; needs a token "
+                                   "(HF_TOKEN or `hf auth login`).")
+    hub_model_id: str | None = opt(None, "Hub repository for push_to_hub, e.g. me/my-model. Default: the run id "
+                                         "under your account.")
+    hub_private_repo: bool = opt(False, "Create the hub repository as private.")
     use_cpu: bool = opt(False, "Train on the CPU even when a GPU is available.")
     torch_compile: bool = opt(
         False, "Compile the model with torch.compile (GPU; pays off on runs of more than a few hundred steps). "

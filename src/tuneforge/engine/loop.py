@@ -84,8 +84,9 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
 
 @torch.inference_mode()
 def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
-             device: torch.device, multiple: int | None = None) -> dict[str, Any]:
-    """Streaming evaluation: per batch the task folds predictions into a small state, never all logits."""
+             device: torch.device, multiple: int | None = None, errors: Any = None) -> dict[str, Any]:
+    """Streaming evaluation: per batch the task folds predictions into a small state, never all logits.
+    `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis."""
     from tuneforge.engine.batch_size import run_with_backoff
 
     was_training = model.training
@@ -94,7 +95,10 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
 
     def run(batch_size: int) -> dict[str, Any]:
         state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
+        if errors is not None:
+            state["errors"] = errors
         for indices in eval_order(split.batch_lengths, batch_size):
+            state["rows"] = indices
             task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
         return state
 

@@ -22,17 +22,18 @@ class Session:
     mixed_precision: str
     device_description: str
     console: Any
+    analysis: dict[str, Any] | None = None  # error analysis of the final model (set by fit)
 
     def fit(self, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
             data: PreparedData, run_dir: Path) -> dict[str, Any]:
-        from tuneforge.engine.loop import evaluate, fit
+        from tuneforge.engine.loop import fit
         from tuneforge.engine.tracking import Tracker
 
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.console.print(f"device {self.device_description}, precision {self.mixed_precision}; "
                            f"parameters {_count(total)}, trainable {_count(trainable)}", highlight=False)
-        tracker = Tracker(run_dir, 0, self.cfg.training.report_to, self.console)
+        tracker = Tracker(run_dir, 0, self.cfg.training.report_to, self.console, config=self.cfg.to_dict())
         try:
             result = fit(self.cfg, task, model, tokenizer, splits, data, run_dir, tracker, self.accelerator)
         finally:
@@ -42,9 +43,15 @@ class Session:
                       "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early},
             "best_step": result.best_step, "metric_for_best_model": self.cfg.training.metric_for_best_model,
             "eval": result.best_metrics if self.cfg.training.load_best_model_at_end else result.last_metrics}
-        if "test" in splits:
-            metrics["test"] = evaluate(model, tokenizer, task, splits["test"], data, self.cfg,
-                                       self.accelerator.device)
+        # the best model, once more on held-out data: test when given (else validation), with error analysis
+        target = "test" if "test" in splits else "validation" if "validation" in splits else None
+        if target is not None:
+            from tuneforge.evaluate.errors import evaluate_with_analysis
+
+            result, self.analysis = evaluate_with_analysis(model, tokenizer, task, splits[target], data, target,
+                                                           self.cfg, self.accelerator.device)
+            if target == "test":
+                metrics["test"] = result
         return metrics
 
     def save_final(self, model: Any, tokenizer: Any, run_dir: Path) -> None:

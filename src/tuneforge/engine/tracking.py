@@ -1,5 +1,5 @@
 """Progress and metrics: a rich progress bar on terminals (plain log lines otherwise), metrics.jsonl,
-and TensorBoard.
+and TensorBoard, Weights & Biases or MLflow through accelerate's trackers (`report_to`).
 
 >>> tracker = Tracker(Path("runs/x"), total_steps=300, report_to="none")   # doctest: +SKIP
 >>> tracker.log(10, {"loss": 0.69, "learning_rate": 2e-5})                   # doctest: +SKIP
@@ -24,19 +24,13 @@ def _fmt(value: Any) -> str:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, total_steps: int, report_to: str, console: Console | None = None) -> None:
+    def __init__(self, run_dir: Path, total_steps: int, report_to: str, console: Console | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         self.console = console or Console(stderr=False)
         self.total_steps = total_steps
         self.interactive = sys.stdout.isatty()
         self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.writer = None
-        if report_to == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(log_dir=str(run_dir / "logs"))
-            except ImportError:
-                self.console.print("[yellow]warning:[/] tensorboard is not installed; logging to metrics.jsonl only")
+        self.writer = external_tracker(report_to, run_dir, config)
         self.progress = None
         self.task_id = None
         self.started = time.perf_counter()
@@ -69,10 +63,9 @@ class Tracker:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
-                    self.writer.add_scalar(tag, value, step)
+            self.writer.log({f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}": value
+                             for key, value in metrics.items()
+                             if isinstance(value, (int, float)) and math.isfinite(value)}, step=step)
         if "loss" in metrics:
             info = (f"loss {_fmt(metrics['loss'])}  lr {metrics.get('learning_rate', 0):.2e}  "
                     f"{metrics.get('samples_per_second', 0):.1f} samples/s")
@@ -91,6 +84,28 @@ class Tracker:
             self.progress.stop()
             self.progress = None
         if self.writer is not None:
-            self.writer.close()
+            self.writer.finish()
             self.writer = None
         self.jsonl.close()
+
+
+def external_tracker(report_to: str, run_dir: Path, config: dict[str, Any] | None = None) -> Any:
+    """An accelerate tracker for `report_to` (started, config stored), or None for "none".
+    TensorBoard writes to <run>/logs; W&B and MLflow use the run id as run name in a "tuneforge" project."""
+    if report_to == "none":
+        return None
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    name = run_dir.name
+    if report_to == "tensorboard":
+        tracker = TensorBoardTracker("", logging_dir=run_dir / "logs")  # run_name "": events directly in logs/
+    elif report_to == "wandb":
+        tracker = WandBTracker("tuneforge", name=name, dir=str(run_dir))
+    elif report_to == "mlflow":
+        tracker = MLflowTracker(experiment_name="tuneforge", run_name=name)
+    else:  # the config schema allows only the names above
+        raise ValueError(f"unknown report_to {report_to!r}")
+    tracker.start()
+    if config and report_to != "tensorboard":  # TensorBoard's hparams view needs flat scalars; run_config.yaml has it
+        tracker.store_init_configuration(config)
+    return tracker

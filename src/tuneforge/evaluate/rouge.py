@@ -7,7 +7,8 @@
 >>> {k: round(v, 4) for k, v in s.items()}
 {'rouge1': 0.8333, 'rouge2': 0.6, 'rougeL': 0.8333, 'rougeLsum': 0.8333, 'gen_len': 6.0}
 >>> acc = RougeAccumulator()
->>> acc.add(["猫坐在垫子上"], ["猫躺在垫子上"], lengths=[7])
+>>> [round(s["rougeL"], 4) for s in acc.add(["猫坐在垫子上"], ["猫躺在垫子上"], lengths=[7])]
+[0.8333]
 >>> round(acc.result()["rouge1"], 4), acc.result()["gen_len"]
 (0.8333, 7.0)
 
@@ -132,18 +133,21 @@ class RougeAccumulator:
         self.count = 0
 
     def add(self, predictions: Sequence[str], references: Sequence[str],
-            lengths: Sequence[int] | None = None) -> None:
+            lengths: Sequence[int] | None = None) -> list[dict[str, float]]:
         """Score ``predictions[i]`` against ``references[i]``; ``lengths`` (e.g. generated token counts) feeds
-        ``gen_len``, which otherwise counts whitespace-separated words of each prediction."""
+        ``gen_len``, which otherwise counts whitespace-separated words of each prediction. Returns the
+        per-example F-measures (for error analysis)."""
         if isinstance(predictions, str) or isinstance(references, str):
             raise TypeError("predictions and references must be sequences of strings, not a single string")
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
         if lengths is not None and len(lengths) != len(predictions):
             raise ValueError(f"{len(lengths)} lengths for {len(predictions)} predictions")
+        per_example: list[dict[str, float]] = []
         for prediction, reference in zip(predictions, references):
             # One sentence per line for rougeLsum; the other types see the same tokens (newlines are separators).
             scores = self._scorer.score(sentences_per_line(reference), sentences_per_line(prediction))
+            per_example.append({key: scores[key].fmeasure for key in ROUGE_KEYS})
             for key in ROUGE_KEYS:
                 self._sums[key] += scores[key].fmeasure
         if lengths is not None:
@@ -151,6 +155,7 @@ class RougeAccumulator:
         else:
             self._length_sum += sum(len(p.split()) for p in predictions)
         self.count += len(predictions)
+        return per_example
 
     def result(self) -> dict[str, float]:
         """Mean F-measure per ROUGE type (fractions in [0, 1]) and mean ``gen_len``; all zeros when empty."""

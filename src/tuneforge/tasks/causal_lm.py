@@ -166,18 +166,31 @@ class CausalLMTask:
     def num_items(self, batch: dict[str, Any]) -> int:
         return batch["num_items"]
 
-    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+    def loss(self, model: Any, batch: dict[str, Any], reduction: str = "sum") -> Any:
         import torch.nn.functional as F
 
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         # use_cache=False: with a cache (GPT-2 builds one by default) transformers ignores the position-id
         # document boundaries and packed documents would attend to each other
         logits = model(**inputs, use_cache=False).logits[:, :-1]
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100,
-                               reduction="sum")
+        labels = batch["labels"][:, 1:]
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                 reduction=reduction)
+        return losses if reduction == "sum" else losses.view(labels.shape)
 
     def eval_step(self, model: Any, batch: dict[str, Any], state: dict[str, Any]) -> None:
-        state["loss_sum"] = state.get("loss_sum", 0.0) + float(self.loss(model, batch))
+        if "errors" in state:  # error analysis: loss per row (document, or packed block) and per length
+            per_token = self.loss(model, batch, reduction="none")
+            counts = (batch["labels"][:, 1:] != -100).sum(1)
+            sums = per_token.sum(1)
+            loss = sums.sum()
+            mean = (sums / counts.clamp(min=1)).cpu().numpy()
+            n = counts.cpu().numpy()
+            state["errors"].add(state["rows"], values=mean, weights=n, badness=np.where(n > 0, mean, np.nan),
+                                extra=[{"loss": round(float(m), 4), "tokens": int(k)} for m, k in zip(mean, n)])
+        else:
+            loss = self.loss(model, batch)
+        state["loss_sum"] = state.get("loss_sum", 0.0) + float(loss)
         state["tokens"] = state.get("tokens", 0) + batch["num_items"]
 
     def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:

@@ -172,8 +172,16 @@ class ClassificationTask:
         logits = self.logits(model, batch)
         loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
         state["loss_sum"] = state.get("loss_sum", 0.0) + float(loss)
-        state.setdefault("pred", []).append(logits.argmax(-1).cpu().numpy())
-        state.setdefault("true", []).append(batch["labels"].cpu().numpy())
+        pred, true = logits.argmax(-1).cpu().numpy(), batch["labels"].cpu().numpy()
+        state.setdefault("pred", []).append(pred)
+        state.setdefault("true", []).append(true)
+        if "errors" in state:  # error analysis: the most confidently wrong rows, accuracy per length
+            confidence = logits.softmax(-1).max(-1).values.cpu().numpy()
+            wrong = pred != true
+            state["errors"].add(state["rows"], values=(~wrong).astype(np.float64),
+                                badness=np.where(wrong, confidence, np.nan),
+                                extra=[{"predicted_id": int(p), "confidence": round(float(c), 4)}
+                                       for p, c in zip(pred, confidence)])
 
     def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:
         from tuneforge.evaluate.classification import classification_metrics

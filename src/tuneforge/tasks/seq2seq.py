@@ -178,7 +178,14 @@ class Seq2SeqTask:
         state["tokens"] += batch["num_items"]
         if "generate" in state:  # ROUGE per batch, then the texts are dropped: nothing accumulates
             predictions, lengths = state["generate"](batch)
-            state["rouge"].add(predictions, state["generate"].decode_labels(batch["labels"]), lengths)
+            scores = state["rouge"].add(predictions, state["generate"].decode_labels(batch["labels"]), lengths)
+            if "errors" in state:  # error analysis: the lowest-ROUGE rows, ROUGE-L per source length
+                from tuneforge.evaluate.errors import quote
+
+                rouge_l = np.array([s["rougeL"] for s in scores])
+                state["errors"].add(state["rows"], values=rouge_l, badness=1.0 - rouge_l,
+                                    extra=[{"prediction": quote(p), "rougeL": round(s["rougeL"], 4)}
+                                           for p, s in zip(predictions, scores)])
 
     def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:
         loss = state["loss_sum"] / max(1, state["tokens"])

@@ -1,0 +1,156 @@
+"""The model card: README.md in the run folder, in the Hugging Face format (YAML metadata header + sections).
+
+>>> from tuneforge.model_card import render_model_card
+>>> print(render_model_card(Path("runs/my-run"))[:60])      # doctest: +SKIP
+---
+base_model: bert-base-uncased
+library_name: transformers
+
+Written last at the end of training (peft's save_pretrained writes a README.md of its own) and by
+`tuneforge report RUN`. It holds only aggregate facts about the data (row counts, label shares, token
+lengths), never example text, because it is uploaded by push_to_hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PIPELINE_TAGS = {"classification": "text-classification", "seq2seq": "text2text-generation",
+                 "causal_lm": "text-generation"}
+CARD_METRICS = {"classification": ["accuracy", "f1"], "seq2seq": ["rouge"], "causal_lm": ["perplexity"]}
+SHOWN = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "rouge1", "rouge2", "rougeL",
+         "rougeLsum", "gen_len", "loss", "perplexity")
+HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type",
+                   "max_grad_norm", "seed", "metric_for_best_model")
+
+
+def _read(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _front_matter(readme: Path) -> dict[str, Any]:
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if text.startswith("---"):
+        parts = text.split("---", 2)
+        if len(parts) == 3:
+            try:
+                return yaml.safe_load(parts[1]) or {}
+            except yaml.YAMLError:
+                return {}
+    return {}
+
+
+def hub_base_model(name: str | None) -> tuple[str | None, str | None]:
+    """(hub id of the base model or None, its license when known). A local folder that is itself a tuneforge
+    run points back to that run's base model; another local folder has no hub id."""
+    if not name:
+        return None, None
+    path = Path(name)
+    if path.exists():
+        info = _read(path / "run.json")
+        meta = _front_matter(path / "README.md")
+        if info and info.get("base_model") and info["base_model"] != name:
+            base, license_ = hub_base_model(info["base_model"])
+            return base, meta.get("license") or license_
+        return None, meta.get("license")
+    return name, None
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def render_model_card(run_dir: Path) -> str:
+    from huggingface_hub import ModelCardData
+
+    info = _read(run_dir / "run.json") or {}
+    config = yaml.safe_load((run_dir / "run_config.yaml").read_text(encoding="utf-8"))
+    metrics = _read(run_dir / "metrics.json") or {}
+    report = _read(run_dir / "data_report.json") or {}
+    task = config["task"]
+    data, training = config.get("data", {}), config.get("training", {})
+    base, license_ = hub_base_model(info.get("base_model"))
+    card = ModelCardData(base_model=base, license=license_, library_name="transformers",
+                         pipeline_tag=PIPELINE_TAGS.get(task), tags=["tuneforge", task],
+                         datasets=[data["dataset_name"]] if data.get("dataset_name") else None,
+                         metrics=CARD_METRICS.get(task))
+    name = info.get("id") or run_dir.name
+    base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{info.get('base_model')}`"
+    source = data.get("dataset_name") or data.get("train_file") or "local data"
+    out = ["---", card.to_yaml(), "---", "", f"# {name}", "",
+           f"A {task.replace('_', ' ')} model fine-tuned from {base_text} on `{source}` with tuneforge.", ""]
+
+    out += ["## Intended use and limitations", ""]
+    if task == "classification":
+        labels = list(report.get("splits", {}).get("train", {}).get("label_counts") or {})
+        out.append(f"Assigns one of {len(labels)} labels ({', '.join(labels)}) to a text"
+                   f"{' pair' if data.get('text_pair_column') else ''}.")
+    elif task == "seq2seq":
+        out.append("Generates a target text (e.g. a summary) from a source text"
+                   f"{' prefixed with ' + repr(data['source_prefix']) if data.get('source_prefix') else ''}.")
+    else:
+        out.append("Continues text (or answers prompts/chats, depending on the training format).")
+    max_len = info.get("max_length")
+    out += ["", f"It was trained and evaluated only on the data below; inputs longer than {max_len} tokens are "
+            "truncated. Check it on data from your own use before relying on it.", ""]
+
+    out += ["## Training data", "", "| split | rows | source | tokens p50 / p95 / max | truncated |",
+            "|---|---|---|---|---|"]
+    for split, s in (report.get("splits") or {}).items():
+        t = s.get("token_lengths") or {}
+        lengths = " / ".join(_fmt(t.get(k)) if not isinstance(t.get(k), float) else f"{t[k]:.0f}"
+                             for k in ("p50", "p95", "max")) if t else "-"
+        trunc = f"{s['truncated_percent']:.1f}%" if s.get("truncated_percent") is not None else "-"
+        out.append(f"| {split} | {s.get('rows_kept')} | {str(s.get('source', '')).replace('|', '/')} | "
+                   f"{lengths} | {trunc} |")
+    counts = (report.get("splits") or {}).get("train", {}).get("label_counts") or {}
+    if counts:
+        total = sum(counts.values()) or 1
+        out += ["", "Training labels: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in counts.items())
+                + "."]
+    out += ["", f"Data fingerprint: `{info.get('data_fingerprint', '')}`.", ""]
+
+    out += ["## Training procedure", "", "| hyperparameter | value |", "|---|---|"]
+    out += [f"| {k} | {training[k]:g} |" if isinstance(training[k], float) else f"| {k} | {_fmt(training[k])} |"
+            for k in HYPERPARAMETERS if k in training]
+    out.append(f"| mixed_precision | {info.get('mixed_precision', '-')} |")
+    lora = config.get("lora") or {}
+    if lora.get("enabled"):
+        out.append(f"| LoRA | r={lora.get('r')}, alpha={lora.get('lora_alpha')}, dropout={lora.get('lora_dropout')} |")
+    train = metrics.get("train") or {}
+    out += ["", f"Trained for {train.get('global_step', '?')} optimizer steps ({train.get('epoch', '?')} epochs) on "
+            f"{info.get('device', '?')}; the model kept is the one of step {metrics.get('best_step', '?')} "
+            f"(best {metrics.get('metric_for_best_model') or 'loss'} on validation).", ""]
+
+    columns = {k: metrics[k] for k in ("eval", "test") if isinstance(metrics.get(k), dict)}
+    baselines = metrics.get("baselines") or {}
+    columns |= {f"{k} (baseline, {baselines.get('split')})": v for k, v in baselines.items() if isinstance(v, dict)}
+    if columns:
+        names = {"eval": "validation"}
+        rows = [m for m in SHOWN if any(isinstance(c.get(m), (int, float)) for c in columns.values())]
+        out += ["## Results", "", "| metric | " + " | ".join(names.get(c, c) for c in columns) + " |",
+                "|---|" + "---|" * len(columns)]
+        out += [f"| {m} | " + " | ".join(_fmt(c.get(m)) for c in columns.values()) + " |" for m in rows]
+        out.append("")
+
+    usage = {"classification": 'pipeline("text-classification", model="MODEL")("an example text")',
+             "seq2seq": 'pipeline("text2text-generation", model="MODEL")("an example text")',
+             "causal_lm": 'pipeline("text-generation", model="MODEL")("Once upon a time")'}[task]
+    out += ["## How to use", "", "```python", "from transformers import pipeline", "",
+            usage.replace("MODEL", f"<hub id or path of {name}>"), "```", ""]
+    versions = info.get("versions") or {}
+    if versions:
+        out += ["## Framework versions", ""] + [f"- {k} {v}" for k, v in versions.items()] + [""]
+    return "\n".join(out)
+
+
+def write_model_card(run_dir: Path) -> Path:
+    path = Path(run_dir) / "README.md"
+    path.write_text(render_model_card(Path(run_dir)), encoding="utf-8")
+    return path
