@@ -141,5 +141,23 @@ def test_mixed_precision_choice():
     assert resolve_mixed_precision("auto", "cuda", bf16_supported=True) == ("bf16", None)
     assert resolve_mixed_precision("auto", "cuda", bf16_supported=False) == ("fp16", None)
     assert resolve_mixed_precision("auto", "cpu") == ("no", None)
+    assert resolve_mixed_precision("auto", "cpu", bf16_supported=True) == ("bf16", None)  # native bf16 CPUs
     assert resolve_mixed_precision("fp16", "cpu")[0] == "no"
     assert resolve_mixed_precision("bf16", "cuda", bf16_supported=False)[0] == "fp16"
+
+
+def test_cpu_bf16_switches_attention_to_eager_without_changing_outputs(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.engine.precision import cpu_bf16_attention
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, attn_implementation="sdpa").eval()
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+    assert "eager" in cpu_bf16_attention(model)
+    assert model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before)
+    assert cpu_bf16_attention(model) is None  # already eager: nothing to do

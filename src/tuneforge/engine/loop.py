@@ -121,8 +121,12 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     val = splits.get("validation") if t.eval_strategy != "no" else None
     device = accelerator.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # tensor cores like multiples of 8; a compiled model needs few distinct shapes, so coarser buckets
-    multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else None
+    # Pad batch lengths to a multiple: tensor cores like multiples of 8; a compiled model needs few distinct
+    # shapes; under bf16 on CPU, oneDNN builds AMX kernels per new shape (measured on MiniLM: single steps at
+    # unseen lengths took up to 2 s against 0.2 s), so buckets of 16 pay for their padding there (docs/BENCHMARKS.md;
+    # in fp32 they did not).
+    cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
+    multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else 16 if cpu_bf16 else None
     G = t.gradient_accumulation_steps
     n_batches = math.ceil(len(train) / t.per_device_train_batch_size)
     steps_per_epoch = math.ceil(n_batches / G)

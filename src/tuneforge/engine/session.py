@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneforge.config.schema import RunConfig
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
-from tuneforge.engine.precision import explain_precision, resolve_mixed_precision
+from tuneforge.engine.precision import cpu_has_native_bf16, explain_precision, resolve_mixed_precision
 
 
 @dataclass
@@ -77,7 +77,7 @@ def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Sessi
     t = cfg.training
     cuda = torch.cuda.is_available() and not t.use_cpu
     device_type = "cuda" if cuda else "cpu"
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
     mixed, warning = resolve_mixed_precision(t.mixed_precision, device_type, bf16, fp16_safe)
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")
