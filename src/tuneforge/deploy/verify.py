@@ -9,15 +9,18 @@ What is compared, per task (both models see the same tokenized batches, made by 
   causal_lm       agreement = share of target tokens whose next-token argmax matches; max |logit| diff;
                   perplexity of each (rows unpacked, so both see the same attention masks)
 Latency: batch-1 `predict` calls through the same code the server uses, original and export interleaved
-per example; p50 and mean in milliseconds, speedup = original p50 / export p50.
+per example; p50 and mean in milliseconds, speedup = original p50 / export p50 (for ONNX exports of generative
+models the original is timed with greedy decoding too, like for like).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -117,24 +120,31 @@ def _compare_seq2seq(original: Any, exported: Any, data: Any, split: Any, cfg: A
     table = data.splits["validation"]
     n = min(generate_examples, len(table))
     texts, refs = table.columns[cfg.data.text_column][:n], table.columns[cfg.data.target_column][:n]
-    saved = original.model.generation_config
     greedy = exported.artifact.format == "onnx"
-    if greedy:
-        original.model.generation_config = copy.deepcopy(saved)
-        original.model.generation_config.num_beams = 1
-        original.model.generation_config.do_sample = False
-    try:
+    with _decoding_like(original, exported):
         a = [r["generated_text"] for r in original.predict(texts, batch_size=16)]
-    finally:
-        original.model.generation_config = saved
     b = [r["generated_text"] for r in exported.predict(texts, batch_size=16)]
     keys = ("rouge1", "rouge2", "rougeL")
     ra, rb = rouge_scores(a, refs), rouge_scores(b, refs)
     return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "tokens": out["tokens"],
             "generated_examples": n, "same_generated_text": sum(x == y for x, y in zip(a, b)) / max(1, n),
             "decoding": "greedy (ONNX exports decode greedily; the original too, for this comparison)" if greedy
-            else f"the run's settings (num_beams={getattr(saved, 'num_beams', 1)})",
+            else f"the run's settings (num_beams={getattr(original.model.generation_config, 'num_beams', 1)})",
             "metrics": {"original": {k: ra[k] for k in keys}, "exported": {k: rb[k] for k in keys}}}
+
+
+@contextlib.contextmanager
+def _decoding_like(original: Any, exported: Any) -> Iterator[None]:
+    """ONNX exports decode greedily: the original does too while they are compared (and timed)."""
+    saved = original.model.generation_config
+    if exported.artifact.format == "onnx" and saved is not None:
+        original.model.generation_config = copy.deepcopy(saved)
+        original.model.generation_config.num_beams = 1
+        original.model.generation_config.do_sample = False
+    try:
+        yield
+    finally:
+        original.model.generation_config = saved
 
 
 def _compare_causal_lm(original: Any, exported: Any, split: Any) -> dict[str, Any]:
@@ -173,7 +183,7 @@ def verify_export(original: Any, exported: Any, min_agreement: float, prepared: 
     if task == "classification":
         result = _compare_classification(original, exported, data, split)
     elif task == "seq2seq":
-        result = _compare_seq2seq(original, exported, data, split, cfg, min(latency_examples, 100))
+        result = _compare_seq2seq(original, exported, data, split, cfg, 100)
     else:
         result = _compare_causal_lm(original, exported, split)
     metrics = result.pop("metrics")
@@ -185,7 +195,8 @@ def verify_export(original: Any, exported: Any, min_agreement: float, prepared: 
     if task == "causal_lm":  # documents as prompts: their first tokens, so that prompt + output fit the model
         texts = original.truncate(texts[:n_latency], min(64, (original.max_length or 128) // 2))
     gen_tokens = 32 if task != "classification" else None
-    lat = measure_latency([original, exported], texts[:n_latency], max_new_tokens=gen_tokens) if texts else []
+    with _decoding_like(original, exported):
+        lat = measure_latency([original, exported], texts[:n_latency], max_new_tokens=gen_tokens) if texts else []
     agreement = {"measure": MEASURES[task], "value": result.pop("agreement"), "min_required": min_agreement,
                  **result}
     return {"validation": {"source": table.source, "rows": len(table)},
