@@ -99,11 +99,22 @@ class LoadedModel:
         return [r["generated_text"] for r in self.predict(prompts, batch_size=batch_size,
                                                           max_new_tokens=max_new_tokens)]
 
+    @property
+    def counting_tokenizer(self) -> Any:
+        """A copy of the tokenizer for counting and truncating outside the model's thread: a fast tokenizer
+        changes its truncation/padding state on calls and fails ("Already borrowed") if two threads share it."""
+        if getattr(self, "_counting_tokenizer", None) is None:
+            import copy
+
+            self._counting_tokenizer = copy.deepcopy(self.tokenizer)
+        return self._counting_tokenizer
+
     def token_counts(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
         """Tokens per input as the model sees it: special tokens, the text pair and the seq2seq prefix included."""
         prefix = (self.config.data.source_prefix or "") if self.config.task == "seq2seq" else ""
         texts = [prefix + t for t in texts]
-        enc = self.tokenizer(texts, pairs) if pairs else self.tokenizer(texts)
+        tokenizer = self.counting_tokenizer
+        enc = tokenizer(texts, pairs) if pairs else tokenizer(texts)
         return [len(ids) for ids in enc["input_ids"]]
 
     def context_length(self) -> int:
@@ -124,7 +135,8 @@ class LoadedModel:
         out = list(texts)
         long_rows = [i for i, n in enumerate(counts) if n > max_tokens]
         if long_rows:
-            enc = self.tokenizer([texts[i] for i in long_rows], add_special_tokens=False, return_offsets_mapping=True)
+            enc = self.counting_tokenizer([texts[i] for i in long_rows], add_special_tokens=False,
+                                          return_offsets_mapping=True)
             keep = max(1, max_tokens - overhead)
             for j, i in enumerate(long_rows):
                 offsets = enc["offset_mapping"][j]

@@ -136,11 +136,13 @@ def _compare_seq2seq(original: Any, exported: Any, data: Any, split: Any, cfg: A
 @contextlib.contextmanager
 def _decoding_like(original: Any, exported: Any) -> Iterator[None]:
     """ONNX exports decode greedily: the original does too while they are compared (and timed)."""
-    saved = original.model.generation_config
-    if exported.artifact.format == "onnx" and saved is not None:
-        original.model.generation_config = copy.deepcopy(saved)
-        original.model.generation_config.num_beams = 1
-        original.model.generation_config.do_sample = False
+    saved = getattr(original.model, "generation_config", None)  # classifiers have none
+    if exported.artifact.format != "onnx" or saved is None:
+        yield
+        return
+    original.model.generation_config = copy.deepcopy(saved)
+    original.model.generation_config.num_beams = 1
+    original.model.generation_config.do_sample = False
     try:
         yield
     finally:
