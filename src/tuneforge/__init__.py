@@ -4,6 +4,7 @@
 >>> cfg = tuneforge.load_config("run.yaml", ["learning_rate=3e-5"])   # doctest: +SKIP
 >>> run = tuneforge.train(cfg)                                          # doctest: +SKIP
 >>> tuneforge.load(run.path).predict(["great product"])                 # doctest: +SKIP
+>>> tuneforge.load("runs/<id>/export/onnx-int8").predict(["great"])     # doctest: +SKIP
 
 Importing tuneforge is light: torch loads only when training or inference starts.
 """
@@ -23,6 +24,7 @@ def train(config: Any = None, overrides: Any = None, console: Any = None) -> Any
 
 
 def load(ref: Any, device: str | None = None) -> Any:
+    """A finished run (folder or id) or an export folder, ready for predict / summarize / generate."""
     from tuneforge.inference import load as _load
 
     return _load(ref, device)

@@ -10,6 +10,8 @@
     tuneforge report runs/<id>
     tuneforge runs list --task classification
     tuneforge runs compare runs/<a> runs/<b>
+    tuneforge export runs/<id> --format onnx --quantize int8
+    tuneforge serve runs/<id> --port 8000
     tuneforge demo
 
 Errors a user can cause print one line and exit with code 2.
@@ -81,9 +83,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not args.text and not args.input:
         raise UserError(f"{args.command}: give --{'prompt' if args.command == 'generate' else 'text'} \"...\" "
                         "(repeatable) or --input FILE")
-    from tuneforge.run import resolve_run
+    from tuneforge.deploy.artifacts import resolve_artifact
 
-    run = resolve_run(args.run)
+    run = resolve_artifact(args.run)
     data = run.config.data
     texts, pairs = list(args.text or []), list(args.text_pair or [])
     if data.text_pair_column and len(pairs) != len(texts):
@@ -93,11 +95,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         column = data.prompt_column if data.data_format == "prompt_completion" else data.text_column
         more, more_pairs = _read_inputs(args.input, column, data.text_pair_column)
         texts, pairs = texts + more, pairs + (more_pairs or [])
-    from tuneforge.inference import LoadedRun
+    from tuneforge.inference import LoadedModel
 
     if getattr(args, "require_task", None) and run.config.task != args.require_task:
         raise UserError(f"{args.command}: {run.path} is a {run.config.task} run; use `tuneforge predict`")
-    results = LoadedRun(run).predict(texts, pairs or None, batch_size=args.batch_size)
+    results = LoadedModel(run).predict(texts, pairs or None, batch_size=args.batch_size)
     rows = [{"text": t, **_flat(r)} for t, r in zip(texts, results)]
     if args.output:
         _write_predictions(args.output, rows)
@@ -167,6 +169,26 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from tuneforge.registry import find_run
 
     print(f"pushed to {push_run(find_run(args.run, args.root), args.hub_model_id, args.private or None)}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tuneforge.deploy.export import export_run, render_report
+
+    report = export_run(args.run, args.format, args.quantize, args.output, args.min_agreement, args.data,
+                        args.max_examples, args.latency_examples, args.overwrite)
+    print(render_report(report))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tuneforge.deploy.serve import ServeSettings, serve
+
+    settings = ServeSettings(host=args.host, port=args.port, api_key=args.api_key, max_batch_size=args.max_batch_size,
+                             max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
+                             max_inputs=args.max_inputs, max_input_tokens=args.max_input_tokens,
+                             truncate=args.truncate, max_new_tokens=args.max_new_tokens)
+    serve(args.run, settings, log_level=args.log_level)
     return 0
 
 
@@ -261,6 +283,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--root", default="runs", help="folder holding the runs (default: runs)")
     commands["push"] = _cmd_push
+
+    from tuneforge.deploy.export import DEFAULT_MIN_AGREEMENT
+
+    p = sub.add_parser("export", help="export a run (safetensors or ONNX, optionally int8), verified on its "
+                                      "validation data",
+                       description="Write a folder ready to ship and verify it against the run on the run's "
+                                   "validation data: agreement, metric change, size and latency go to "
+                                   "report.json. Fails (exit 2) when agreement is below --min-agreement.")
+    p.add_argument("run", help="run folder (or run id under ./runs)")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx"])
+    p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantization of the linear layers (CPU)")
+    p.add_argument("--output", help="export folder (default: RUN/export/FORMAT[-int8])")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help=f"fail below this agreement with the original model (default {DEFAULT_MIN_AGREEMENT})")
+    p.add_argument("--data", help="labelled file to verify on instead of the run's validation data")
+    p.add_argument("--max-examples", type=int, help="verify on at most this many validation examples")
+    p.add_argument("--latency-examples", type=int, default=50, help="batch-1 calls timed per model (default 50)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    commands["export"] = _cmd_export
+
+    p = sub.add_parser("serve", help="serve a run or an export over HTTP (FastAPI on uvicorn)",
+                       description="HTTP inference server: GET /health, GET /v1/model, GET /v1/stats, POST "
+                                   "/v1/classify | /v1/summarize | /v1/generate (by task). Binds to 127.0.0.1 "
+                                   "unless --host says otherwise.")
+    p.add_argument("run", help="run folder, run id under ./runs, or export folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", help="require this key on every route but /health (default: env TUNEFORGE_API_KEY)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="inputs per model call (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to batch with (default 5)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 (default 1 MiB)")
+    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request, more get 422 (default 64)")
+    p.add_argument("--max-input-tokens", type=int, help="tokens per input, more get 422 (default: the model's limit)")
+    p.add_argument("--truncate", action="store_true", help="truncate inputs over --max-input-tokens instead of 422")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="cap on max_new_tokens per request (default 256)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    commands["serve"] = _cmd_serve
 
     p = sub.add_parser("demo", help="fine-tune all-MiniLM-L6-v2 on a generated support-ticket dataset (offline)",
                        description="Offline demo on generated support tickets. classification: fine-tune "

@@ -1,9 +1,12 @@
-"""Use a finished run: predictions from Python, and evaluation on new labelled data.
+"""Use a finished run or an export: predictions from Python, and evaluation on new labelled data.
 
 >>> import tuneforge
 >>> model = tuneforge.load("runs/20261126-070000-classification-bert")     # doctest: +SKIP
 >>> model.predict(["the parcel never arrived"])[0]["label"]                  # doctest: +SKIP
 'delivery'
+>>> tuneforge.load("runs/my-t5-run").summarize(["long text ..."])          # doctest: +SKIP
+>>> tuneforge.load("runs/my-gpt2-run").generate(["Once upon a time"], max_new_tokens=40)   # doctest: +SKIP
+>>> tuneforge.load("runs/my-run/export/onnx-int8").predict(["..."])        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,46 +21,140 @@ from tuneforge.run import Run, _write_json, resolve_run
 from tuneforge.tasks import get_task
 
 
-class LoadedRun:
-    """A finished run's model and tokenizer on the best available device, with the task's predict."""
+class LoadedModel:
+    """A finished run or an export folder, ready for inference: the one code path behind the CLI's predict,
+    summarize and generate commands, `tuneforge.load` and the HTTP server.
 
-    def __init__(self, run: Run, device: str | None = None) -> None:
-        import torch
+    Runs and safetensors exports load with PyTorch (GPU when available; int8 exports on CPU); ONNX exports
+    run on ONNX Runtime (CPU). Weights load from safetensors or ONNX only, never from pickles."""
+
+    def __init__(self, source: Any, device: str | None = None) -> None:
         from transformers import AutoTokenizer
 
+        from tuneforge.deploy.artifacts import Artifact, load_model, resolve_artifact
         from tuneforge.tasks.loading import quiet_transformers
         from tuneforge.tasks.tokenize import tokenizer_fingerprint
 
         quiet_transformers()
-        self.run = run
-        self.config = run.config
+        if isinstance(source, Run):
+            source = Artifact(source.path, "run", source.config, source.info)
+        self.artifact: Artifact = source if isinstance(source, Artifact) else resolve_artifact(source)
+        self.path = self.artifact.path
+        self.config = self.artifact.config
         self.task = get_task(self.config.task)
-        self.tokenizer = AutoTokenizer.from_pretrained(run.path)
-        trained_with = run.info.get("tokenizer_fingerprint")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        trained_with = self.artifact.info.get("tokenizer_fingerprint")
         if trained_with and tokenizer_fingerprint(self.tokenizer) != trained_with:
-            raise UserError(f"RUN: the tokenizer files in {run.path} differ from the tokenizer the model was trained "
-                            "with (fingerprint in run.json); restore them from the run's checkpoint or retrain")
-        self.model = self.task.auto_class().from_pretrained(run.path, use_safetensors=True)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device).eval()
-        self.max_length = run.info.get("max_length")
+            raise UserError(f"RUN: the tokenizer files in {self.path} differ from the tokenizer the model was "
+                            "trained with (fingerprint in run.json); restore them from the run's checkpoint or retrain")
+        self.model, self.device = load_model(self.artifact, device)
+        self.max_length = self.artifact.max_length
 
-    def predict(self, texts: list[str] | str, pairs: list[str] | None = None, batch_size: int = 32
-                ) -> list[dict[str, Any]]:
-        """Classification: label, probability, probabilities. seq2seq: generated_text."""
+    @property
+    def run(self) -> Run:  # backwards compatible: LoadedRun(run).run
+        return Run(self.path)
+
+    @property
+    def labels(self) -> list[str]:
+        if self.config.task != "classification":
+            return []
+        id2label = self.model.config.id2label
+        return [id2label[i] for i in range(len(id2label))]
+
+    def describe(self) -> dict[str, Any]:
+        """What the server's GET /v1/model answers."""
+        from tuneforge import __version__
+
+        art = self.artifact
+        return {"task": self.config.task, "labels": self.labels, "base_model": art.base_model,
+                "version": art.run_id, "source": art.kind, "format": art.format, "quantize": art.quantize,
+                "max_length": self.max_length, "tuneforge_version": __version__}
+
+    def _require(self, task: str, what: str) -> None:
+        if self.config.task != task:
+            raise UserError(f"{self.path} is a {self.config.task} model; {what} needs a {task} model")
+
+    def predict(self, texts: list[str] | str, pairs: list[str] | None = None, batch_size: int = 32,
+                max_new_tokens: int | None = None, max_length: int | None = None) -> list[dict[str, Any]]:
+        """Classification: label, probability, probabilities. seq2seq and causal_lm: generated_text.
+        `max_length` truncates inputs further than the model's own limit; `max_new_tokens` limits generation."""
         if isinstance(texts, str):
             texts = [texts]
+        limits = [v for v in (max_length, self.max_length) if v]
+        limit = min(limits) if limits else None
+        extra = {"max_new_tokens": max_new_tokens} if self.config.task != "classification" else {}
         return self.task.predict(self.model, self.tokenizer, list(texts), self.config, pairs=pairs,
-                                 batch_size=batch_size, max_length=self.max_length)
+                                 batch_size=batch_size, max_length=limit, **extra)
 
-    def summarize(self, texts: list[str] | str, batch_size: int = 16) -> list[str]:
+    def classify(self, texts: list[str] | str, pairs: list[str] | None = None, batch_size: int = 32
+                 ) -> list[dict[str, Any]]:
+        self._require("classification", "classify")
+        return self.predict(texts, pairs, batch_size=batch_size)
+
+    def summarize(self, texts: list[str] | str, batch_size: int = 16, max_new_tokens: int | None = None
+                  ) -> list[str]:
         if self.config.task != "seq2seq":
-            raise UserError(f"RUN: {self.run.path} is a {self.config.task} run; summarize needs a seq2seq run")
-        return [r["generated_text"] for r in self.predict(texts, batch_size=batch_size)]
+            raise UserError(f"RUN: {self.path} is a {self.config.task} run; summarize needs a seq2seq run")
+        return [r["generated_text"] for r in self.predict(texts, batch_size=batch_size, max_new_tokens=max_new_tokens)]
+
+    def generate(self, prompts: list[str] | str, batch_size: int = 8, max_new_tokens: int | None = None
+                 ) -> list[str]:
+        if self.config.task != "causal_lm":
+            raise UserError(f"RUN: {self.path} is a {self.config.task} run; generate needs a causal_lm run")
+        return [r["generated_text"] for r in self.predict(prompts, batch_size=batch_size,
+                                                          max_new_tokens=max_new_tokens)]
+
+    @property
+    def counting_tokenizer(self) -> Any:
+        """A copy of the tokenizer for counting and truncating outside the model's thread: a fast tokenizer
+        changes its truncation/padding state on calls and fails ("Already borrowed") if two threads share it."""
+        if getattr(self, "_counting_tokenizer", None) is None:
+            import copy
+
+            self._counting_tokenizer = copy.deepcopy(self.tokenizer)
+        return self._counting_tokenizer
+
+    def token_counts(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
+        """Tokens per input as the model sees it: special tokens, the text pair and the seq2seq prefix included."""
+        prefix = (self.config.data.source_prefix or "") if self.config.task == "seq2seq" else ""
+        texts = [prefix + t for t in texts]
+        tokenizer = self.counting_tokenizer
+        enc = tokenizer(texts, pairs) if pairs else tokenizer(texts)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def context_length(self) -> int:
+        """The longest input the model accepts (for causal LMs: prompt and generated tokens together)."""
+        from tuneforge.tasks.loading import model_max_length
+
+        config = self.model.config
+        config = getattr(config, "encoder", None) or config
+        limit = model_max_length(self.tokenizer, config, cap=4096)
+        for key in ("n_positions", "max_sequence_length"):
+            limit = min(limit, getattr(config, key, None) or limit)
+        return min(limit, self.max_length) if self.max_length and self.config.task != "causal_lm" else limit
+
+    def truncate(self, texts: list[str], max_tokens: int) -> list[str]:
+        """Cut each text after its first tokens so that it fits `max_tokens` in all (special tokens included)."""
+        counts = self.token_counts(texts)
+        overhead = self.token_counts([""])[0]
+        out = list(texts)
+        long_rows = [i for i, n in enumerate(counts) if n > max_tokens]
+        if long_rows:
+            enc = self.counting_tokenizer([texts[i] for i in long_rows], add_special_tokens=False,
+                                          return_offsets_mapping=True)
+            keep = max(1, max_tokens - overhead)
+            for j, i in enumerate(long_rows):
+                offsets = enc["offset_mapping"][j]
+                out[i] = texts[i][:offsets[min(keep, len(offsets)) - 1][1]]
+        return out
 
 
-def load(ref: str | os.PathLike, device: str | None = None) -> LoadedRun:
-    return LoadedRun(resolve_run(ref), device)
+LoadedRun = LoadedModel  # the name before exports existed
+
+
+def load(ref: str | os.PathLike, device: str | None = None) -> LoadedModel:
+    """A run folder, a run id under ./runs, or an export folder written by `tuneforge export`."""
+    return LoadedModel(ref, device)
 
 
 def evaluate_run(ref: str | os.PathLike, data_file: str | None = None, name: str | None = None,

@@ -199,15 +199,20 @@ class CausalLMTask:
 
     # ---- inference ---------------------------------------------------------------------------------
     def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
-                pairs: list[str] | None = None, batch_size: int = 8, max_length: int | None = None
-                ) -> list[dict[str, Any]]:
+                pairs: list[str] | None = None, batch_size: int = 8, max_length: int | None = None,
+                max_new_tokens: int | None = None) -> list[dict[str, Any]]:
+        import copy
+
         import torch
 
         if config.data.data_format == "chat":
             texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                                    add_generation_prompt=True) for t in texts]
         gen = model.generation_config
-        device = next(model.parameters()).device
+        if max_new_tokens:  # a per-call limit (the server's cap) on a copy: the model's own stays as saved
+            gen = copy.deepcopy(gen)
+            gen.max_new_tokens = max_new_tokens
+        device = model.device
         stops = gen.stop_strings or []
         results = []
         model.eval()

@@ -198,7 +198,7 @@ class ClassificationTask:
 
         limit = max_length or model_max_length(tokenizer, model.config)
         split = tokenize_texts(tokenizer, texts, pairs, limit)
-        device = next(model.parameters()).device
+        device = model.device
         id2label = model.config.id2label
         results: list[dict[str, Any] | None] = [None] * len(texts)
         model.eval()

@@ -196,15 +196,21 @@ class Seq2SeqTask:
 
     # ---- inference ---------------------------------------------------------------------------------
     def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
-                pairs: list[str] | None = None, batch_size: int = 16, max_length: int | None = None
-                ) -> list[dict[str, Any]]:
+                pairs: list[str] | None = None, batch_size: int = 16, max_length: int | None = None,
+                max_new_tokens: int | None = None) -> list[dict[str, Any]]:
+        import copy
+
         import torch
 
         limit = max_length or model_max_length(tokenizer, _encoder_config(model.config), cap=1024)
         prefix = config.data.source_prefix or ""
         split = tokenize_texts(tokenizer, [prefix + t for t in texts], None, limit)
-        generator = Generator(model, tokenizer, model.generation_config)
-        device = next(model.parameters()).device
+        gen = model.generation_config
+        if max_new_tokens:  # a per-call limit (the server's cap) on a copy: the model's own stays as saved
+            gen = copy.deepcopy(gen)
+            gen.max_new_tokens = max_new_tokens
+        generator = Generator(model, tokenizer, gen)
+        device = model.device
         results: list[dict[str, Any]] = [{} for _ in texts]
         model.eval()
         with torch.inference_mode():

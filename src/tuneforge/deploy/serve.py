@@ -1,0 +1,289 @@
+"""`tuneforge serve`: a FastAPI app on uvicorn, micro-batching concurrent requests into one model call.
+
+    tuneforge serve runs/my-run                          # http://127.0.0.1:8000, no key
+    TUNEFORGE_API_KEY=secret tuneforge serve runs/my-run/export/onnx-int8 --port 9000
+
+Routes: GET /health (never needs the key), GET /v1/model, GET /v1/stats, and the task's own route:
+POST /v1/classify, /v1/summarize or /v1/generate, each taking one input or a list. OpenAPI at /openapi.json.
+Limits: request body (413), inputs per request and tokens per input (422, or truncation with --truncate),
+max_new_tokens capped by --max-new-tokens. With an API key every route but /health answers 401 without
+`Authorization: Bearer KEY` (or `X-API-Key: KEY`). Inference goes through `tuneforge.load(...)`'s model.
+"""
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tuneforge.errors import UserError
+
+API_KEY_ENV = "TUNEFORGE_API_KEY"
+ROUTES = {"classification": "/v1/classify", "seq2seq": "/v1/summarize", "causal_lm": "/v1/generate"}
+log = logging.getLogger("tuneforge.serve")
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch_size: int = 16  # inputs per model call
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_body_bytes: int = 1 << 20
+    max_inputs: int = 64  # inputs per request
+    max_input_tokens: int | None = None  # default: what the model accepts
+    truncate: bool = False  # cut long inputs instead of answering 422
+    max_new_tokens: int = 256  # cap for summarize/generate
+
+    def check(self) -> None:
+        for name in ("max_batch_size", "max_body_bytes", "max_inputs", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise UserError(f"--max-wait-ms: must not be negative, got {self.max_wait_ms}")
+        if self.max_input_tokens is not None and self.max_input_tokens < 1:
+            raise UserError(f"--max-input-tokens: must be at least 1, got {self.max_input_tokens}")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port: {self.port} is not a port number")
+
+
+def _send_json(status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    data = json.dumps(body).encode()
+
+    async def send_to(send: Any) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                                *(headers or [])]})
+        await send({"type": "http.response.body", "body": data})
+    return send_to
+
+
+class ApiKeyMiddleware:
+    """401 on every path but /health without the key (Authorization: Bearer KEY, or X-API-Key: KEY)."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            headers = dict(scope["headers"])
+            given = headers.get(b"x-api-key", b"")
+            auth = headers.get(b"authorization", b"")
+            if auth[:7].lower() == b"bearer ":
+                given = auth[7:].strip()
+            if not hmac.compare_digest(given, self.key):
+                await _send_json(401, {"detail": "missing or wrong API key: send 'Authorization: Bearer KEY'"},
+                                 [(b"www-authenticate", b"Bearer")])(send)
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 when a request body is larger than the limit (declared length, or bytes actually sent)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        too_big = _send_json(413, {"detail": f"request body larger than {self.max_bytes} bytes (server limit "
+                                             "--max-body-bytes); send fewer or shorter inputs"})
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await too_big(send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                await too_big(send)
+                return
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(loaded: Any, settings: ServeSettings) -> Any:
+    """The FastAPI app serving `loaded` (a tuneforge LoadedModel)."""
+    from fastapi import FastAPI, HTTPException
+
+    from tuneforge import __version__
+    from tuneforge.deploy.batcher import MicroBatcher
+    from tuneforge.deploy.schemas import ClassifyRequest, ClassifyResponse, GenerateRequest, GenerateResponse, Inputs
+
+    settings.check()
+    task = loaded.config.task
+    pair_model = task == "classification" and bool(loaded.config.data.text_pair_column)
+    context = loaded.context_length()
+    token_limit = min(settings.max_input_tokens or context, context)
+
+    def run_batch(key: tuple[Any, ...], items: list[Any]) -> list[Any]:
+        op = key[0]
+        if op == "classify":
+            texts = [t for t, _ in items]
+            pairs = [p for _, p in items] if pair_model else None
+            return loaded.predict(texts, pairs, batch_size=settings.max_batch_size, max_length=token_limit)
+        return loaded.predict(items, batch_size=settings.max_batch_size, max_new_tokens=key[1],
+                              max_length=token_limit if task == "seq2seq" else None)
+
+    batcher = MicroBatcher(run_batch, settings.max_batch_size, settings.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="tuneforge inference server", version=__version__, lifespan=lifespan,
+                  description=f"Serves the {task} model {loaded.artifact.run_id} ({loaded.path}).")
+    app.state.model, app.state.settings, app.state.batcher = loaded, settings, batcher
+    # add_middleware: the last added runs first, so the key is checked before the body is read
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+
+    def as_list(value: Inputs, field: str) -> list[str]:
+        items = [value] if isinstance(value, str) else list(value)
+        if not items:
+            raise HTTPException(422, f"{field}: give at least one input")
+        if len(items) > settings.max_inputs:
+            raise HTTPException(422, f"{field}: {len(items)} inputs; the server takes at most {settings.max_inputs} "
+                                     "per request (--max-inputs)")
+        return items
+
+    def check_tokens(texts: list[str], pairs: list[str] | None, limit: int) -> list[str]:
+        counts = loaded.token_counts(texts, pairs)
+        long_rows = [i for i, n in enumerate(counts) if n > limit]
+        if not long_rows:
+            return texts
+        if not settings.truncate:
+            i = long_rows[0]
+            raise HTTPException(422, f"inputs[{i}] has {counts[i]} tokens; the limit is {limit} "
+                                     f"({len(long_rows)} input(s) too long; the server truncates instead when started "
+                                     "with --truncate)")
+        return loaded.truncate(texts, limit) if task == "causal_lm" else texts  # the others truncate in predict
+
+    async def submit(key: tuple[Any, ...], items: list[Any]) -> list[Any]:
+        try:
+            return await batcher.submit(key, items)
+        except UserError as err:
+            raise HTTPException(422, str(err)) from None
+
+    @app.get("/health", summary="liveness (no API key needed)")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model", summary="what is served: task, labels, base model, version, limits")
+    async def model_info() -> dict[str, Any]:
+        limits = {k: v for k, v in asdict(settings).items() if k not in ("host", "port", "api_key")}
+        limits["max_input_tokens"] = token_limit
+        return {**loaded.describe(), "route": ROUTES[task], "limits": limits}
+
+    @app.get("/v1/stats", summary="micro-batching counters: model calls and inputs per call")
+    async def stats() -> dict[str, Any]:
+        return batcher.stats()
+
+    if task == "classification":
+        @app.post("/v1/classify", response_model=ClassifyResponse, summary="labels and probabilities")
+        async def classify(request: ClassifyRequest) -> dict[str, Any]:
+            texts = as_list(request.inputs, "inputs")
+            pairs = None
+            if pair_model or request.text_pairs is not None:
+                if not pair_model:
+                    raise HTTPException(422, "text_pairs: this model classifies single texts")
+                if request.text_pairs is None:
+                    raise HTTPException(422, "text_pairs: this model classifies text pairs; give one per input")
+                pairs = as_list(request.text_pairs, "text_pairs")
+                if len(pairs) != len(texts):
+                    raise HTTPException(422, f"text_pairs: {len(pairs)} given for {len(texts)} inputs")
+            check_tokens(texts, pairs, token_limit)
+            results = await submit(("classify",), list(zip(texts, pairs or [None] * len(texts))))
+            return {"results": results, "model": loaded.artifact.run_id}
+    else:
+        default_new = int(getattr(loaded.model.generation_config, "max_new_tokens", None) or 128)
+
+        async def generate_route(request: GenerateRequest) -> dict[str, Any]:
+            texts = as_list(request.inputs, "inputs")
+            new = min(request.max_new_tokens or default_new, settings.max_new_tokens)
+            limit = token_limit
+            if task == "causal_lm":
+                limit = min(token_limit, context - new)
+                if limit < 1:
+                    raise HTTPException(422, f"max_new_tokens: {new} leaves no room for a prompt in the model's "
+                                             f"{context}-token context")
+            texts = check_tokens(texts, None, limit)
+            results = await submit(("generate", new), texts)
+            return {"results": [{"generated_text": r["generated_text"]} for r in results], "max_new_tokens": new,
+                    "model": loaded.artifact.run_id}
+
+        path = ROUTES[task]
+        summary = "summaries of the inputs" if task == "seq2seq" else "continuations of the prompts"
+        app.post(path, response_model=GenerateResponse, summary=summary)(generate_route)
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        raise UserError(f"--host/--port: cannot listen on {host}:{port} ({err.strerror or err})") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(ref: str | os.PathLike, settings: ServeSettings, log_level: str = "info") -> None:
+    """Load the model, bind the socket, print the address, and serve until interrupted."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UserError("serve needs FastAPI and uvicorn: pip install 'tuneforge[serve]'") from None
+    from tuneforge.inference import LoadedModel
+
+    settings.check()
+    settings.api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
+    loaded = LoadedModel(ref)
+    app = create_app(loaded, settings)
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"tuneforge: serving {loaded.config.task} model {loaded.artifact.run_id} on http://{shown}:{port} "
+          f"({'API key required' if settings.api_key else 'no API key'}; POST {ROUTES[loaded.config.task]})",
+          flush=True)
+    if not _is_loopback(settings.host) and not settings.api_key:
+        print(f"warning: listening on {settings.host} without an API key: anyone who can reach this address can "
+              f"use the model (set --api-key or {API_KEY_ENV})", flush=True)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

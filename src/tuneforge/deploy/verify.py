@@ -1,0 +1,209 @@
+"""Check an export against the model it came from, on the run's validation data, and time both.
+
+What is compared, per task (both models see the same tokenized batches, made by the task's own code):
+  classification  agreement = share of validation examples with the same predicted label; max |logit| diff;
+                  accuracy and f1_macro of each against the true labels
+  seq2seq         agreement = share of target tokens whose next-token argmax matches (teacher forcing on the
+                  reference summaries); max |logit| diff there; ROUGE of the summaries each model generates
+                  (ONNX exports decode greedily, so the original is then also decoded greedily)
+  causal_lm       agreement = share of target tokens whose next-token argmax matches; max |logit| diff;
+                  perplexity of each (rows unpacked, so both see the same attention masks)
+Latency: batch-1 `predict` calls through the same code the server uses, original and export interleaved
+per example; p50 and mean in milliseconds, speedup = original p50 / export p50 (for ONNX exports of generative
+models the original is timed with greedy decoding too, like for like).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from tuneforge.errors import UserError
+
+MEASURES = {"classification": "label agreement", "seq2seq": "next-token agreement (teacher forcing)",
+            "causal_lm": "next-token agreement (teacher forcing)"}
+
+
+def validation_data(loaded: Any, data_file: str | None, max_examples: int | None) -> tuple[Any, Any, Any]:
+    """(PreparedData with only the validation split, its TokenizedSplit, config used): the run's own
+    validation split (or `data_file`), read and tokenized by the task exactly as in training."""
+    cfg = loaded.config
+    d = cfg.data
+    if data_file:
+        d = dataclasses.replace(d, train_file=data_file, validation_file=data_file, test_file=None,
+                                dataset_name=None, max_train_samples=None)
+    d = dataclasses.replace(d, max_eval_samples=max_examples, test_file=None)
+    if cfg.task == "causal_lm":
+        d = dataclasses.replace(d, packing=False)  # rows with attention masks: the same inputs for both runtimes
+    cfg = dataclasses.replace(cfg, data=d)
+    try:
+        data = loaded.task.prepare_data(cfg)
+    except UserError as err:
+        raise UserError(f"export verification reads the run's validation data: {err} (give --data FILE with the "
+                        "training columns to verify on another file)") from None
+    data.splits = {"validation": data.splits["validation"]}
+    split = loaded.task.tokenize(loaded.tokenizer, data, cfg, loaded.max_length or 512)["validation"]
+    return data, split, cfg
+
+
+def _batches(split: Any, size: int) -> list[np.ndarray]:
+    from tuneforge.data.batching import eval_order
+
+    return eval_order(split.batch_lengths, size)
+
+
+def _compare_classification(original: Any, exported: Any, data: Any, split: Any) -> dict[str, Any]:
+    import torch
+
+    from tuneforge.evaluate.classification import classification_metrics
+
+    task, pad = original.task, original.tokenizer.pad_token_id or 0
+    same, diff, y_true, p_orig, p_exp = 0, 0.0, [], [], []
+    with torch.inference_mode():
+        for idx in _batches(split, 32):
+            batch = task.collate(split, idx, pad)
+            a, b = task.logits(original.model, batch), task.logits(exported.model, batch)
+            diff = max(diff, float((a - b).abs().max()))
+            pa, pb = a.argmax(-1), b.argmax(-1)
+            same += int((pa == pb).sum())
+            y_true += batch["labels"].tolist()
+            p_orig += pa.tolist()
+            p_exp += pb.tolist()
+    names = data.label_names
+    m_orig, m_exp = classification_metrics(y_true, p_orig, names), classification_metrics(y_true, p_exp, names)
+    keys = ("accuracy", "f1_macro")
+    return {"agreement": same / max(1, len(y_true)), "max_logit_diff": diff, "examples": len(y_true),
+            "metrics": {"original": {k: m_orig[k] for k in keys}, "exported": {k: m_exp[k] for k in keys}}}
+
+
+def _teacher_forced(original: Any, exported: Any, split: Any, batch_size: int) -> dict[str, Any]:
+    """Next-token argmax agreement and max logit difference over target tokens, plus each model's loss."""
+    import torch
+    import torch.nn.functional as F
+
+    task, pad = original.task, original.tokenizer.pad_token_id or 0
+    seq2seq = original.config.task == "seq2seq"
+    same = total = 0
+    diff, loss = 0.0, [0.0, 0.0]
+    with torch.inference_mode():
+        for idx in _batches(split, batch_size):
+            batch = task.collate(split, idx, pad)
+            labels = batch["labels"] if seq2seq else batch["labels"][:, 1:]
+            inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            outs = []
+            for j, model in enumerate((original.model, exported.model)):
+                logits = task._logits(model, batch) if seq2seq else model(**inputs, use_cache=False).logits[:, :-1]
+                logits = logits.float()
+                loss[j] += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                                 reduction="sum"))
+                outs.append(logits)
+            mask = labels != -100
+            diff = max(diff, float((outs[0] - outs[1]).abs()[mask].max())) if bool(mask.any()) else diff
+            same += int(((outs[0].argmax(-1) == outs[1].argmax(-1)) & mask).sum())
+            total += int(mask.sum())
+    return {"agreement": same / max(1, total), "max_logit_diff": diff, "tokens": total,
+            "loss": [v / max(1, total) for v in loss]}
+
+
+def _compare_seq2seq(original: Any, exported: Any, data: Any, split: Any, cfg: Any, generate_examples: int
+                     ) -> dict[str, Any]:
+    from tuneforge.evaluate.rouge import rouge_scores
+
+    out = _teacher_forced(original, exported, split, 16)
+    table = data.splits["validation"]
+    n = min(generate_examples, len(table))
+    texts, refs = table.columns[cfg.data.text_column][:n], table.columns[cfg.data.target_column][:n]
+    greedy = exported.artifact.format == "onnx"
+    with _decoding_like(original, exported):
+        a = [r["generated_text"] for r in original.predict(texts, batch_size=16)]
+    b = [r["generated_text"] for r in exported.predict(texts, batch_size=16)]
+    keys = ("rouge1", "rouge2", "rougeL")
+    ra, rb = rouge_scores(a, refs), rouge_scores(b, refs)
+    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "tokens": out["tokens"],
+            "generated_examples": n, "same_generated_text": sum(x == y for x, y in zip(a, b)) / max(1, n),
+            "decoding": "greedy (ONNX exports decode greedily; the original too, for this comparison)" if greedy
+            else f"the run's settings (num_beams={getattr(original.model.generation_config, 'num_beams', 1)})",
+            "metrics": {"original": {k: ra[k] for k in keys}, "exported": {k: rb[k] for k in keys}}}
+
+
+@contextlib.contextmanager
+def _decoding_like(original: Any, exported: Any) -> Iterator[None]:
+    """ONNX exports decode greedily: the original does too while they are compared (and timed)."""
+    saved = getattr(original.model, "generation_config", None)  # classifiers have none
+    if exported.artifact.format != "onnx" or saved is None:
+        yield
+        return
+    original.model.generation_config = copy.deepcopy(saved)
+    original.model.generation_config.num_beams = 1
+    original.model.generation_config.do_sample = False
+    try:
+        yield
+    finally:
+        original.model.generation_config = saved
+
+
+def _compare_causal_lm(original: Any, exported: Any, split: Any) -> dict[str, Any]:
+    out = _teacher_forced(original, exported, split, 8)
+    ppl = [float(np.exp(min(v, 50.0))) for v in out["loss"]]
+    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "tokens": out["tokens"],
+            "metrics": {"original": {"loss": out["loss"][0], "perplexity": ppl[0]},
+                        "exported": {"loss": out["loss"][1], "perplexity": ppl[1]}}}
+
+
+def measure_latency(models: list[Any], texts: list[str], warmup: int = 3, max_new_tokens: int | None = None
+                    ) -> list[dict[str, float]]:
+    """Batch-1 predict latency of each model on the same texts, interleaved per example."""
+    import torch
+
+    kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    times: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode():
+        for text in texts[:warmup]:
+            for m in models:
+                m.predict([text], batch_size=1, **kwargs)
+        for text in texts:
+            for j, m in enumerate(models):
+                start = time.perf_counter()
+                m.predict([text], batch_size=1, **kwargs)
+                times[j].append((time.perf_counter() - start) * 1000)
+    return [{"p50_ms": statistics.median(t), "mean_ms": statistics.fmean(t), "calls": len(t)} for t in times]
+
+
+def verify_export(original: Any, exported: Any, min_agreement: float, prepared: tuple[Any, Any, Any],
+                  latency_examples: int = 50) -> dict[str, Any]:
+    """The export report (without sizes): agreement, metrics and their change, latency, passed or not.
+    `prepared` is what validation_data returned."""
+    data, split, cfg = prepared
+    task = cfg.task
+    if task == "classification":
+        result = _compare_classification(original, exported, data, split)
+    elif task == "seq2seq":
+        result = _compare_seq2seq(original, exported, data, split, cfg, 100)
+    else:
+        result = _compare_causal_lm(original, exported, split)
+    metrics = result.pop("metrics")
+    change = {k: metrics["exported"][k] - metrics["original"][k] for k in metrics["original"]}
+    table = data.splits["validation"]
+    column = cfg.data.prompt_column if cfg.data.data_format == "prompt_completion" else cfg.data.text_column
+    texts = [str(t) for t in table.columns[column]] if cfg.data.data_format != "chat" else []
+    n_latency = latency_examples if task == "classification" else min(latency_examples, 20)
+    if task == "causal_lm":  # documents as prompts: their first tokens, so that prompt + output fit the model
+        texts = original.truncate(texts[:n_latency], min(64, (original.max_length or 128) // 2))
+    gen_tokens = 32 if task != "classification" else None
+    with _decoding_like(original, exported):
+        lat = measure_latency([original, exported], texts[:n_latency], max_new_tokens=gen_tokens) if texts else []
+    agreement = {"measure": MEASURES[task], "value": result.pop("agreement"), "min_required": min_agreement,
+                 **result}
+    return {"validation": {"source": table.source, "rows": len(table)},
+            "agreement": agreement, "metrics": {**metrics, "change": change},
+            "latency": {"batch_size": 1, "original": lat[0], "exported": lat[1],
+                        "speedup": lat[0]["p50_ms"] / lat[1]["p50_ms"],
+                        **({"max_new_tokens": gen_tokens} if gen_tokens else {})} if lat else {},
+            "passed": agreement["value"] >= min_agreement}

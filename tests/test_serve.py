@@ -1,0 +1,267 @@
+"""The HTTP server, started for real on a loopback port: every route, the limits, the API key, bad JSON,
+micro-batching, an ONNX export served, and the `tuneforge serve` command itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+import tuneforge  # noqa: E402
+from tuneforge.deploy.batcher import MicroBatcher  # noqa: E402
+from tuneforge.deploy.serve import ServeSettings, bind_socket, create_app  # noqa: E402
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@contextlib.contextmanager
+def running(model, **settings) -> Iterator[tuple[str, object]]:
+    """Serve `model` (a LoadedModel) with uvicorn in a thread on a free loopback port."""
+    import uvicorn
+
+    app = create_app(model, ServeSettings(**settings))
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    return tuneforge.load(trained_run.path)
+
+
+@pytest.fixture(scope="module")
+def server(loaded):
+    with running(loaded, api_key=KEY, max_inputs=8, max_body_bytes=4096, max_batch_size=8, max_wait_ms=200,
+                 max_input_tokens=20) as (url, app):
+        yield url, app
+
+
+def test_health_needs_no_key_and_everything_else_does(server):
+    url, _ = server
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    for method, path in (("GET", "/v1/model"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/v1/stats"),
+                         ("POST", "/v1/classify"), ("GET", "/nowhere")):
+        r = httpx.request(method, f"{url}{path}", json={"inputs": "x"} if method == "POST" else None)
+        assert r.status_code == 401, (path, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+        r = httpx.request(method, f"{url}{path}", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401
+    assert httpx.get(f"{url}/v1/model", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_model_info_and_openapi(server, trained_run):
+    url, _ = server
+    info = httpx.get(f"{url}/v1/model", headers=AUTH).json()
+    assert info["task"] == "classification" and info["labels"] == ["neg", "pos"]
+    assert info["base_model"] == trained_run.info["base_model"] and info["version"] == trained_run.info["id"]
+    assert info["route"] == "/v1/classify" and info["limits"]["max_inputs"] == 8
+    schema = httpx.get(f"{url}/openapi.json", headers=AUTH).json()
+    assert "/v1/classify" in schema["paths"] and "/v1/summarize" not in schema["paths"]
+    assert "/health" in schema["paths"] and "/v1/model" in schema["paths"]
+
+
+def test_classify_single_and_batch_match_the_python_api(server, loaded):
+    url, _ = server
+    texts = ["a great film", "the plot was awful", "the movie was quite lovely"]
+    expected = loaded.predict(texts)
+    r = httpx.post(f"{url}/v1/classify", json={"inputs": texts}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["label"] for x in body["results"]] == [x["label"] for x in expected]
+    assert body["results"][0]["probability"] == pytest.approx(expected[0]["probability"], abs=1e-5)
+    one = httpx.post(f"{url}/v1/classify", json={"inputs": texts[1]}, headers=AUTH).json()
+    assert len(one["results"]) == 1 and one["results"][0]["label"] == expected[1]["label"]
+
+
+def test_limits_and_bad_requests(server):
+    url, _ = server
+    post = lambda **kw: httpx.post(f"{url}/v1/classify", headers={**AUTH, **kw.pop("headers", {})}, **kw)  # noqa: E731
+    r = post(json={"inputs": ["word " * 2000]})
+    assert r.status_code == 413 and "4096 bytes" in r.json()["detail"]
+    r = post(json={"inputs": ["great"] * 9})
+    assert r.status_code == 422 and "at most 8" in r.json()["detail"]
+    r = post(json={"inputs": []})
+    assert r.status_code == 422
+    r = post(json={"inputs": ["the film was " + "really " * 30 + "great"]})
+    assert r.status_code == 422 and "the limit is 20" in r.json()["detail"] and "--truncate" in r.json()["detail"]
+    r = post(content=b'{"inputs": ["unterminated', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    r = post(json={"texts": ["great"]})
+    assert r.status_code == 422  # wrong field name: extra fields are refused and inputs is missing
+    r = post(json={"inputs": [1, 2]})
+    assert r.status_code == 422
+    r = post(json={"inputs": "great", "text_pairs": ["x"]})
+    assert r.status_code == 422 and "single texts" in r.json()["detail"]
+    assert httpx.post(f"{url}/v1/summarize", json={"inputs": "x"}, headers=AUTH).status_code == 404
+
+
+def test_body_limit_counts_bytes_sent_without_a_length(server):
+    url, _ = server
+
+    def chunks():
+        yield b'{"inputs": ["'
+        for _ in range(100):
+            yield b"great " * 10
+        yield b'"]}'
+
+    r = httpx.post(f"{url}/v1/classify", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_concurrent_requests_are_batched_together(server, loaded):
+    url, app = server
+    batcher = app.state.batcher
+    before = sum(batcher.batch_sizes.values())
+    texts = ["great film", "awful film", "lovely story", "terrible plot", "superb acting", "lousy ending"]
+    with httpx.Client(headers=AUTH) as client, ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda t: client.post(f"{url}/v1/classify", json={"inputs": t}).json(), texts))
+    assert [r["results"][0]["label"] for r in results] == [p["label"] for p in loaded.predict(texts)]
+    calls = sum(batcher.batch_sizes.values()) - before
+    assert calls < len(texts)  # 200 ms of max wait: the six requests share model calls
+    stats = httpx.get(f"{url}/v1/stats", headers=AUTH).json()
+    assert stats["max_batch_size"] == 8 and max(int(k) for k in stats["batch_sizes"]) > 1
+
+
+def test_truncation_when_configured(loaded):
+    with running(loaded, max_input_tokens=8, truncate=True) as (url, _):
+        r = httpx.post(f"{url}/v1/classify", json={"inputs": ["great " + "the film " * 40]})
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{url}/v1/model").status_code == 200  # no key configured: open
+
+
+def test_micro_batcher_limits_and_keys():
+    async def scenario():
+        calls = []
+
+        def run(key, items):
+            calls.append((key, list(items)))
+            return [f"{key}:{x}" for x in items]
+
+        batcher = MicroBatcher(run, max_batch=3, max_wait_ms=50)
+        batcher.start()
+        results = await asyncio.gather(batcher.submit("a", [1, 2]), batcher.submit("a", [3]),
+                                       batcher.submit("a", [4, 5]), batcher.submit("b", [6]))
+        await batcher.stop()
+        return calls, results
+
+    calls, results = asyncio.run(scenario())
+    assert results == [["a:1", "a:2"], ["a:3"], ["a:4", "a:5"], ["b:6"]]
+    assert all(len(items) <= 3 for _, items in calls)  # never more than max_batch inputs per call
+    assert all(len({k}) == 1 for k, _ in calls) and ("b", [6]) in calls
+
+
+def test_an_onnx_export_served_gives_the_pytorch_labels(trained_run, loaded, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from conftest import toy_rows
+
+    from tuneforge.deploy.export import export_run
+
+    export_run(trained_run.path, "onnx", output=tmp_path / "onnx", latency_examples=2)
+    texts = [t for t, _ in toy_rows(40, 11)]
+    expected = [p["label"] for p in loaded.predict(texts)]
+    with running(tuneforge.load(tmp_path / "onnx"), max_inputs=64) as (url, _):
+        info = httpx.get(f"{url}/v1/model").json()
+        assert info["format"] == "onnx" and info["source"] == "export"
+        body = httpx.post(f"{url}/v1/classify", json={"inputs": texts}).json()
+    assert [r["label"] for r in body["results"]] == expected
+
+
+@pytest.fixture(scope="module")
+def lm_model(tiny_gpt2_lm, tmp_path_factory):
+    from conftest import LM_CORPUS
+
+    folder = tmp_path_factory.mktemp("serve_lm")
+    path = folder / "corpus.txt"
+    path.write_text("\n\n".join(LM_CORPUS) + "\n")
+    items = {"task": "causal_lm", "model_name_or_path": str(tiny_gpt2_lm), "train_file": str(path),
+             "validation_file": str(path), "output_dir": str(folder / "run"), "report_to": "none", "seed": 0,
+             "preprocessing_cache_dir": str(folder / "cache"), "learning_rate": 3e-3, "max_steps": 40,
+             "save_strategy": "no", "block_size": 64, "max_new_tokens": 8}
+    return tuneforge.load(tuneforge.train(None, [f"{k}={v}" for k, v in items.items()]).path)
+
+
+def test_generate_route_caps_max_new_tokens(lm_model):
+    with running(lm_model, max_new_tokens=5, max_batch_size=4) as (url, _):
+        r = httpx.post(f"{url}/v1/generate", json={"inputs": ["the quick brown", "all that"], "max_new_tokens": 50})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["max_new_tokens"] == 5 and len(body["results"]) == 2
+        assert body["results"][0]["generated_text"] == lm_model.generate(["the quick brown"], max_new_tokens=5)[0]
+        assert httpx.post(f"{url}/v1/generate", json={"inputs": "x", "max_new_tokens": 0}).status_code == 422
+        assert httpx.post(f"{url}/v1/classify", json={"inputs": "x"}).status_code == 404
+        default = httpx.post(f"{url}/v1/generate", json={"inputs": "the early"}).json()
+        assert default["max_new_tokens"] == 5  # the run's 8, capped by the server
+        too_long = httpx.post(f"{url}/v1/generate", json={"inputs": "the " * 70}).json()
+        assert "the limit is 59" in too_long["detail"]  # 64 positions, 5 kept for the new tokens
+
+
+def test_summarize_route(trained_t5_model):
+    with running(trained_t5_model, max_new_tokens=4) as (url, _):
+        body = httpx.post(f"{url}/v1/summarize", json={"inputs": ["red cat blue"], "max_new_tokens": 3}).json()
+        assert body["max_new_tokens"] == 3
+        assert body["results"][0]["generated_text"] == trained_t5_model.summarize(["red cat blue"],
+                                                                                  max_new_tokens=3)[0]
+        schema = httpx.get(f"{url}/openapi.json").json()
+        assert "/v1/summarize" in schema["paths"] and "/v1/classify" not in schema["paths"]
+
+
+@pytest.fixture(scope="module")
+def trained_t5_model(tiny_t5, copy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve_t5") / "run"
+    items = {"task": "seq2seq", "model_name_or_path": str(tiny_t5), "train_file": str(copy_data["train"]),
+             "validation_file": str(copy_data["validation"]), "output_dir": str(out), "report_to": "none",
+             "seed": 0, "max_target_length": 16, "preprocessing_cache_dir": str(out.parent / "cache"),
+             "max_steps": 20, "num_beams": 1}
+    return tuneforge.load(tuneforge.train(None, [f"{k}={v}" for k, v in items.items()]).path)
+
+
+def test_serve_command_binds_loopback_and_prints_its_address(trained_run):
+    env = {**os.environ, "TUNEFORGE_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "serve", str(trained_run.path), "--port", "0",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=Path(trained_run.path).parent)
+    try:
+        line = proc.stdout.readline()
+        assert "on http://127.0.0.1:" in line and "API key required" in line, line
+        url = line.split(" on ")[1].split()[0]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"{url}/health").status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert httpx.get(f"{url}/v1/model").status_code == 401  # the key came from the environment
+        r = httpx.post(f"{url}/v1/classify", json={"inputs": ["a lovely film"]}, headers=AUTH)
+        assert r.status_code == 200 and json.loads(r.text)["results"][0]["label"] in ("pos", "neg")
+    finally:
+        proc.terminate()
+        proc.wait(20)
