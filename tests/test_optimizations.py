@@ -150,12 +150,12 @@ def test_cpu_uses_the_memory_estimate_and_keeps_the_effective_batch(tiny_bert, t
     run = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "auto", auto_find_batch_size=True,
                                                per_device_train_batch_size=16, gradient_accumulation_steps=2,
                                                max_steps=2, eval_strategy="no", save_strategy="no",
-                                               load_best_model_at_end=False))
+                                               load_best_model_at_end=False, mixed_precision="no"))
     found = run.info["auto_find_batch_size"]
     assert (found["per_device_train_batch_size"], found["gradient_accumulation_steps"]) == (4, 8)
     assert found["method"] == "memory estimate" and run.config.training.gradient_accumulation_steps == 8
     out = capsys.readouterr().out
-    assert "memory estimate" in out and "mixed precision: no (fp32) (auto: on CPU" in out
+    assert "memory estimate" in out and "mixed precision: no (fp32) (as configured)" in out
     assert run.info["memory_estimate"]["total"] == memory.estimate_for_model(
         p.model, "classification", 4, longest, "no").total
 
@@ -226,7 +226,8 @@ def test_frozen_weights_in_bfloat16_train_with_bf16_autocast(tiny_bert, toy_data
                                                    "save_strategy": "no", "load_best_model_at_end": False}))
     assert run.info["status"] == "finished"
     assert "frozen weight matrices stored in bfloat16" in capsys.readouterr().out
-    _, q = _prepared(tiny_bert, toy_data, tmp_path / "fp32", "freeze.bottom_layers=1", "torch_dtype=bfloat16")
+    _, q = _prepared(tiny_bert, toy_data, tmp_path / "fp32", "freeze.bottom_layers=1", "torch_dtype=bfloat16",
+                     "mixed_precision=no")
     assert all(x.dtype == torch.float32 for x in q.model.parameters())  # no bf16 autocast: stays fp32
 
 

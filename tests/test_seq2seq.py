@@ -62,7 +62,10 @@ def test_t5_defaults_and_data_report(t5_run):
     report = json.loads((t5_run.path / "data_report.json").read_text())
     assert report["splits"]["train"]["target_truncated_percent"] == 0.0
     assert report["max_target_length"] == 16
-    assert t5_run.info["mixed_precision"] == "fp32"  # CPU
+    from tuneforge.engine.precision import cpu_has_native_bf16
+
+    # CPU: fp16 is never chosen for T5; bf16 (no overflow) where the CPU computes it natively
+    assert t5_run.info["mixed_precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
 def test_bart_trains_and_generates(tiny_bart, copy_data, tmp_path):
