@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from importlib import resources
 from typing import Any
 
 PROMPTS = ["Weather for Lisbon on Friday:", "Weather for Oslo on Sunday: snow flurries"]
@@ -20,6 +19,7 @@ PROMPTS = ["Weather for Lisbon on Friday:", "Weather for Oslo on Sunday: snow fl
 
 def run_lm_demo(output_dir: str | os.PathLike | None = None, quick: bool = False) -> Any:
     import tuneforge
+    from tuneforge.demo.runner import train_recipe
     from tuneforge.demo.tiny_lm import build_tiny_gpt2
     from tuneforge.demo.weather import generate
     from tuneforge.report import print_metrics
@@ -34,15 +34,9 @@ def run_lm_demo(output_dir: str | os.PathLike | None = None, quick: bool = False
         files[split] = data_dir / f"{split}.txt"
         files[split].write_text("\n\n".join(texts) + "\n", encoding="utf-8")
     model = build_tiny_gpt2(docs["train"], RUNS_ROOT / "demo-tiny-gpt2")
-    recipe = resources.files("tuneforge") / "recipes" / "causal_lm" / "tiny_gpt2_demo.yaml"
-    overrides = [f"model_name_or_path={model}", f"train_file={files['train']}",
-                 f"validation_file={files['validation']}"]
-    if output_dir:
-        overrides.append(f"output_dir={output_dir}")
-    if quick:
-        overrides += ["num_train_epochs=1", "max_train_samples=500"]
     print(f"demo: training a small GPT-2 from scratch on generated weather bulletins ({data_dir})")
-    run = tuneforge.train(str(recipe), overrides)
+    run = train_recipe("causal_lm/tiny_gpt2_demo.yaml", model, files, output_dir,
+                       ["num_train_epochs=1", "max_train_samples=500"] if quick else [])
     vocab = len(tuneforge.load(run.path).tokenizer)
     print_metrics({"uniform guess": {"perplexity": float(vocab), "loss": math.log(vocab)},
                    "trained GPT-2": run.metrics["eval"]}, title="validation (token-weighted)")

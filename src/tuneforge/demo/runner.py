@@ -54,15 +54,9 @@ def run_demo(output_dir: str | os.PathLike | None = None, quick: bool = False,
     model = demo_model_path()
     data_dir = RUNS_ROOT / "demo-data"
     files = write_demo_files(data_dir)
-    recipe = resources.files("tuneforge") / "recipes" / "classification" / "minilm_demo.yaml"
-    overrides = [f"model_name_or_path={model}", f"train_file={files['train']}",
-                 f"validation_file={files['validation']}", f"test_file={files['test']}"]
-    if output_dir:
-        overrides.append(f"output_dir={output_dir}")
-    if quick:
-        overrides += ["max_train_samples=200", "num_train_epochs=1"]
     print(f"demo: fine-tuning all-MiniLM-L6-v2 on generated support messages ({data_dir})")
-    run = tuneforge.train(str(recipe), overrides)
+    run = train_recipe("classification/minilm_demo.yaml", model, files, output_dir,
+                       ["max_train_samples=200", "num_train_epochs=1"] if quick else [])
 
     rows = generate()
     test = run.metrics["test"]
@@ -74,6 +68,17 @@ def run_demo(output_dir: str | os.PathLike | None = None, quick: bool = False,
         print(f"  {pred['label']:<10} {pred['probability']:.3f}  {text}")
     print(f"try: tuneforge predict {run.path} --text \"I can't log in to my account\"")
     return run
+
+
+def train_recipe(recipe: str, model: Any, files: dict[str, Any], output_dir: str | os.PathLike | None,
+                 extra: list[str]) -> Any:
+    """Train a packaged demo recipe on the demo's own files (train/validation[/test]) and model."""
+    import tuneforge
+
+    overrides = [f"model_name_or_path={model}"] + [f"{split}_file={path}" for split, path in files.items()]
+    if output_dir:
+        overrides.append(f"output_dir={output_dir}")
+    return tuneforge.train(str(resources.files("tuneforge") / "recipes" / recipe), overrides + extra)
 
 
 def _run_seq2seq_demo(output_dir: str | os.PathLike | None, quick: bool) -> Any:
@@ -90,15 +95,9 @@ def _run_seq2seq_demo(output_dir: str | os.PathLike | None, quick: bool) -> Any:
     model = build_bert2bert(demo_model_path(), model_dir, dropout=0.0)
     data_dir = RUNS_ROOT / "demo-seq2seq-data"
     files = write_demo_files(data_dir)
-    recipe = resources.files("tuneforge") / "recipes" / "seq2seq" / "bert2bert_demo.yaml"
-    overrides = [f"model_name_or_path={model}", f"train_file={files['train']}",
-                 f"validation_file={files['validation']}", f"test_file={files['test']}"]
-    if output_dir:
-        overrides.append(f"output_dir={output_dir}")
-    if quick:
-        overrides += ["max_train_samples=200", "num_train_epochs=1"]
     print(f"demo: fine-tuning it to summarize generated support tickets in one sentence ({data_dir})")
-    run = tuneforge.train(str(recipe), overrides)
+    run = train_recipe("seq2seq/bert2bert_demo.yaml", model, files, output_dir,
+                       ["max_train_samples=200", "num_train_epochs=1"] if quick else [])
 
     test = generate()["test"]
     lead = rouge_scores(lead_baseline(test), [row["summary"] for row in test])
