@@ -159,7 +159,8 @@ class TrainingConfig:
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = opt(
-        "auto", "auto: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU.")
+        "auto", "auto: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs; on CPU bf16 autocast "
+                "where the processor computes bf16 natively (AMX/AVX512-BF16), else fp32.")
     gradient_checkpointing: bool = opt(
         False, "Recompute activations in the backward pass: much less activation memory, ~30% slower steps.")
     class_weights: Literal["none", "auto"] | dict[str, float] = opt(
