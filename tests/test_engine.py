@@ -161,3 +161,26 @@ def test_cpu_bf16_switches_attention_to_eager_without_changing_outputs(tiny_bert
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before)
     assert cpu_bf16_attention(model) is None  # already eager: nothing to do
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_and_saves_plain_weights(tiny_bert, toy_data, tmp_path):
+    """torch_compile compiles in place: checkpoints and the final model keep plain parameter names."""
+    from conftest import base_overrides
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    import tuneforge
+
+    run = tuneforge.train(None, base_overrides(
+        tiny_bert, toy_data, tmp_path / "run", torch_compile="true", max_steps=3, mixed_precision="no",
+        eval_strategy="steps", eval_steps=3, save_strategy="steps", save_steps=3, load_best_model_at_end="false"))
+    saved = load_file(run.path / "model.safetensors")
+    assert not [k for k in saved if "_orig_mod" in k]
+    assert not torch.equal(saved["classifier.weight"], load_file(tiny_bert / "model.safetensors")["classifier.weight"])
+    AutoModelForSequenceClassification.from_pretrained(run.path)
+    from tuneforge.inference import evaluate_run
+
+    # the compiled model's own evaluation agrees with the saved weights evaluated without compilation
+    again = evaluate_run(run.path, str(toy_data["validation"]), "again")
+    assert again["accuracy"] == pytest.approx(run.metrics["eval"]["accuracy"])
