@@ -262,3 +262,13 @@ def test_a_tokenizer_from_another_model_is_an_error_but_added_tokens_grow(tiny_b
     tok.add_tokens(["<new>"])
     assert fit_vocab(model, tok, "m") == ["bert.embeddings.word_embeddings.weight"]
     assert model.get_input_embeddings().num_embeddings == rows + 1
+
+
+@pytest.mark.parametrize("message", [
+    "org/old does not appear to have a file named model.safetensors or model.safetensors.index.json",
+    "Error no file named model.safetensors found in directory /x/old."])
+def test_a_hub_model_without_safetensors_points_to_allow_pickle(message):
+    from tuneforge.tasks.loading import _explain
+
+    error = str(_explain(OSError(message), "org/old", "model"))
+    assert "no safetensors weights" in error and "--allow-pickle" in error

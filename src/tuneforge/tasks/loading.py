@@ -38,6 +38,10 @@ def _explain(err: Exception, name: str, what: str) -> UserError:
     text = f"{err} {err.__cause__ or ''}"
     if _looks_local(name) and not Path(name).expanduser().exists():
         return UserError(f"model.model_name_or_path: local folder not found: {name!r}")
+    if ("does not appear to have" in text or "no file named" in text) and "safetensors" in text:
+        return UserError(f"model.model_name_or_path: {name!r} has no safetensors weights (older repositories often "
+                         "ship only pickle .bin files, and loading a pickle can run code); pass --allow-pickle "
+                         "(model.allow_pickle=true) for a source you trust, or convert the weights to safetensors")
     unknown = re.search(r"model type `([^`]+)` but Transformers does not recognize", text)
     if unknown:
         return UserError(f"model.model_name_or_path: {name!r} has model_type {unknown.group(1)!r}, which the installed "
