@@ -238,3 +238,33 @@ def test_precision_reasons():
     assert "loss scaling" in explain_precision("auto", "fp16", "cuda", False)
     assert "overflows in fp16" in explain_precision("auto", "no", "cuda", False, fp16_safe=False)
     assert explain_precision("bf16", "bf16", "cpu") == "mixed precision: bf16 (as configured)"
+
+
+def test_eval_oom_retry_does_not_count_error_analysis_rows_twice(tiny_bert, toy_data, tmp_path):
+    from tuneforge.data.prepared import PreparedData
+    from tuneforge.engine.loop import evaluate
+    from tuneforge.evaluate.errors import ErrorCollector
+
+    task, p = _prepared(tiny_bert, toy_data, tmp_path, "per_device_eval_batch_size=32")
+    split, device = p.splits["validation"], p.session.accelerator.device
+    real_step, big_batches = task.eval_step, {"n": 0}
+
+    def eval_step(model, batch, state):  # the first big batch succeeds, the second runs out of memory
+        if batch["input_ids"].shape[0] > 8:
+            big_batches["n"] += 1
+            if big_batches["n"] == 2:
+                raise torch.cuda.OutOfMemoryError(OOM)
+        real_step(model, batch, state)
+
+    data = PreparedData({}, None, ["neg", "pos"])
+
+    def collector():
+        return ErrorCollector("accuracy", split.lengths, 64, describe=lambda r: {"row": r})
+
+    retried, clean = collector(), collector()
+    task.eval_step = eval_step
+    evaluate(p.model, p.tokenizer, task, split, data, p.cfg, device, errors=retried)
+    task.eval_step = real_step
+    evaluate(p.model, p.tokenizer, task, split, data, p.cfg, device, errors=clean)
+    assert big_batches["n"] > 2  # the failed pass recorded a batch before it ran out of memory and was retried
+    assert sum(s["rows"] for s in retried.slices()) == len(split) == sum(s["rows"] for s in clean.slices())

@@ -96,6 +96,7 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
     def run(batch_size: int) -> dict[str, Any]:
         state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
         if errors is not None:
+            errors.reset()  # a retry after out-of-memory must not count the failed pass's rows twice
             state["errors"] = errors
         for indices in eval_order(split.batch_lengths, batch_size):
             state["rows"] = indices

@@ -55,6 +55,10 @@ class ErrorCollector:
         self.metric, self.lengths, self.max_length, self.top_k = metric, lengths, max_length, top_k
         self.describe = describe
         self.buckets = length_buckets(lengths, max_length)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every record (an evaluation retried after out-of-memory starts over)."""
         self._sum = np.zeros(len(self.buckets))
         self._weight = np.zeros(len(self.buckets))
         self._rows = np.zeros(len(self.buckets), dtype=np.int64)
