@@ -8,13 +8,17 @@ Cases (random-init models: throughput does not depend on the weights; no hub acc
           tutorial   Trainer, pad every document to 512, batch 4, fp32 (the guide's recipe)
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
           tuneforge  packing into 1024-token blocks, bf16, fused AdamW, torch.compile, batch 16
+          tuneforge-eager   the same without torch.compile (what compiling buys, and what it costs up front)
   bert    BERT-base classification on generated reviews (~70 tokens)
           tutorial   Trainer, pad to 512, batch 16, fp32
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
           tuneforge  defaults + torch_compile, batch 32
+          tuneforge-eager   the same without torch.compile
 Each recipe runs a fixed number of optimizer steps after warm-up (compile happens in warm-up) and reports
-real (non-pad) tokens/s, samples/s, MFU (GPU only), peak GPU memory and the eval loss after the same number
-of steps. MFU = (6N + 12 L d T) x real tokens/s / 989 TFLOP/s (dense bf16 peak of an H100/H200 SXM).
+real (non-pad) tokens/s, samples/s, MFU (GPU only), peak GPU memory, the warm-up time (compile included) and
+the eval loss after the same number of steps: a sanity check that training works, not a quality comparison
+(the recipes see different numbers of tokens per step; docs/BENCHMARKS.md compares quality at equal epochs
+on CPU). MFU = (6N + 12 L d T) x real tokens/s / 989 TFLOP/s (dense bf16 peak of an H100/H200 SXM).
 
 Each recipe runs in its own process, so peak memory and compile caches do not leak between recipes.
 The tokenizers are trained here on the generated text (byte-level BPE / WordPiece), sized like the real ones.
@@ -113,7 +117,6 @@ def write_data(case: str, folder: Path, smoke: bool) -> tuple[Path, Path]:
 def run_trainer(case: str, recipe: str, model: Path, train: Path, val: Path, steps: int, warmup: int,
                 smoke: bool) -> dict:
     import torch
-    from datasets import load_dataset
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
@@ -128,29 +131,42 @@ def run_trainer(case: str, recipe: str, model: Path, train: Path, val: Path, ste
     tok = AutoTokenizer.from_pretrained(model)
     tutorial = recipe == "tutorial"
     length = 512 if not smoke else 64
-    ds = load_dataset("json", data_files={"train": str(train), "validation": str(val)})
+    padding = "max_length" if tutorial else False
+    # plain lists of features (Trainer takes any indexable dataset): tokenizing is outside the timed window, and
+    # the GPU machine needs no `datasets` wheel (and its pyarrow/fsspec pins)
+    rows = {name: [json.loads(x) for x in path.read_text().splitlines()] for name, path in
+            (("train", train), ("validation", val))}
     if case == "gpt2":
         tok.pad_token = tok.eos_token
-        enc = ds.map(lambda b: tok([t + tok.eos_token for t in b["text"]], truncation=True, max_length=length,
-                                   padding="max_length" if tutorial else False), batched=True, remove_columns=["text"])
+
+        def features(part: list[dict]) -> list[dict]:
+            enc = tok([r["text"] + tok.eos_token for r in part], truncation=True, max_length=length, padding=padding)
+            return [{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(part))]
+
         net = AutoModelForCausalLM.from_pretrained(model)
         collator = DataCollatorForLanguageModeling(tok, mlm=False)
         batch = 4 if tutorial else 32
     else:
         label = {"neg": 0, "pos": 1}
-        enc = ds.map(lambda b: {**tok(b["text"], truncation=True, max_length=length,
-                                      padding="max_length" if tutorial else False),
-                                "labels": [label[x] for x in b["label"]]},
-                     batched=True, remove_columns=["text", "label"])
+
+        def features(part: list[dict]) -> list[dict]:
+            enc = tok([r["text"] for r in part], truncation=True, max_length=length, padding=padding)
+            return [{**{k: enc[k][i] for k in enc}, "labels": label[r["label"]]} for i, r in enumerate(part)]
+
         net = AutoModelForSequenceClassification.from_pretrained(model, num_labels=2)
-        collator = None if tutorial else DataCollatorWithPadding(tok)
+        collator = DataCollatorWithPadding(tok, return_tensors="pt") if not tutorial else None
         batch = 16 if tutorial else 32
+    enc = {name: features(part) for name, part in rows.items()}
     if smoke:
         batch = 4
     real = {"tokens": 0, "samples": 0}
 
     class Clock(TrainerCallback):
         start = end = None
+        began = time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kw):
+            Clock.began = time.perf_counter()
 
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == warmup:
@@ -187,21 +203,22 @@ def run_trainer(case: str, recipe: str, model: Path, train: Path, val: Path, ste
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     eval_loss = trainer.evaluate()["eval_loss"]
     return {"tokens_per_s": real["tokens"] / seconds, "samples_per_s": real["samples"] / seconds,
-            "peak_gib": peak, "eval_loss": eval_loss}
+            "peak_gib": peak, "eval_loss": eval_loss, "warmup_s": Clock.start - Clock.began}
 
 
-def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, warmup: int, smoke: bool) -> dict:
+def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, warmup: int, smoke: bool,
+                  compile_: bool) -> dict:
     import torch
 
     import tuneforge
 
     cuda = torch.cuda.is_available()
-    out = train.parent / "tuneforge-run"
+    out = train.parent / ("tuneforge-run" if compile_ else "tuneforge-eager-run")
     common = [f"model_name_or_path={model}", f"train_file={train}", f"validation_file={val}", f"output_dir={out}",
               f"preprocessing_cache_dir={train.parent / 'cache'}", f"max_steps={warmup + steps}",
               f"logging_steps={warmup}", "eval_strategy=steps", f"eval_steps={warmup + steps}", "save_strategy=no",
               "load_best_model_at_end=false",
-              "report_to=none", "learning_rate=5e-5", "warmup_steps=0", f"torch_compile={str(cuda).lower()}"]
+              "report_to=none", "learning_rate=5e-5", "warmup_steps=0", f"torch_compile={str(compile_).lower()}"]
     if case == "gpt2":
         common += ["task=causal_lm", f"block_size={128 if smoke else 1024}",
                    f"per_device_train_batch_size={4 if smoke else 16}"]
@@ -214,6 +231,7 @@ def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, wa
     records = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "tokens_per_second" in r and r["step"] > warmup]
     batch = 4 if smoke else (16 if case == "gpt2" else 32)
+    first = next(r for r in records if "samples_per_second" in r and r["step"] == warmup)
     seconds = [warmup * batch / r["samples_per_second"] for r in timed]  # each record covers `warmup` steps
     samples = warmup * batch * len(timed)
     tokens = sum(r["tokens_per_second"] * s for r, s in zip(timed, seconds))
@@ -221,15 +239,16 @@ def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, wa
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     eval_loss = run.metrics["eval"]["loss"]  # evaluated once after the last step, outside the timed window
     return {"tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds, "peak_gib": peak,
-            "eval_loss": eval_loss}
+            "eval_loss": eval_loss, "warmup_s": warmup * batch / first["samples_per_second"]}
 
 
 def child(args: argparse.Namespace) -> int:
     folder = Path(args.work)
     meta = json.loads((folder / "meta.json").read_text())
     train, val = folder / "train.jsonl", folder / "val.jsonl"
-    if args.recipe == "tuneforge":
-        result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke)
+    if args.recipe.startswith("tuneforge"):
+        result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke,
+                               compile_=args.recipe == "tuneforge")
     else:
         result = run_trainer(args.case, args.recipe, folder / "model", train, val, args.steps, args.warmup,
                              args.smoke)
@@ -244,7 +263,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models and few steps (checks the script)")
     parser.add_argument("--cases", nargs="*", default=["gpt2", "bert"])
-    parser.add_argument("--recipes", nargs="*", default=["tutorial", "trainer+", "tuneforge"])
+    parser.add_argument("--recipes", nargs="*", default=["tuneforge", "tutorial", "trainer+", "tuneforge-eager"])
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop starting recipes after this many seconds (each child is also cut off there)")
+    parser.add_argument("--child-timeout-s", type=float, default=240, help="cut off one recipe after this long")
+    parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps after warm-up")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -259,38 +282,56 @@ def main() -> int:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    rows = []
+    began, rows = time.perf_counter(), []
     for case in args.cases:
         work = Path(tempfile.mkdtemp(prefix=f"tuneforge-gpu-{case}-"))
         meta = build_case(case, work / "model", args.smoke)
-        n_params = _count_params(work / "model")
-        meta["params"] = n_params
+        meta["params"] = _count_params(work / "model")
         (work / "meta.json").write_text(json.dumps(meta))
         write_data(case, work, args.smoke)
         for recipe in args.recipes:
+            left = args.budget_s - (time.perf_counter() - began) if args.budget_s else None
+            if left is not None and left < 20:
+                print(f"{case}/{recipe}: skipped, the --budget-s is spent", flush=True)
+                rows.append((case, recipe, None, 0.0))
+                continue
             cmd = [sys.executable, __file__, "--child", "--case", case, "--recipe", recipe, "--work", str(work),
                    "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--smoke"] if args.smoke else [])
             started = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{case}/{recipe} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
-                rows.append((case, recipe, None, time.perf_counter() - started))
-                continue
-            rows.append((case, recipe, json.loads(line[7:]), time.perf_counter() - started))
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True,
+                                      timeout=min(left, args.child_timeout_s) if left else args.child_timeout_s)
+                out, err, rc = proc.stdout, proc.stderr, proc.returncode
+            except subprocess.TimeoutExpired as e:
+                out, err, rc = _text(e.stdout), _text(e.stderr), "timeout"
+            line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+            result = json.loads(line[7:]) if line else None
+            rows.append((case, recipe, result, time.perf_counter() - started))
+            if result is None:
+                print(f"{case}/{recipe} failed (rc {rc}):\n{err[-3000:]}", file=sys.stderr, flush=True)
+            else:
+                print(f"{case}/{recipe} done in {rows[-1][3]:.0f} s: {json.dumps(result)}", flush=True)
     print(f"\n{device}, torch {torch.__version__}, {args.steps} timed steps after {args.warmup} warm-up steps")
-    print(f"{'case':<6}{'recipe':<11}{'tokens/s':>11}{'samples/s':>11}{'MFU':>7}{'peak GiB':>10}{'eval loss':>11}"
-          f"{'vs tutorial':>13}{'wall s':>8}")
+    print(f"{'case':<6}{'recipe':<17}{'tokens/s':>11}{'samples/s':>11}{'MFU':>7}{'peak GiB':>10}{'eval loss':>11}"
+          f"{'vs tutorial':>13}{'warm-up s':>11}{'wall s':>8}")
     tutorial = {c: r["tokens_per_s"] for c, name, r, _ in rows if name == "tutorial" and r}
     for case, recipe, r, wall in rows:
         if r is None:
-            print(f"{case:<6}{recipe:<11}{'failed':>11}")
+            print(f"{case:<6}{recipe:<17}{'failed':>11}")
             continue
         ratio = f"{r['tokens_per_s'] / tutorial[case]:.1f}x" if case in tutorial else "-"
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-        print(f"{case:<6}{recipe:<11}{r['tokens_per_s']:>11.0f}{r['samples_per_s']:>11.1f}{100 * r['mfu']:>6.1f}%"
-              f"{peak:>10}{r['eval_loss']:>11.3f}{ratio:>13}{wall:>8.0f}")
+        print(f"{case:<6}{recipe:<17}{r['tokens_per_s']:>11.0f}{r['samples_per_s']:>11.1f}{100 * r['mfu']:>6.1f}%"
+              f"{peak:>10}{r['eval_loss']:>11.3f}{ratio:>13}{r['warmup_s']:>11.1f}{wall:>8.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device, "torch": torch.__version__, "steps": args.steps,
+                                               "warmup": args.warmup, "rows": [
+            {"case": c, "recipe": n, "result": r, "wall_s": w} for c, n, r, w in rows]}, indent=1))
     return 0 if all(r for _, _, r, _ in rows) else 1
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
 
 
 def _count_params(folder: Path) -> int:

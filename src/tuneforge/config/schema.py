@@ -200,9 +200,11 @@ class TrainingConfig:
                                          "under your account.")
     hub_private_repo: bool = opt(False, "Create the hub repository as private.")
     use_cpu: bool = opt(False, "Train on the CPU even when a GPU is available.")
-    torch_compile: bool = opt(
-        False, "Compile the model with torch.compile (GPU; pays off on runs of more than a few hundred steps). "
-               "Batch lengths are then padded to multiples of 64 so shapes repeat instead of recompiling.")
+    torch_compile: bool | Literal["auto"] = opt(
+        "auto", "Compile the model (and, in training, forward + loss as one graph) with torch.compile. auto: on a "
+                "GPU for runs long enough to repay the compile time (see docs/BENCHMARKS.md), falling back to "
+                "eager if compilation fails; off on CPU. Batch lengths are then padded to multiples of 64 so shapes "
+                "repeat instead of recompiling.")
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:

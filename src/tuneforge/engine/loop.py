@@ -68,15 +68,18 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: list[dict[str, Any]]) -> torch.Tensor:
-    """Backpropagate one accumulation window; returns the window's mean loss (a device tensor, no sync)."""
+def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: list[dict[str, Any]],
+                     loss_fn: Any = None) -> torch.Tensor:
+    """Backpropagate one accumulation window; returns the window's mean loss (a device tensor, no sync).
+    `loss_fn` (default task.loss) is the compiled forward + loss under torch_compile."""
     assert accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
+    loss_fn = loss_fn or task.loss
     n_items = sum(task.num_items(b) for b in micro_batches)
     total = torch.zeros((), device=accelerator.device)
     for j, batch in enumerate(micro_batches):
         last = j == len(micro_batches) - 1
         with nullcontext() if last or accelerator.num_processes == 1 else accelerator.no_sync(model):
-            loss = task.loss(model, to_device(batch, accelerator.device)) / (n_items or 1)  # items or weights
+            loss = loss_fn(model, to_device(batch, accelerator.device)) / (n_items or 1)  # items or weights
             accelerator.backward(loss)
         total += loss.detach()
     return total
@@ -126,20 +129,32 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     # shapes; under bf16 on CPU, oneDNN builds AMX kernels per new shape (measured on MiniLM: single steps at
     # unseen lengths took up to 2 s against 0.2 s), so buckets of 16 pay for their padding there (docs/BENCHMARKS.md;
     # in fp32 they did not).
-    cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
-    multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else 16 if cpu_bf16 else None
     G = t.gradient_accumulation_steps
     n_batches = math.ceil(len(train) / t.per_device_train_batch_size)
     steps_per_epoch = math.ceil(n_batches / G)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
     tracker.total_steps = total_steps
+    auto_compile = t.torch_compile == "auto"
+    t.torch_compile, why = resolve_torch_compile(t.torch_compile, device.type, total_steps)
+    if why:
+        tracker.print(f"torch.compile: {why}")
+    cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
+    multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else 16 if cpu_bf16 else None
 
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    loss_fn = task.loss
     if t.torch_compile:
-        # in place (nn.Module.compile): parameter names, save_pretrained and checkpoints stay unchanged
+        # in place (nn.Module.compile): parameter names, save_pretrained and checkpoints stay unchanged;
+        # training also compiles forward + loss as one graph, so the cross-entropy fuses with the logits
+        # instead of materialising fp32 copies of them (batch x length x vocabulary for a causal LM)
+        if auto_compile:  # a model that does not compile trains eagerly (with dynamo's warning) instead of failing
+            import torch._dynamo as dynamo
+
+            dynamo.config.suppress_errors = True
         accelerator.unwrap_model(model).compile()
+        loss_fn = torch.compile(task.loss)
     scaler = accelerator.scaler
     ckpt_dir = run_dir / "checkpoints"
     clean_stale(ckpt_dir)
@@ -222,7 +237,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
             it = loader([b for w in windows[first:] for b in w])
             for window_index in range(first, len(windows)):
                 micro = [next(it) for _ in windows[window_index]]
-                window_loss = forward_backward(accelerator, model, task, micro)
+                window_loss = forward_backward(accelerator, model, task, micro, loss_fn)
                 grad_norm = None
                 if t.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -303,6 +318,29 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         load_weights(best_path, accelerator.unwrap_model(model))
         tracker.print(f"restored the best model (step {result.best_step}, {metric_name} {result.best_metric:.4f})")
     return result
+
+
+# auto compiles on CUDA from this many optimizer steps: where the measured compile time is repaid
+# (docs/BENCHMARKS.md, "torch.compile on GPU")
+COMPILE_MIN_STEPS = 300
+
+
+def resolve_torch_compile(value: bool | str, device_type: str, total_steps: int) -> tuple[bool, str | None]:
+    """The training.torch_compile decision and, for auto, the reason printed with it.
+
+    >>> resolve_torch_compile("auto", "cuda", 5000)
+    (True, 'on (auto: GPU run of 5000 optimizer steps)')
+    >>> resolve_torch_compile("auto", "cuda", 50)[0], resolve_torch_compile("auto", "cpu", 5000)
+    (False, (False, None))
+    """
+    if value != "auto":
+        return bool(value), None
+    if device_type != "cuda":
+        return False, None  # on CPU compilation did not pay (docs/BENCHMARKS.md)
+    if total_steps < COMPILE_MIN_STEPS:
+        return False, (f"off (auto: {total_steps} optimizer steps are too few to repay compiling; "
+                       "training.torch_compile=true forces it)")
+    return True, f"on (auto: GPU run of {total_steps} optimizer steps)"
 
 
 def _total_norm(model: Any) -> torch.Tensor:
