@@ -268,6 +268,7 @@ def main() -> int:
                         help="stop starting recipes after this many seconds (each child is also cut off there)")
     parser.add_argument("--child-timeout-s", type=float, default=240, help="cut off one recipe after this long")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--stderr-log", help="append each recipe's stderr (its last 20000 characters) to this file")
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps after warm-up")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -304,6 +305,9 @@ def main() -> int:
                 out, err, rc = proc.stdout, proc.stderr, proc.returncode
             except subprocess.TimeoutExpired as e:
                 out, err, rc = _text(e.stdout), _text(e.stderr), "timeout"
+            if args.stderr_log:
+                with open(args.stderr_log, "a") as fh:
+                    fh.write(f"===== {case}/{recipe} (rc {rc}) =====\n{err[-20000:]}\n")
             line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
             result = json.loads(line[7:]) if line else None
             rows.append((case, recipe, result, time.perf_counter() - started))

@@ -60,6 +60,23 @@ def test_packing_puts_every_token_in_exactly_one_block_and_trains_eos(tiny_gpt2_
     assert cfg.data.data_format == "text" and cfg.data.packing is True
 
 
+def test_documents_longer_than_the_position_table_pack_and_train(tiny_gpt2_lm, tmp_path):
+    """Packing at block_size == the model's 64 learned positions with documents of ~200 tokens: a document
+    cut by a block boundary restarts its positions, so none reaches the table's end (found on an H100, where
+    continued positions hit GPT-2's 1024-row table as a device-side assert; on CPU it is an IndexError)."""
+    long_doc = " ".join(LM_CORPUS * 5)  # one document: several blocks long
+    path = tmp_path / "long.txt"
+    path.write_text("\n\n".join(f"{i} {long_doc}" for i in range(6)) + "\n")  # distinct: duplicates are dropped
+    task, cfg, data, tok = _prepared(tiny_gpt2_lm, path, validation_split_percentage=20, block_size=64)
+    split = task.tokenize(tok, data, cfg, 64)["train"]
+    assert split.offsets[1] - split.offsets[0] == 64 and len(tok(long_doc)["input_ids"]) > 2 * 64
+    positions = split.position_ids.reshape(-1, 64)
+    assert positions.max() == 63 and (positions[:, 0] == 0).all()
+    run = tuneforge.train(None, _cfg(tiny_gpt2_lm, path, tmp_path / "run", block_size=64, max_steps=2,
+                                     validation_split_percentage=20, per_device_train_batch_size=2))
+    assert np.isfinite(run.metrics["eval"]["loss"])
+
+
 @pytest.mark.parametrize("family", ["tiny_gpt2_lm", "tiny_llama"])
 def test_packed_logits_equal_per_document_logits(family, request):
     """Position ids that restart per document and no attention mask keep documents apart."""

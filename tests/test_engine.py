@@ -184,3 +184,20 @@ def test_torch_compile_trains_and_saves_plain_weights(tiny_bert, toy_data, tmp_p
     # the compiled model's own evaluation agrees with the saved weights evaluated without compilation
     again = evaluate_run(run.path, str(toy_data["validation"]), "again")
     assert again["accuracy"] == pytest.approx(run.metrics["eval"]["accuracy"])
+
+
+def test_a_session_on_another_device_resets_accelerates_per_process_state():
+    """accelerate keeps one device per process; a run asking for another device must not inherit the old one
+    (seen on an H100: a GPU run after a use_cpu run in the same process trained on the CPU)."""
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+    from rich.console import Console
+
+    from tuneforge.engine.session import start_session
+
+    Accelerator(cpu=False)  # a process whose state says "not CPU-only"
+    assert PartialState._shared_state.get("_cpu") is False
+    cfg = load_config(None, ["task=classification", "model_name_or_path=x", "train_file=x.csv", "use_cpu=true",
+                             "mixed_precision=no"])
+    session = start_session(cfg, Console(quiet=True))
+    assert PartialState._shared_state.get("_cpu") is True and session.accelerator.device.type == "cpu"

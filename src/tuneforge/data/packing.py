@@ -6,14 +6,16 @@
 >>> docs = TokenizedSplit.from_lists([[5, 6, 2], [7, 2], [8, 9, 10, 2]])   # each ends with EOS (2)
 >>> blocks = pack_documents(docs, block_size=4, pad_id=0)
 >>> blocks.input_ids.tolist(), blocks.positions.tolist()
-([[5, 6, 2, 7], [2, 8, 9, 10], [2, 0, 0, 0]], [[0, 1, 2, 0], [1, 0, 1, 2], [3, 0, 0, 0]])
+([[5, 6, 2, 7], [2, 8, 9, 10], [2, 0, 0, 0]], [[0, 1, 2, 0], [0, 0, 1, 2], [0, 0, 0, 0]])
 >>> blocks.labels.tolist()   # first token of a document is not predicted from the previous one; pads ignored
 [[5, 6, 2, -100], [2, -100, 9, 10], [2, -100, -100, -100]]
 
 Documents are joined (each already ends with EOS), every token lands in exactly one block, the last block
 is padded. `positions` restart at 0 per document so models that separate documents by position ids (GPT-2,
-Llama under SDPA/eager when no attention mask is passed) never attend across a boundary; a document cut
-by a block boundary continues its positions in the next block. Labels are aligned with input_ids (the
+Llama under SDPA/eager when no attention mask is passed) never attend across a boundary. A document cut
+by a block boundary restarts at 0 in the next block too: that piece cannot see the previous block anyway,
+and continued positions would run past the model's position table for documents longer than it (GPT-2's
+1024 learned positions: an out-of-range index, a device-side assert on GPU). Labels are aligned with input_ids (the
 loss shifts them), so the EOS that ends a document is a target and the token after it is not.
 """
 
@@ -49,9 +51,11 @@ def pack_documents(docs: TokenizedSplit, block_size: int, pad_id: int) -> Packed
     labels[:total] = docs.token_labels if docs.token_labels is not None else flat  # prompts stay -100
     first = starts[starts > 0]  # a document's first token is not predicted from the one before it
     labels[first] = -100
-    # position within the document: index minus the start of the document that holds it
+    # position within the document's piece in this block: index minus the later of the document's start
+    # and the block's start, so every position stays below block_size
     doc_of_token = np.repeat(np.arange(len(starts)), np.diff(docs.offsets))
+    index = np.arange(total)
     positions = np.zeros(size, dtype=np.int64)
-    positions[:total] = np.arange(total) - starts[doc_of_token]
+    positions[:total] = index - np.maximum(starts[doc_of_token], index - index % block_size)
     shape = (n_blocks, block_size)
     return PackedBlocks(ids.reshape(shape), labels.reshape(shape), positions.reshape(shape))

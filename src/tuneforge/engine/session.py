@@ -82,11 +82,15 @@ def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Sessi
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(explain_precision(t.mixed_precision, mixed, device_type, bf16, fp16_safe), highlight=False)
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
 
-    if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
-        # accelerate keeps one precision per process: a second run in the same process (a notebook, lr-find
-        # then train) with another precision would raise; the device/distributed state is kept
+    if PartialState._shared_state.get("_cpu", not cuda) != (not cuda):
+        # accelerate keeps one device per process: after a use_cpu run, a GPU run in the same process (a
+        # notebook, a test session) would silently get the CPU (found on an H100); reset it all
+        AcceleratorState._reset_state(reset_partial_state=True)
+    elif AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+        # and one precision: a second run (lr-find then train) with another precision would raise; the
+        # device/distributed state is kept
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1)
     if cuda:
