@@ -1,19 +1,21 @@
 """GPU benchmark: tuneforge vs plain transformers.Trainer recipes on one GPU, same model, data and device.
 
-    python bench/gpu_check.py                 # both cases, about 6-7 minutes on one H100/H200, compile included
+    python bench/gpu_check.py                 # both cases, all recipes: about 9-10 minutes on one H100 (measured
+                                              # parts: docs/BENCHMARKS.md); torch.compile alone takes 2-3 of them
+    python bench/gpu_check.py --recipes tutorial trainer+ tuneforge   # without the compiled row: about 5 minutes
     python bench/gpu_check.py --smoke         # tiny models, a few steps: checks the script itself (CPU is fine)
 
 Cases (random-init models: throughput does not depend on the weights; no hub access is needed):
   gpt2    GPT-2 124M causal LM on generated documents of varied length (median ~300 tokens, long tail)
           tutorial   Trainer, pad every document to 512, batch 4, fp32 (the guide's recipe)
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
-          tuneforge  packing into 1024-token blocks, bf16, fused AdamW, torch.compile, batch 16
-          tuneforge-eager   the same without torch.compile (what compiling buys, and what it costs up front)
+          tuneforge  defaults: packing into 1024-token blocks, bf16, fused AdamW, batch 16
+          tuneforge-compile   the same with torch_compile=true (what compiling buys, and what it costs up front)
   bert    BERT-base classification on generated reviews (~70 tokens)
           tutorial   Trainer, pad to 512, batch 16, fp32
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
-          tuneforge  defaults + torch_compile, batch 32
-          tuneforge-eager   the same without torch.compile
+          tuneforge  defaults, batch 32
+          tuneforge-compile   the same with torch_compile=true
 Each recipe runs a fixed number of optimizer steps after warm-up (compile happens in warm-up) and reports
 real (non-pad) tokens/s, samples/s, MFU (GPU only), peak GPU memory, the warm-up time (compile included) and
 the eval loss after the same number of steps: a sanity check that training works, not a quality comparison
@@ -213,7 +215,7 @@ def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, wa
     import tuneforge
 
     cuda = torch.cuda.is_available()
-    out = train.parent / ("tuneforge-run" if compile_ else "tuneforge-eager-run")
+    out = train.parent / ("tuneforge-compile-run" if compile_ else "tuneforge-run")
     common = [f"model_name_or_path={model}", f"train_file={train}", f"validation_file={val}", f"output_dir={out}",
               f"preprocessing_cache_dir={train.parent / 'cache'}", f"max_steps={warmup + steps}",
               f"logging_steps={warmup}", "eval_strategy=steps", f"eval_steps={warmup + steps}", "save_strategy=no",
@@ -248,7 +250,7 @@ def child(args: argparse.Namespace) -> int:
     train, val = folder / "train.jsonl", folder / "val.jsonl"
     if args.recipe.startswith("tuneforge"):
         result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke,
-                               compile_=args.recipe == "tuneforge")
+                               compile_=args.recipe == "tuneforge-compile")
     else:
         result = run_trainer(args.case, args.recipe, folder / "model", train, val, args.steps, args.warmup,
                              args.smoke)
@@ -263,10 +265,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models and few steps (checks the script)")
     parser.add_argument("--cases", nargs="*", default=["gpt2", "bert"])
-    parser.add_argument("--recipes", nargs="*", default=["tuneforge", "tutorial", "trainer+", "tuneforge-eager"])
+    parser.add_argument("--recipes", nargs="*", default=["tutorial", "trainer+", "tuneforge", "tuneforge-compile"])
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop starting recipes after this many seconds (each child is also cut off there)")
-    parser.add_argument("--child-timeout-s", type=float, default=240, help="cut off one recipe after this long")
+    parser.add_argument("--child-timeout-s", type=float, default=300, help="cut off one recipe after this long")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--stderr-log", help="append each recipe's stderr (its last 20000 characters) to this file")
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps after warm-up")
@@ -300,14 +302,15 @@ def main() -> int:
                    "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--smoke"] if args.smoke else [])
             started = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True,
+                env = {**os.environ, **({"TORCH_LOGS": "recompiles"} if recipe.endswith("compile") else {})}
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                                       timeout=min(left, args.child_timeout_s) if left else args.child_timeout_s)
                 out, err, rc = proc.stdout, proc.stderr, proc.returncode
             except subprocess.TimeoutExpired as e:
                 out, err, rc = _text(e.stdout), _text(e.stderr), "timeout"
             if args.stderr_log:
                 with open(args.stderr_log, "a") as fh:
-                    fh.write(f"===== {case}/{recipe} (rc {rc}) =====\n{err[-20000:]}\n")
+                    fh.write(f"===== {case}/{recipe} (rc {rc}) =====\n{out[-5000:]}\n{err[-20000:]}\n")
             line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
             result = json.loads(line[7:]) if line else None
             rows.append((case, recipe, result, time.perf_counter() - started))

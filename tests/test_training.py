@@ -51,14 +51,17 @@ def test_plain_transformers_reload_gives_same_predictions(trained_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     texts = [t for t, _ in toy_rows(12, 99)]
-    ours = tuneforge.load(trained_run.path).predict(texts)
+    loaded = tuneforge.load(trained_run.path)
+    ours = loaded.predict(texts)
     tok = AutoTokenizer.from_pretrained(trained_run.path)
     model = AutoModelForSequenceClassification.from_pretrained(trained_run.path).eval()
     with torch.no_grad():
         probs = torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1)
     plain = [model.config.id2label[int(i)] for i in probs.argmax(-1)]
     assert [r["label"] for r in ours] == plain
-    np.testing.assert_allclose([r["probability"] for r in ours], probs.max(-1).values.numpy(), atol=1e-5)
+    # on a GPU ours runs there (TF32 matmuls, enabled by training), the plain model on the CPU
+    tolerance = 1e-5 if loaded.device.type == "cpu" else 2e-3
+    np.testing.assert_allclose([r["probability"] for r in ours], probs.max(-1).values.numpy(), atol=tolerance)
 
 
 def test_cli_predict_and_evaluate(trained_run, toy_data, tmp_path, capsys):

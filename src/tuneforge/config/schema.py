@@ -200,11 +200,11 @@ class TrainingConfig:
                                          "under your account.")
     hub_private_repo: bool = opt(False, "Create the hub repository as private.")
     use_cpu: bool = opt(False, "Train on the CPU even when a GPU is available.")
-    torch_compile: bool | Literal["auto"] = opt(
-        "auto", "Compile the model (and, in training, forward + loss as one graph) with torch.compile. auto: on a "
-                "GPU for runs long enough to repay the compile time (see docs/BENCHMARKS.md), falling back to "
-                "eager if compilation fails; off on CPU. Batch lengths are then padded to multiples of 64 so shapes "
-                "repeat instead of recompiling.")
+    torch_compile: bool = opt(
+        False, "Compile the model (and, in training, forward + loss as one graph, so the cross-entropy fuses with "
+               "the logits) with torch.compile. GPU only in practice: compiling took minutes on an H100 machine "
+               "and was not measured to pay (docs/BENCHMARKS.md). Batch lengths are padded to multiples of 64 and "
+               "the ragged last training batch of each epoch is dropped, so shapes repeat instead of recompiling.")
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:

@@ -44,12 +44,18 @@ def pad_rows(split: TokenizedSplit, indices: np.ndarray, pad_id: int, pad_to_mul
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                strategy: str = "group_by_length") -> list[np.ndarray]:
+                strategy: str = "group_by_length", drop_last: bool = False) -> list[np.ndarray]:
     """Indices of each training batch for `epoch`, reproducible from (seed, epoch) alone.
 
     group_by_length: shuffle, cut into mega-batches of 50 batches, sort each by length (so a batch holds
     similar lengths and little padding), then shuffle the batch order, keeping the batch with the longest
     example first so an out-of-memory error shows up at step one, not hours later.
+    drop_last: leave out the one short batch (rows that differ each epoch), unless it is the only batch; a
+    compiled model would otherwise recompile for its size.
+
+    >>> [len(b) for b in batch_order(np.ones(10), 4, 0, 0)], [len(b) for b in batch_order(np.ones(10), 4, 0, 0,
+    ...                                                                                    drop_last=True)]
+    ([4, 4, 2], [4, 4])
     """
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(lengths))
@@ -58,6 +64,8 @@ def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
         chunks = [perm[i:i + mega] for i in range(0, len(perm), mega)]
         perm = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
     batches = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
     if strategy == "group_by_length" and len(batches) > 1:
         longest = int(np.argmax([lengths[b].max() for b in batches]))
         rest = [b for i, b in enumerate(batches) if i != longest]

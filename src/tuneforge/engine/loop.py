@@ -130,14 +130,12 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     # unseen lengths took up to 2 s against 0.2 s), so buckets of 16 pay for their padding there (docs/BENCHMARKS.md;
     # in fp32 they did not).
     G = t.gradient_accumulation_steps
-    n_batches = math.ceil(len(train) / t.per_device_train_batch_size)
+    drop_last = t.torch_compile and len(train) > t.per_device_train_batch_size  # as batch_order(drop_last=)
+    n_batches = (len(train) // t.per_device_train_batch_size if drop_last
+                 else math.ceil(len(train) / t.per_device_train_batch_size))
     steps_per_epoch = math.ceil(n_batches / G)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
     tracker.total_steps = total_steps
-    auto_compile = t.torch_compile == "auto"
-    t.torch_compile, why = resolve_torch_compile(t.torch_compile, device.type, total_steps)
-    if why:
-        tracker.print(f"torch.compile: {why}")
     cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
     multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else 16 if cpu_bf16 else None
 
@@ -149,10 +147,6 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         # in place (nn.Module.compile): parameter names, save_pretrained and checkpoints stay unchanged;
         # training also compiles forward + loss as one graph, so the cross-entropy fuses with the logits
         # instead of materialising fp32 copies of them (batch x length x vocabulary for a causal LM)
-        if auto_compile:  # a model that does not compile trains eagerly (with dynamo's warning) instead of failing
-            import torch._dynamo as dynamo
-
-            dynamo.config.suppress_errors = True
         accelerator.unwrap_model(model).compile()
         loss_fn = torch.compile(task.loss)
     scaler = accelerator.scaler
@@ -231,7 +225,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     epoch, epoch_float = start_epoch, float(start_epoch)
     with GracefulStop(tracker.print) as stop:
         while result.global_step < total_steps and not result.stopped_early:
-            batches = batch_order(lengths, t.per_device_train_batch_size, t.seed, epoch, t.train_sampling_strategy)
+            batches = batch_order(lengths, t.per_device_train_batch_size, t.seed, epoch, t.train_sampling_strategy,
+                                  drop_last=bool(t.torch_compile))
             windows = [batches[i:i + G] for i in range(0, len(batches), G)]
             first = skip_windows if epoch == start_epoch else 0
             it = loader([b for w in windows[first:] for b in w])
@@ -318,29 +313,6 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         load_weights(best_path, accelerator.unwrap_model(model))
         tracker.print(f"restored the best model (step {result.best_step}, {metric_name} {result.best_metric:.4f})")
     return result
-
-
-# auto compiles on CUDA from this many optimizer steps: where the measured compile time is repaid
-# (docs/BENCHMARKS.md, "torch.compile on GPU")
-COMPILE_MIN_STEPS = 300
-
-
-def resolve_torch_compile(value: bool | str, device_type: str, total_steps: int) -> tuple[bool, str | None]:
-    """The training.torch_compile decision and, for auto, the reason printed with it.
-
-    >>> resolve_torch_compile("auto", "cuda", 5000)
-    (True, 'on (auto: GPU run of 5000 optimizer steps)')
-    >>> resolve_torch_compile("auto", "cuda", 50)[0], resolve_torch_compile("auto", "cpu", 5000)
-    (False, (False, None))
-    """
-    if value != "auto":
-        return bool(value), None
-    if device_type != "cuda":
-        return False, None  # on CPU compilation did not pay (docs/BENCHMARKS.md)
-    if total_steps < COMPILE_MIN_STEPS:
-        return False, (f"off (auto: {total_steps} optimizer steps are too few to repay compiling; "
-                       "training.torch_compile=true forces it)")
-    return True, f"on (auto: GPU run of {total_steps} optimizer steps)"
 
 
 def _total_norm(model: Any) -> torch.Tensor:
