@@ -1,8 +1,7 @@
 """GPU benchmark: tuneforge vs plain transformers.Trainer recipes on one GPU, same model, data and device.
 
-    python bench/gpu_check.py                 # both cases, all recipes: about 9-10 minutes on one H100 (measured
-                                              # parts: docs/BENCHMARKS.md); torch.compile alone takes 2-3 of them
-    python bench/gpu_check.py --recipes tutorial trainer+ tuneforge   # without the compiled row: about 5 minutes
+    python bench/gpu_check.py                 # both cases, 3 recipes each: about 5 minutes on one H100
+    python bench/gpu_check.py --recipes tutorial trainer+ tuneforge tuneforge-compile  # + compiled: 9-10 minutes
     python bench/gpu_check.py --smoke         # tiny models, a few steps: checks the script itself (CPU is fine)
 
 Cases (random-init models: throughput does not depend on the weights; no hub access is needed):
@@ -76,7 +75,8 @@ def build_case(case: str, folder: Path, smoke: bool) -> dict:
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
         PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                 model_max_length=1024).save_pretrained(folder)
-        config = GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=256) if smoke else GPT2Config()
+        # smoke: as many positions as the block (as GPT-2's 1024), so a position past the table fails here too
+        config = GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=128) if smoke else GPT2Config()
         GPT2LMHeadModel(config).save_pretrained(folder)  # 50257-row embedding as in GPT-2: realistic FLOPs
         layers, width, seq = config.n_layer, config.n_embd, (128 if smoke else 1024)
     else:
@@ -265,7 +265,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models and few steps (checks the script)")
     parser.add_argument("--cases", nargs="*", default=["gpt2", "bert"])
-    parser.add_argument("--recipes", nargs="*", default=["tutorial", "trainer+", "tuneforge", "tuneforge-compile"])
+    parser.add_argument("--recipes", nargs="*", default=["tutorial", "trainer+", "tuneforge"],
+                        choices=["tutorial", "trainer+", "tuneforge", "tuneforge-compile"],
+                        help="tuneforge-compile (torch_compile=true) adds 2-3 minutes of compilation per case")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop starting recipes after this many seconds (each child is also cut off there)")
     parser.add_argument("--child-timeout-s", type=float, default=300, help="cut off one recipe after this long")
