@@ -197,11 +197,12 @@ def test_a_session_on_another_device_resets_accelerates_per_process_state():
     """accelerate keeps one device per process; a run asking for another device must not inherit the old one
     (seen on an H100: a GPU run after a use_cpu run in the same process trained on the CPU)."""
     from accelerate import Accelerator
-    from accelerate.state import PartialState
+    from accelerate.state import AcceleratorState, PartialState
     from rich.console import Console
 
     from tuneforge.engine.session import start_session
 
+    AcceleratorState._reset_state(reset_partial_state=True)  # whatever earlier tests left
     Accelerator(cpu=False)  # a process whose state says "not CPU-only"
     assert PartialState._shared_state.get("_cpu") is False
     cfg = load_config(None, ["task=classification", "model_name_or_path=x", "train_file=x.csv", "use_cpu=true",
