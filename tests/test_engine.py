@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tuneforge.config import load_config
-from tuneforge.data.batching import batch_order, eval_order, pad_rows
+from tuneforge.data.batching import batch_count, batch_order, eval_order, pad_rows
 from tuneforge.data.prepared import TokenizedSplit
 from tuneforge.engine.optim import build_optimizer, build_scheduler, warmup_steps_for
 from tuneforge.engine.precision import resolve_mixed_precision
@@ -209,3 +209,13 @@ def test_a_session_on_another_device_resets_accelerates_per_process_state():
                              "mixed_precision=no"])
     session = start_session(cfg, Console(quiet=True))
     assert PartialState._shared_state.get("_cpu") is True and session.accelerator.device.type == "cpu"
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_batch_count_matches_the_batches_made(drop_last):
+    """The loop sizes the schedule with batch_count; a mismatch would end epochs early or run past them."""
+    for n in range(1, 40):
+        for size in (1, 3, 4, 16):
+            batches = batch_order(np.arange(n) + 1, size, 0, 0, drop_last=drop_last)
+            assert batch_count(n, size, drop_last) == len(batches)
+            assert sum(map(len, batches)) == (n if not drop_last or n < size else n - n % size)

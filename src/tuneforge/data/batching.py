@@ -43,6 +43,16 @@ def pad_rows(split: TokenizedSplit, indices: np.ndarray, pad_id: int, pad_to_mul
     return gather(split.input_ids, layout, pad_id), layout[1].astype(np.int64), types
 
 
+def batch_count(n_rows: int, batch_size: int, drop_last: bool = False) -> int:
+    """How many batches batch_order makes of `n_rows`.
+
+    >>> batch_count(10, 4), batch_count(10, 4, drop_last=True), batch_count(3, 4, drop_last=True)
+    (3, 2, 1)
+    """
+    full, ragged = divmod(n_rows, batch_size)
+    return full + (1 if ragged and (not drop_last or full == 0) else 0)
+
+
 def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
                 strategy: str = "group_by_length", drop_last: bool = False) -> list[np.ndarray]:
     """Indices of each training batch for `epoch`, reproducible from (seed, epoch) alone.

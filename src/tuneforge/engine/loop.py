@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tuneforge.config.schema import RunConfig
-from tuneforge.data.batching import batch_order, eval_order
+from tuneforge.data.batching import batch_count, batch_order, eval_order
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.engine.checkpoint import (
     clean_stale,
@@ -129,15 +129,14 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     # shapes; under bf16 on CPU, oneDNN builds AMX kernels per new shape (measured on MiniLM: single steps at
     # unseen lengths took up to 2 s against 0.2 s), so buckets of 16 pay for their padding there (docs/BENCHMARKS.md;
     # in fp32 they did not).
+    cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
+    multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else 16 if cpu_bf16 else None
     G = t.gradient_accumulation_steps
-    drop_last = t.torch_compile and len(train) > t.per_device_train_batch_size  # as batch_order(drop_last=)
-    n_batches = (len(train) // t.per_device_train_batch_size if drop_last
-                 else math.ceil(len(train) / t.per_device_train_batch_size))
+    # a compiled model drops the ragged last batch of each epoch (it would recompile for its size)
+    n_batches = batch_count(len(train), t.per_device_train_batch_size, drop_last=t.torch_compile)
     steps_per_epoch = math.ceil(n_batches / G)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
     tracker.total_steps = total_steps
-    cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
-    multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else 16 if cpu_bf16 else None
 
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
@@ -226,7 +225,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     with GracefulStop(tracker.print) as stop:
         while result.global_step < total_steps and not result.stopped_early:
             batches = batch_order(lengths, t.per_device_train_batch_size, t.seed, epoch, t.train_sampling_strategy,
-                                  drop_last=bool(t.torch_compile))
+                                  drop_last=t.torch_compile)
             windows = [batches[i:i + G] for i in range(0, len(batches), G)]
             first = skip_windows if epoch == start_epoch else 0
             it = loader([b for w in windows[first:] for b in w])
