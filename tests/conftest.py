@@ -251,3 +251,16 @@ def torch_seed(seed: int = 0) -> None:
     import torch
 
     torch.manual_seed(seed)
+
+
+def train_tiny_lm(model: Path, folder: Path, max_steps: int):
+    """A short causal-LM run of the tiny GPT-2 on LM_CORPUS (export and serving tests start from it)."""
+    import tuneforge
+
+    path = folder / "corpus.txt"
+    path.write_text("\n\n".join(LM_CORPUS) + "\n")
+    items = {"task": "causal_lm", "model_name_or_path": str(model), "train_file": str(path),
+             "validation_file": str(path), "output_dir": str(folder / "run"), "report_to": "none", "seed": 0,
+             "preprocessing_cache_dir": str(folder / "cache"), "learning_rate": 3e-3, "max_steps": max_steps,
+             "save_strategy": "no", "block_size": 64, "max_new_tokens": 8}
+    return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])

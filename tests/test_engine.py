@@ -39,18 +39,23 @@ def _grads(accelerator, model, task, split, groups):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("groups", [[[0, 1], [2, 3], [4, 5], [6, 7]],  # 2 x 4 = 8
-                                    [[0, 1], [2, 3], [4, 5], [6]]])     # short last micro-batch
-def test_accumulated_gradients_equal_one_big_batch(tiny_bert, groups):
-    from tuneforge.tasks import get_task
-
-    task = get_task("classification")
+def assert_window_equals_one_batch(tiny_bert, task, groups):
+    """Gradients accumulated over `groups` equal one batch of all their rows; returns what was built."""
     accelerator, model, split = _model_and_split(tiny_bert)
     flat = [i for g in groups for i in g]
     big = _grads(accelerator, model, task, split, [flat])
     accumulated = _grads(accelerator, model, task, split, groups)
     for name, grad in big.items():
         torch.testing.assert_close(accumulated[name], grad, atol=1e-6, rtol=1e-4)
+    return accelerator, model, split, flat, big
+
+
+@pytest.mark.parametrize("groups", [[[0, 1], [2, 3], [4, 5], [6, 7]],  # 2 x 4 = 8
+                                    [[0, 1], [2, 3], [4, 5], [6]]])     # short last micro-batch
+def test_accumulated_gradients_equal_one_big_batch(tiny_bert, groups):
+    from tuneforge.tasks import get_task
+
+    assert_window_equals_one_batch(tiny_bert, get_task("classification"), groups)
 
 
 def test_naive_per_micro_batch_mean_would_differ(tiny_bert):

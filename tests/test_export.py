@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import LM_CORPUS, one_line_error
+from conftest import one_line_error, train_tiny_lm
 
 import tuneforge
 from tuneforge.deploy.export import export_run
@@ -173,14 +173,7 @@ def t5_run(tiny_t5, copy_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm_run(tiny_gpt2_lm, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("export_lm")
-    path = folder / "corpus.txt"
-    path.write_text("\n\n".join(LM_CORPUS) + "\n")
-    items = {"task": "causal_lm", "model_name_or_path": str(tiny_gpt2_lm), "train_file": str(path),
-             "validation_file": str(path), "output_dir": str(folder / "run"), "report_to": "none", "seed": 0,
-             "preprocessing_cache_dir": str(folder / "cache"), "learning_rate": 3e-3, "max_steps": 60,
-             "save_strategy": "no", "block_size": 64, "max_new_tokens": 8}
-    return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])
+    return train_tiny_lm(tiny_gpt2_lm, tmp_path_factory.mktemp("export_lm"), max_steps=60)
 
 
 @onnx_deps

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import base_overrides, one_line_error, toy_rows, write_csv
 from rich.console import Console
-from test_engine import _grads, _model_and_split
+from test_engine import _grads, assert_window_equals_one_batch
 
 import tuneforge
 from tuneforge.config import load_config
@@ -26,12 +26,7 @@ def test_weighted_accumulation_equals_one_weighted_batch(tiny_bert, groups):
 
     task = get_task("classification")
     task.class_weights = [1.0, 3.0, 0.5]
-    accelerator, model, split = _model_and_split(tiny_bert)
-    flat = [i for g in groups for i in g]
-    big = _grads(accelerator, model, task, split, [flat])
-    accumulated = _grads(accelerator, model, task, split, groups)
-    for name, grad in big.items():
-        torch.testing.assert_close(accumulated[name], grad, atol=1e-6, rtol=1e-4)
+    accelerator, model, split, flat, big = assert_window_equals_one_batch(tiny_bert, task, groups)
     # the window loss is PyTorch's weighted mean: sum(w_y * loss) / sum(w_y)
     batch = task.collate(split, np.asarray(flat), 0)
     expected = F.cross_entropy(task.logits(model, batch), batch["labels"], weight=torch.tensor([1.0, 3.0, 0.5]))

@@ -195,16 +195,9 @@ def test_an_onnx_export_served_gives_the_pytorch_labels(trained_run, loaded, tmp
 
 @pytest.fixture(scope="module")
 def lm_model(tiny_gpt2_lm, tmp_path_factory):
-    from conftest import LM_CORPUS
+    from conftest import train_tiny_lm
 
-    folder = tmp_path_factory.mktemp("serve_lm")
-    path = folder / "corpus.txt"
-    path.write_text("\n\n".join(LM_CORPUS) + "\n")
-    items = {"task": "causal_lm", "model_name_or_path": str(tiny_gpt2_lm), "train_file": str(path),
-             "validation_file": str(path), "output_dir": str(folder / "run"), "report_to": "none", "seed": 0,
-             "preprocessing_cache_dir": str(folder / "cache"), "learning_rate": 3e-3, "max_steps": 40,
-             "save_strategy": "no", "block_size": 64, "max_new_tokens": 8}
-    return tuneforge.load(tuneforge.train(None, [f"{k}={v}" for k, v in items.items()]).path)
+    return tuneforge.load(train_tiny_lm(tiny_gpt2_lm, tmp_path_factory.mktemp("serve_lm"), max_steps=40).path)
 
 
 def test_generate_route_caps_max_new_tokens(lm_model):
