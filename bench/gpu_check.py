@@ -10,11 +10,13 @@ Cases (random-init models: throughput does not depend on the weights; no hub acc
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
           tuneforge  defaults: packing into 1024-token blocks, bf16, fused AdamW, batch 16
           tuneforge-compile   the same with torch_compile=true (what compiling buys, and what it costs up front)
+          tuneforge-blocks    torch_compile=true, regional: each repeated layer compiled, one graph shared by all
+          tuneforge-profile   defaults, 2 x warm-up steps under torch.profiler: the top kernels go to stderr
   bert    BERT-base classification on generated reviews (~70 tokens)
           tutorial   Trainer, pad to 512, batch 16, fp32
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
           tuneforge  defaults, batch 32
-          tuneforge-compile   the same with torch_compile=true
+          tuneforge-compile, tuneforge-blocks, tuneforge-profile   as for gpt2
 Each recipe runs a fixed number of optimizer steps after warm-up (compile happens in warm-up) and reports
 real (non-pad) tokens/s, samples/s, MFU (GPU only), peak GPU memory, the warm-up time (compile included) and
 the eval loss after the same number of steps: a sanity check that training works, not a quality comparison
@@ -209,13 +211,18 @@ def run_trainer(case: str, recipe: str, model: Path, train: Path, val: Path, ste
 
 
 def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, warmup: int, smoke: bool,
-                  compile_: bool) -> dict:
+                  scope: str | None) -> dict:
+    """tuneforge's defaults; `scope` "model" or "blocks" turns torch_compile on with that scope."""
     import torch
 
     import tuneforge
+    from tuneforge.engine import compiling
 
+    compile_ = scope is not None
+    if compile_:
+        compiling.SCOPE = scope
     cuda = torch.cuda.is_available()
-    out = train.parent / ("tuneforge-compile-run" if compile_ else "tuneforge-run")
+    out = train.parent / f"tuneforge-{scope or 'eager'}-run"
     common = [f"model_name_or_path={model}", f"train_file={train}", f"validation_file={val}", f"output_dir={out}",
               f"preprocessing_cache_dir={train.parent / 'cache'}", f"max_steps={warmup + steps}",
               f"logging_steps={warmup}", "eval_strategy=steps", f"eval_steps={warmup + steps}", "save_strategy=no",
@@ -244,13 +251,33 @@ def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, wa
             "eval_loss": eval_loss, "warmup_s": warmup * batch / first["samples_per_second"]}
 
 
+def profile_tuneforge(case: str, model: Path, train: Path, val: Path, warmup: int, smoke: bool) -> dict:
+    """tuneforge defaults for 2 x `warmup` steps under torch.profiler; prints the costliest kernels and ops
+    (device time, and host time: where small GPU batches are host-bound) to stderr. Throughput includes the
+    profiler's overhead."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        result = run_tuneforge(case, model, train, val, warmup, warmup, smoke, None)
+    events = prof.key_averages()
+    for key in (["cuda_time_total"] if cuda else []) + ["self_cpu_time_total"]:
+        print(f"--- {case} tuneforge, {2 * warmup} steps + model load + eval, sorted by {key}", file=sys.stderr)
+        print(events.table(sort_by=key, row_limit=30, max_name_column_width=60), file=sys.stderr)
+    return result
+
+
 def child(args: argparse.Namespace) -> int:
     folder = Path(args.work)
     meta = json.loads((folder / "meta.json").read_text())
     train, val = folder / "train.jsonl", folder / "val.jsonl"
-    if args.recipe.startswith("tuneforge"):
-        result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke,
-                               compile_=args.recipe == "tuneforge-compile")
+    if args.recipe == "tuneforge-profile":
+        result = profile_tuneforge(args.case, folder / "model", train, val, args.warmup, args.smoke)
+    elif args.recipe.startswith("tuneforge"):
+        scope = {"tuneforge-compile": "model", "tuneforge-blocks": "blocks"}.get(args.recipe)
+        result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke, scope)
     else:
         result = run_trainer(args.case, args.recipe, folder / "model", train, val, args.steps, args.warmup,
                              args.smoke)
@@ -266,7 +293,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny models and few steps (checks the script)")
     parser.add_argument("--cases", nargs="*", default=["gpt2", "bert"])
     parser.add_argument("--recipes", nargs="*", default=["tutorial", "trainer+", "tuneforge"],
-                        choices=["tutorial", "trainer+", "tuneforge", "tuneforge-compile"],
+                        choices=["tutorial", "trainer+", "tuneforge", "tuneforge-compile", "tuneforge-blocks",
+                                 "tuneforge-profile"],
                         help="tuneforge-compile (torch_compile=true) adds 2-3 minutes of compilation per case")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop starting recipes after this many seconds (each child is also cut off there)")
@@ -304,7 +332,7 @@ def main() -> int:
                    "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--smoke"] if args.smoke else [])
             started = time.perf_counter()
             try:
-                env = {**os.environ, **({"TORCH_LOGS": "recompiles"} if recipe.endswith("compile") else {})}
+                env = {**os.environ, **({"TORCH_LOGS": "recompiles"} if recipe.endswith(("compile", "blocks")) else {})}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                                       timeout=min(left, args.child_timeout_s) if left else args.child_timeout_s)
                 out, err, rc = proc.stdout, proc.stderr, proc.returncode

@@ -171,15 +171,19 @@ def test_cpu_bf16_switches_attention_to_eager_without_changing_outputs(tiny_bert
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_and_saves_plain_weights(tiny_bert, toy_data, tmp_path):
-    """torch_compile compiles in place: checkpoints and the final model keep plain parameter names; the ragged
-    last batch of each epoch is dropped (320 rows in batches of 100: 3 steps per epoch), so the compiled
-    graph is not rebuilt for its size."""
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_torch_compile_trains_and_saves_plain_weights(tiny_bert, toy_data, tmp_path, monkeypatch, scope):
+    """torch_compile compiles in place (the whole model, or its repeated layers): checkpoints and the final
+    model keep plain parameter names; the ragged last batch of each epoch is dropped (320 rows in batches of
+    100: 3 steps per epoch), so the compiled graph is not rebuilt for its size."""
     from conftest import base_overrides
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
     import tuneforge
+    from tuneforge.engine import compiling
+
+    monkeypatch.setattr(compiling, "SCOPE", scope)
 
     run = tuneforge.train(None, base_overrides(
         tiny_bert, toy_data, tmp_path / "run", torch_compile="true", per_device_train_batch_size=100,
@@ -196,6 +200,37 @@ def test_torch_compile_trains_and_saves_plain_weights(tiny_bert, toy_data, tmp_p
     # the compiled model's own evaluation agrees with the saved weights evaluated without compilation
     again = evaluate_run(run.path, str(toy_data["validation"]), "again")
     assert again["accuracy"] == pytest.approx(run.metrics["eval"]["accuracy"])
+
+
+def test_regional_compilation_finds_the_repeated_layers(tiny_bert):
+    """"blocks" compiles the outermost lists of same-class layers: BERT's encoder layers, T5's encoder and
+    decoder blocks (not the mixed-class sub-layer lists inside a T5 block)."""
+    from transformers import AutoModelForSequenceClassification, T5Config, T5ForConditionalGeneration
+
+    from tuneforge.engine.compiling import repeated_blocks
+
+    bert = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    assert repeated_blocks(bert) == list(bert.bert.encoder.layer)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_ff=32, d_kv=4, num_heads=2,
+                                             num_layers=2, num_decoder_layers=3))
+    assert repeated_blocks(t5) == list(t5.encoder.block) + list(t5.decoder.block)
+    assert repeated_blocks(torch.nn.Linear(2, 2)) == []
+
+
+def test_evaluation_runs_compiled_modules_uncompiled():
+    """eager() (used around every evaluation) keeps compiled modules from compiling: evaluation lengths vary
+    and generation grows them token by token."""
+    from torch._dynamo.testing import CompileCounter
+
+    from tuneforge.engine.compiling import eager
+
+    counter = CompileCounter()
+    double = torch.compile(lambda x: x * 2, backend=counter)
+    with eager():
+        assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))
+    assert counter.frame_count == 0
+    double(torch.ones(3))
+    assert counter.frame_count == 1
 
 
 def test_a_session_on_another_device_resets_accelerates_per_process_state():

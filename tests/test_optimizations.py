@@ -209,6 +209,34 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
         torch.testing.assert_close(checkpointed[name], grad)
 
 
+def test_fused_gelu_gives_the_same_outputs_and_gradients(tiny_gpt2_lm):
+    """GPT-2's eight-kernel tanh-GELU becomes transformers' one-kernel GELUTanh: same logits and gradients;
+    the config keeps its activation name, so the saved model is unchanged."""
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import NewGELUActivation
+
+    from tuneforge.engine.kernels import fuse_activations
+
+    ids = torch.randint(1, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def run(fuse):
+        model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_lm)
+        note = fuse_activations(model) if fuse else None
+        out = model(input_ids=ids, labels=ids, use_cache=False)
+        out.loss.backward()
+        return model, note, out.logits, {n: p.grad for n, p in model.named_parameters()}
+
+    _, _, logits, grads = run(False)
+    model, note, fused_logits, fused_grads = run(True)
+    assert note.startswith("activations: 2 tanh-GELUs")
+    assert not [m for m in model.modules() if isinstance(m, NewGELUActivation)]
+    assert model.config.activation_function == "gelu_new"
+    assert fuse_activations(model) is None  # nothing left to swap
+    torch.testing.assert_close(fused_logits, logits)
+    for name, grad in grads.items():
+        torch.testing.assert_close(fused_grads[name], grad)
+
+
 def test_frozen_weights_in_bfloat16_train_with_bf16_autocast(tiny_bert, toy_data, tmp_path, capsys):
     _, p = _prepared(tiny_bert, toy_data, tmp_path, "freeze.bottom_layers=1", "freeze.embeddings=true",
                         "torch_dtype=bfloat16", "mixed_precision=bf16")

@@ -158,13 +158,14 @@ def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prep
             console.print(note, highlight=False)
     fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True
     session = start_session(cfg, console, fp16_safe)
-    if session.accelerator.device.type == "cpu" and session.accelerator.mixed_precision == "bf16":
-        from tuneforge.engine.precision import cpu_bf16_attention
+    from tuneforge.engine.kernels import fuse_activations
+    from tuneforge.engine.precision import cpu_bf16_attention
 
-        note = cpu_bf16_attention(model)
-        if note:
-            console.print(note, highlight=False)
-    for note in apply_memory_savers(model, cfg, session.accelerator.mixed_precision):
+    notes = [fuse_activations(model)]
+    if session.accelerator.device.type == "cpu" and session.accelerator.mixed_precision == "bf16":
+        notes.append(cpu_bf16_attention(model))
+    notes += apply_memory_savers(model, cfg, session.accelerator.mixed_precision)
+    for note in filter(None, notes):
         console.print(note, highlight=False)
     max_length = task.max_length(cfg, tokenizer, model.config)
     splits = task.tokenize(tokenizer, data, cfg, max_length)

@@ -33,6 +33,7 @@ from tuneforge.engine.checkpoint import (
     rotate,
     save_checkpoint,
 )
+from tuneforge.engine.compiling import compile_for_training, eager
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.tracking import Tracker
@@ -106,8 +107,10 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
             task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
         return state
 
-    # out of memory here halves the evaluation batch only (and later evaluations start from it)
-    state, cfg.training.per_device_eval_batch_size = run_with_backoff(run, cfg.training.per_device_eval_batch_size)
+    # out of memory here halves the evaluation batch only (and later evaluations start from it); a compiled
+    # model evaluates uncompiled (engine/compiling.py)
+    with eager():
+        state, cfg.training.per_device_eval_batch_size = run_with_backoff(run, cfg.training.per_device_eval_batch_size)
     model.train(was_training)
     return task.eval_metrics(state, data)
 
@@ -141,13 +144,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    loss_fn = task.loss
-    if t.torch_compile:
-        # in place (nn.Module.compile): parameter names, save_pretrained and checkpoints stay unchanged;
-        # training also compiles forward + loss as one graph, so the cross-entropy fuses with the logits
-        # instead of materialising fp32 copies of them (batch x length x vocabulary for a causal LM)
-        accelerator.unwrap_model(model).compile()
-        loss_fn = torch.compile(task.loss)
+    # in place: parameter names, save_pretrained and checkpoints stay unchanged
+    loss_fn = compile_for_training(accelerator.unwrap_model(model), task) if t.torch_compile else task.loss
     scaler = accelerator.scaler
     ckpt_dir = run_dir / "checkpoints"
     clean_stale(ckpt_dir)

@@ -172,8 +172,10 @@ class CausalLMTask:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         # use_cache=False: with a cache (GPT-2 builds one by default) transformers ignores the position-id
         # document boundaries and packed documents would attend to each other
-        logits = model(**inputs, use_cache=False).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
+        logits = model(**inputs, use_cache=False).logits
+        # shift the labels, not the logits: slicing the logits would copy all of them (batch x length x
+        # vocabulary) forward and backward; the last position gets no target
+        labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
         losses = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                                  reduction=reduction)
         return losses if reduction == "sum" else losses.view(labels.shape)
