@@ -38,6 +38,16 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] =
     return path
 
 
+def cpu_accelerator():
+    """An Accelerator on the CPU whatever earlier tests left: accelerate keeps one device per process and
+    refuses cpu=True once a GPU state exists (as on a GPU machine)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=True)
+
+
 def one_line_error(capsys, argv: list[str]) -> str:
     """Run the CLI in-process; assert exit code 2 and exactly one `error:` line on stderr, no traceback."""
     from tuneforge.cli import main

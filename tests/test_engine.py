@@ -16,7 +16,7 @@ from tuneforge.engine.precision import resolve_mixed_precision
 
 
 def _model_and_split(tiny_bert, n=8):
-    from accelerate import Accelerator
+    from conftest import cpu_accelerator
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
@@ -27,7 +27,7 @@ def _model_and_split(tiny_bert, n=8):
     vocab = model.config.vocab_size
     rows = [[2, *rng.integers(5, vocab, size=int(n_tok)).tolist(), 3] for n_tok in rng.integers(1, 30, size=n)]
     split = TokenizedSplit.from_lists(rows, labels=rng.integers(0, 3, size=n).tolist())
-    return Accelerator(cpu=True), model, split
+    return cpu_accelerator(), model, split
 
 
 def _grads(accelerator, model, task, split, groups):
@@ -259,3 +259,21 @@ def test_batch_count_matches_the_batches_made(drop_last):
             batches = batch_order(np.arange(n) + 1, size, 0, 0, drop_last=drop_last)
             assert batch_count(n, size, drop_last) == len(batches)
             assert sum(map(len, batches)) == (n if not drop_last or n < size else n - n % size)
+
+
+def test_torch_compile_auto_compiles_only_long_gpu_runs_of_measured_tasks():
+    from tuneforge.engine.compiling import AUTO_MIN_STEPS, resolve_compile
+
+    assert resolve_compile("auto", "cuda", "causal_lm", AUTO_MIN_STEPS)[0] is True
+    assert resolve_compile("auto", "cuda", "classification", 5 * AUTO_MIN_STEPS)[0] is True
+    short, note = resolve_compile("auto", "cuda", "classification", AUTO_MIN_STEPS - 1)
+    assert short is False and "too few" in note
+    assert resolve_compile("auto", "cuda", "seq2seq", 10 * AUTO_MIN_STEPS)[0] is False
+    assert resolve_compile("auto", "cpu", "causal_lm", 10 * AUTO_MIN_STEPS) == (False, None)
+    assert resolve_compile(True, "cpu", "seq2seq", 1) == (True, None)  # asked for: always honoured
+    assert resolve_compile(False, "cuda", "causal_lm", 10 * AUTO_MIN_STEPS) == (False, None)
+    cfg = load_config(None, ["task=classification", "model_name_or_path=x", "train_file=x.csv"])
+    assert cfg.training.torch_compile == "auto"
+    for text, value in (("true", True), ("false", False), ("auto", "auto")):
+        assert load_config(None, ["task=classification", "model_name_or_path=x", "train_file=x.csv",
+                                  f"torch_compile={text}"]).training.torch_compile == value

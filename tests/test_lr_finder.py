@@ -64,7 +64,7 @@ def _mlp():
 def test_suggestion_converges_and_100x_it_does_not_on_a_toy_problem():
     from types import SimpleNamespace
 
-    from accelerate import Accelerator
+    from conftest import cpu_accelerator
 
     from tuneforge.config.schema import TrainingConfig
     from tuneforge.data.prepared import TokenizedSplit
@@ -74,7 +74,7 @@ def test_suggestion_converges_and_100x_it_does_not_on_a_toy_problem():
 
     task = _Quadrants()
     split = TokenizedSplit.from_lists([[1]] * len(task.y))  # row i stands for example i
-    accelerator = Accelerator(cpu=True)
+    accelerator = cpu_accelerator()
     t = TrainingConfig(per_device_train_batch_size=32, lr_find_min_lr=1e-5, lr_find_max_lr=100,
                        lr_find_num_steps=120, weight_decay=0.0, train_sampling_strategy="random")
     result = lr_range_test(task, _mlp(), SimpleNamespace(pad_token_id=0), split, accelerator, t)

@@ -70,7 +70,7 @@ def test_class_weights_unknown_label_is_one_line(tiny_bert, toy_data, tmp_path, 
 def _prepared(tiny_bert, toy_data, tmp_path, *extra):
     from tuneforge.run import prepare_training
 
-    cfg = load_config(None, base_overrides(tiny_bert, toy_data, tmp_path / "run") + list(extra))
+    cfg = load_config(None, base_overrides(tiny_bert, toy_data, tmp_path / "run", use_cpu=True) + list(extra))
     task = get_task("classification")
     return task, prepare_training(cfg, task, task.prepare_data(cfg), Console(quiet=True))
 
@@ -145,7 +145,7 @@ def test_cpu_uses_the_memory_estimate_and_keeps_the_effective_batch(tiny_bert, t
     run = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "auto", auto_find_batch_size=True,
                                                per_device_train_batch_size=16, gradient_accumulation_steps=2,
                                                max_steps=2, eval_strategy="no", save_strategy="no",
-                                               load_best_model_at_end=False, mixed_precision="no"))
+                                               load_best_model_at_end=False, mixed_precision="no", use_cpu=True))
     found = run.info["auto_find_batch_size"]
     assert (found["per_device_train_batch_size"], found["gradient_accumulation_steps"]) == (4, 8)
     assert found["method"] == "memory estimate" and run.config.training.gradient_accumulation_steps == 8

@@ -103,7 +103,7 @@ def test_target_padding_is_ignored_by_the_loss(tiny_t5, copy_data):
 
 
 def test_accumulated_token_gradients_equal_one_big_batch(tiny_t5):
-    from accelerate import Accelerator
+    from conftest import cpu_accelerator
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from tuneforge.data.prepared import TokenizedSplit
@@ -116,7 +116,7 @@ def test_accumulated_token_gradients_equal_one_big_batch(tiny_t5):
     rows = copy_rows(5, 9)
     src = TokenizedSplit.from_lists([tok(r["text"])["input_ids"] for r in rows])
     src.attach_targets(TokenizedSplit.from_lists([tok(text_target=r["summary"])["input_ids"] for r in rows]))
-    acc = Accelerator(cpu=True)
+    acc = cpu_accelerator()
 
     def grads(groups):
         model.zero_grad(set_to_none=True)

@@ -33,7 +33,7 @@ from tuneforge.engine.checkpoint import (
     rotate,
     save_checkpoint,
 )
-from tuneforge.engine.compiling import compile_for_training, eager
+from tuneforge.engine.compiling import compile_for_training, eager, resolve_compile
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.tracking import Tracker
@@ -133,19 +133,25 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     # unseen lengths took up to 2 s against 0.2 s), so buckets of 16 pay for their padding there (docs/BENCHMARKS.md;
     # in fp32 they did not).
     cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
-    multiple = 64 if t.torch_compile else 8 if device.type == "cuda" else 16 if cpu_bf16 else None
     G = t.gradient_accumulation_steps
+
+    def plan(drop_last: bool) -> tuple[int, int]:  # (steps per epoch, total steps)
+        per_epoch = math.ceil(batch_count(len(train), t.per_device_train_batch_size, drop_last=drop_last) / G)
+        return per_epoch, t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * per_epoch)
+
+    compiled, note = resolve_compile(t.torch_compile, device.type, cfg.task, plan(False)[1])
+    if note:
+        tracker.print(note)
+    multiple = 64 if compiled else 8 if device.type == "cuda" else 16 if cpu_bf16 else None
     # a compiled model drops the ragged last batch of each epoch (it would recompile for its size)
-    n_batches = batch_count(len(train), t.per_device_train_batch_size, drop_last=t.torch_compile)
-    steps_per_epoch = math.ceil(n_batches / G)
-    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+    steps_per_epoch, total_steps = plan(compiled)
     tracker.total_steps = total_steps
 
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     # in place: parameter names, save_pretrained and checkpoints stay unchanged
-    loss_fn = compile_for_training(accelerator.unwrap_model(model), task) if t.torch_compile else task.loss
+    loss_fn = compile_for_training(accelerator.unwrap_model(model), task) if compiled else task.loss
     scaler = accelerator.scaler
     ckpt_dir = run_dir / "checkpoints"
     clean_stale(ckpt_dir)
@@ -223,7 +229,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     with GracefulStop(tracker.print) as stop:
         while result.global_step < total_steps and not result.stopped_early:
             batches = batch_order(lengths, t.per_device_train_batch_size, t.seed, epoch, t.train_sampling_strategy,
-                                  drop_last=t.torch_compile)
+                                  drop_last=compiled)
             windows = [batches[i:i + G] for i in range(0, len(batches), G)]
             first = skip_windows if epoch == start_epoch else 0
             it = loader([b for w in windows[first:] for b in w])
