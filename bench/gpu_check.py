@@ -1,22 +1,26 @@
 """GPU benchmark: tuneforge vs plain transformers.Trainer recipes on one GPU, same model, data and device.
 
     python bench/gpu_check.py                 # both cases, 3 recipes each: about 5 minutes on one H100
-    python bench/gpu_check.py --recipes tutorial trainer+ tuneforge tuneforge-compile  # + compiled: 9-10 minutes
+    python bench/gpu_check.py --recipes tutorial trainer+ tuneforge tuneforge-compile  # + compiled: ~7 minutes
     python bench/gpu_check.py --smoke         # tiny models, a few steps: checks the script itself (CPU is fine)
 
 Cases (random-init models: throughput does not depend on the weights; no hub access is needed):
   gpt2    GPT-2 124M causal LM on generated documents of varied length (median ~300 tokens, long tail)
           tutorial   Trainer, pad every document to 512, batch 4, fp32 (the guide's recipe)
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
-          tuneforge  defaults: packing into 1024-token blocks, bf16, fused AdamW, batch 16
-          tuneforge-compile   the same with torch_compile=true (what compiling buys, and what it costs up front)
-          tuneforge-blocks    torch_compile=true, regional: each repeated layer compiled, one graph shared by all
+          tuneforge  defaults, eager (what torch_compile=auto gives runs under 1000 steps, as these 75 are):
+                     packing into 1024-token blocks, bf16, fused AdamW, batch 16
+          tuneforge-compile   torch_compile=true, its automatic scope (what auto gives runs of 1000+ steps):
+                     the whole model with its loss here (one shape), each repeated layer for bert (varied lengths)
+          tuneforge-model, tuneforge-blocks   torch_compile=true with the scope forced, to compare the two
           tuneforge-profile   defaults, 2 x warm-up steps under torch.profiler: the top kernels go to stderr
+          tuneforge-mem       defaults at the tutorial's tokens per step (batch 2 x 1024 = its 4 x 512): peak memory
   bert    BERT-base classification on generated reviews (~70 tokens)
           tutorial   Trainer, pad to 512, batch 16, fp32
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
           tuneforge  defaults, batch 32
-          tuneforge-compile, tuneforge-blocks, tuneforge-profile   as for gpt2
+          tuneforge-compile, tuneforge-model, tuneforge-blocks, tuneforge-profile   as for gpt2
+          tuneforge-mem       defaults at the tutorial's 16 rows per step: peak memory
 Each recipe runs a fixed number of optimizer steps after warm-up (compile happens in warm-up) and reports
 real (non-pad) tokens/s, samples/s, MFU (GPU only), peak GPU memory, the warm-up time (compile included) and
 the eval loss after the same number of steps: a sanity check that training works, not a quality comparison
@@ -211,18 +215,21 @@ def run_trainer(case: str, recipe: str, model: Path, train: Path, val: Path, ste
 
 
 def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, warmup: int, smoke: bool,
-                  scope: str | None) -> dict:
-    """tuneforge's defaults; `scope` "model" or "blocks" turns torch_compile on with that scope."""
+                  scope: str | None, batch: int | None = None) -> dict:
+    """tuneforge's defaults with torch_compile off (scope None), on ("auto": its own choice of scope) or on with
+    the scope forced ("model", "blocks"); `batch` overrides the batch size (16 blocks for gpt2, 32 rows for
+    bert)."""
     import torch
 
     import tuneforge
     from tuneforge.engine import compiling
 
     compile_ = scope is not None
-    if compile_:
+    if scope in ("model", "blocks"):
         compiling.SCOPE = scope
     cuda = torch.cuda.is_available()
-    out = train.parent / f"tuneforge-{scope or 'eager'}-run"
+    batch = 4 if smoke else batch or (16 if case == "gpt2" else 32)
+    out = train.parent / f"tuneforge-{scope or 'eager'}-{batch}-run"
     common = [f"model_name_or_path={model}", f"train_file={train}", f"validation_file={val}", f"output_dir={out}",
               f"preprocessing_cache_dir={train.parent / 'cache'}", f"max_steps={warmup + steps}",
               f"logging_steps={warmup}", "eval_strategy=steps", f"eval_steps={warmup + steps}", "save_strategy=no",
@@ -230,16 +237,15 @@ def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, wa
               "report_to=none", "learning_rate=5e-5", "warmup_steps=0", f"torch_compile={str(compile_).lower()}"]
     if case == "gpt2":
         common += ["task=causal_lm", f"block_size={128 if smoke else 1024}",
-                   f"per_device_train_batch_size={4 if smoke else 16}"]
+                   f"per_device_train_batch_size={batch}"]
     else:
-        common += ["task=classification", f"per_device_train_batch_size={4 if smoke else 32}",
+        common += ["task=classification", f"per_device_train_batch_size={batch}",
                    f"max_length={64 if smoke else 512}"]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     run = tuneforge.train(None, common)
     records = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "tokens_per_second" in r and r["step"] > warmup]
-    batch = 4 if smoke else (16 if case == "gpt2" else 32)
     first = next(r for r in records if "samples_per_second" in r and r["step"] == warmup)
     seconds = [warmup * batch / r["samples_per_second"] for r in timed]  # each record covers `warmup` steps
     samples = warmup * batch * len(timed)
@@ -276,8 +282,11 @@ def child(args: argparse.Namespace) -> int:
     if args.recipe == "tuneforge-profile":
         result = profile_tuneforge(args.case, folder / "model", train, val, args.warmup, args.smoke)
     elif args.recipe.startswith("tuneforge"):
-        scope = {"tuneforge-compile": "model", "tuneforge-blocks": "blocks"}.get(args.recipe)
-        result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke, scope)
+        scope = {"tuneforge-compile": "auto", "tuneforge-model": "model", "tuneforge-blocks": "blocks"}.get(args.recipe)
+        # tuneforge-mem: the tutorial's tokens per step (gpt2: 2 x 1024 = its 4 x 512) or rows per step (bert: 16)
+        batch = (2 if args.case == "gpt2" else 16) if args.recipe == "tuneforge-mem" else None
+        result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke, scope,
+                               batch)
     else:
         result = run_trainer(args.case, args.recipe, folder / "model", train, val, args.steps, args.warmup,
                              args.smoke)
@@ -293,9 +302,10 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny models and few steps (checks the script)")
     parser.add_argument("--cases", nargs="*", default=["gpt2", "bert"])
     parser.add_argument("--recipes", nargs="*", default=["tutorial", "trainer+", "tuneforge"],
-                        choices=["tutorial", "trainer+", "tuneforge", "tuneforge-compile", "tuneforge-blocks",
-                                 "tuneforge-profile"],
-                        help="tuneforge-compile (torch_compile=true) adds 2-3 minutes of compilation per case")
+                        choices=["tutorial", "trainer+", "tuneforge", "tuneforge-compile", "tuneforge-model",
+                                 "tuneforge-blocks", "tuneforge-profile", "tuneforge-mem"],
+                        help="tuneforge-compile (torch_compile=true) adds 10-30 s of compilation per case; "
+                             "tuneforge-model on bert took over 90 s")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop starting recipes after this many seconds (each child is also cut off there)")
     parser.add_argument("--child-timeout-s", type=float, default=300, help="cut off one recipe after this long")
@@ -332,7 +342,8 @@ def main() -> int:
                    "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--smoke"] if args.smoke else [])
             started = time.perf_counter()
             try:
-                env = {**os.environ, **({"TORCH_LOGS": "recompiles"} if recipe.endswith(("compile", "blocks")) else {})}
+                compiles = recipe.endswith(("compile", "model", "blocks"))
+                env = {**os.environ, **({"TORCH_LOGS": "recompiles"} if compiles else {})}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                                       timeout=min(left, args.child_timeout_s) if left else args.child_timeout_s)
                 out, err, rc = proc.stdout, proc.stderr, proc.returncode

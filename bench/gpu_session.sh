@@ -4,9 +4,11 @@
 #
 #   bash bench/gpu_session.sh [BUDGET_SECONDS]      # default 540
 #
-# 1. GPT-2 124M: tuneforge defaults, regional compilation, tutorial Trainer, best Trainer flags (the MFU target)
+# 1. GPT-2 124M: tuneforge eager, tuneforge compiled (what torch_compile=auto gives runs of 1000+ steps), tutorial
+#    Trainer, best Trainer flags (the MFU target)
 # 2. BERT-base: the same four (the 4x rows/s target)
-# 3. GPT-2 with the whole model compiled (minutes of compilation), then the defaults under the profiler
+# 3. peak memory at the tutorial's tokens (GPT-2) or rows (BERT) per step; GPT-2 with only its layers compiled
+#    (to compare the scopes); the eager defaults under the profiler
 # 4. the GPU test subset (engine, training, causal LM, LoRA, optimizations), unless SKIP_TESTS is set
 # Wheels in .whl/ (e.g. a newer transformers than the machine's) are installed to /tmp/site first.
 # A dry run on any machine: GPU_CHECK_ARGS=--smoke bash bench/gpu_session.sh 400
@@ -38,9 +40,10 @@ run_case() {  # CASE RECIPE...: one gpu_check call, cut off when the budget is s
         --json "$out/$case-$1.json" --stderr-log "$out/$case.err" 2>&1 | grep -vE '^\s|it/s\]|[Ww]arn'
 }
 
-run_case gpt2 tuneforge tuneforge-blocks tutorial trainer+
-run_case bert tuneforge-blocks tuneforge tutorial trainer+
-run_case gpt2 tuneforge-compile tuneforge-profile
+run_case gpt2 tuneforge tuneforge-compile tutorial trainer+
+run_case bert tuneforge tuneforge-compile tutorial trainer+
+run_case gpt2 tuneforge-mem tuneforge-blocks tuneforge-profile
+run_case bert tuneforge-mem
 if [ -z "${SKIP_TESTS:-}" ]; then
     budget_left=$(left)
     if [ "$budget_left" -gt 90 ]; then

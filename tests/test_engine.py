@@ -217,6 +217,23 @@ def test_regional_compilation_finds_the_repeated_layers(tiny_bert):
     assert repeated_blocks(torch.nn.Linear(2, 2)) == []
 
 
+def test_compile_scope_follows_the_training_shapes(tiny_bert):
+    """One length for every row (packed causal LM): the whole model with its loss; varying lengths: each repeated
+    layer, so a new length recompiles one layer."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.engine.compiling import compile_for_training
+    from tuneforge.tasks import get_task
+
+    task = get_task("classification")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    loss_fn, note = compile_for_training(model, task, one_length=True)
+    assert loss_fn is not task.loss and "whole model" in note
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    loss_fn, note = compile_for_training(model, task, one_length=False)
+    assert loss_fn == task.loss and f"each of the {len(model.bert.encoder.layer)} repeated layers" in note
+
+
 def test_evaluation_runs_compiled_modules_uncompiled():
     """eager() (used around every evaluation) keeps compiled modules from compiling: evaluation lengths vary
     and generation grows them token by token."""

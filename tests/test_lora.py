@@ -63,6 +63,35 @@ def test_lora_trains_adapters_only_and_merged_weights_match(task, request, tmp_p
         torch.testing.assert_close(merged(**inputs).logits, adapted(**inputs).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_adapters_merge_without_tf32(tmp_path):
+    """Training turns TF32 matmuls on for GPUs; merging must not use them (on an H100 the TF32 merge moved a T5's
+    logits 1e-4 from the adapter's). The setting is restored afterwards."""
+    from tuneforge.engine.lora import save_lora
+
+    seen = []
+
+    class Merged:
+        def save_pretrained(self, folder):
+            seen.append(("saved", folder))
+
+    class Adapted:
+        def save_pretrained(self, folder):
+            pass
+
+        def merge_and_unload(self):
+            seen.append(("tf32 while merging", torch.backends.cuda.matmul.allow_tf32))
+            return Merged()
+
+    before = torch.backends.cuda.matmul.allow_tf32  # a backend setting, not an attribute monkeypatch can set
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        save_lora(Adapted(), tmp_path, merge=True)
+        assert seen == [("tf32 while merging", False), ("saved", tmp_path)]
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_lora_head_is_trained_and_learning_rate_defaults(tiny_bert, toy_data, tmp_path):
     from safetensors.torch import load_file
 

@@ -201,13 +201,14 @@ class TrainingConfig:
     hub_private_repo: bool = opt(False, "Create the hub repository as private.")
     use_cpu: bool = opt(False, "Train on the CPU even when a GPU is available.")
     torch_compile: bool | Literal["auto"] = opt(
-        "auto", "Compile the model with torch.compile (in training, forward + loss as one graph, so the "
-                "cross-entropy fuses with the logits); evaluation stays uncompiled. auto: on for classification "
-                "and causal-LM runs of 1000+ steps on a CUDA GPU, where it was measured to repay ~30 s of "
-                "compiling (GPT-2 2.0x, BERT-base 1.7x tokens/s on an H100; docs/BENCHMARKS.md), and a "
-                "compilation error falls back to eager; off on CPU (no gain measured) and for seq2seq (not "
-                "measured). When on, batch lengths are padded to multiples of 64 and the ragged last training "
-                "batch of each epoch is dropped, so shapes repeat instead of recompiling.")
+        "auto", "Compile with torch.compile: the whole model with its loss when every batch has one shape "
+                "(packed causal LM; the cross-entropy fuses with the logits), else each repeated layer "
+                "(regional compilation: a new batch length recompiles one layer). Evaluation stays uncompiled. "
+                "auto: on for classification and causal-LM runs of 1000+ steps on a CUDA GPU, where it was "
+                "measured to repay ~10-30 s of compiling (H100: GPT-2 2.0x, BERT-base 1.7x; docs/BENCHMARKS.md), "
+                "and a compilation error falls back to eager; off on CPU (no gain measured) and for seq2seq "
+                "(not measured). When on, batch lengths are padded to multiples of 64 and the ragged last "
+                "training batch of each epoch is dropped, so shapes repeat instead of recompiling.")
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:

@@ -8,20 +8,23 @@ True
 >>> with eager():                                      # doctest: +SKIP
 ...     evaluate(...)                                  # evaluation and generation run uncompiled
 
-Two scopes:
-- "model": the whole model, and in training forward + loss as one graph, so the cross-entropy fuses with the
-  logits instead of materialising fp32 copies of them (batch x length x vocabulary for a causal LM).
-- "blocks" (regional compilation): each repeated layer (a ModuleList of one class: GPT-2's `h`, BERT's
-  `layer`) is compiled, and the identical layers share one compiled graph, so compiling costs about one layer
-  instead of all of them; embeddings, head and loss stay eager.
+Two scopes, chosen by the training data's shapes:
+- "model" when every training row has one length (packed causal LM): the whole model, and forward + loss as
+  one graph, so the cross-entropy fuses with the logits instead of materialising fp32 copies of them
+  (batch x length x vocabulary). GPT-2 124M on an H100: 2.0x the eager tokens/s (31.7% MFU) for ~28 s of
+  compiling, where compiling only its layers gave 1.1x.
+- "blocks" (regional compilation) when lengths vary: each repeated layer (the outermost ModuleList of one
+  class: GPT-2's `h`, BERT's `layer`, T5's encoder and decoder blocks) is compiled and identical layers share
+  one graph, so compiling, and recompiling for a new batch length, costs one layer instead of the model;
+  embeddings, head and loss stay eager. BERT-base on an H100: 1.7x the eager rows/s for ~11 s, where the
+  whole model had not finished compiling for its first two batch lengths after 90 s.
 Evaluation runs eagerly under both: its lengths vary and generation grows them token by token, so a compiled
 evaluation would recompile for shapes it sees once.
 
-`auto` (the default) compiles the whole model on a CUDA GPU for classification and causal-LM runs of at least
-AUTO_MIN_STEPS optimizer steps. Measured on one H100 (docs/BENCHMARKS.md): GPT-2 124M 2.0x the eager
-tokens/s for ~28 s of compilation, BERT-base 1.7x (compiling its layers) for ~11 s, so compiling repays itself
-after about 600 steps. Not on CPU (no gain measured) and not for seq2seq (not measured; its two lengths vary
-independently). Under auto a compilation error falls back to eager instead of ending the run.
+`auto` (the default) compiles on a CUDA GPU for classification and causal-LM runs of at least AUTO_MIN_STEPS
+optimizer steps: both measured gains repay their compile time after about 600 steps. Not on CPU (no gain
+measured) and not for seq2seq (not measured). Under auto a compilation error falls back to eager instead of
+ending the run.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 
-SCOPE = "model"  # "model" or "blocks"; docs/BENCHMARKS.md measures both
+SCOPE: str | None = None  # None: by the data's shapes; bench/gpu_check.py forces "model" or "blocks" to compare
 AUTO_MIN_STEPS = 1000  # about twice the measured break-even
 AUTO_TASKS = ("classification", "causal_lm")
 
@@ -50,22 +53,21 @@ def resolve_compile(requested: bool | str, device_type: str, task: str, total_st
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # a model the compiler cannot handle trains eagerly instead
-    return True, (f"torch_compile: on (auto: a GPU run of {total_steps} steps; compiling takes ~30 s, "
+    return True, (f"torch_compile: on (auto: a GPU run of {total_steps} steps; compiling takes ~10-30 s; "
                   "evaluation stays uncompiled)")
 
 
-def compile_for_training(model: Any, task: Any, scope: str | None = None) -> Any:
-    """Compile `model` in place; returns the loss function the loop should call (task.loss or its compiled
-    form)."""
-    scope = scope or SCOPE
-    if scope == "blocks":
-        blocks = repeated_blocks(model)
-        if blocks:
-            for block in blocks:
-                block.compile()
-            return task.loss
+def compile_for_training(model: Any, task: Any, one_length: bool, scope: str | None = None) -> tuple[Any, str]:
+    """Compile `model` in place (the whole model when every training row has `one_length`, else its repeated
+    layers); returns the loss function the loop should call and a note saying what was compiled."""
+    scope = scope or SCOPE or ("model" if one_length else "blocks")
+    blocks = repeated_blocks(model) if scope == "blocks" else []
+    if blocks:
+        for block in blocks:
+            block.compile()
+        return task.loss, f"compiled: each of the {len(blocks)} repeated layers (batch lengths vary)"
     model.compile()
-    return torch.compile(task.loss)
+    return torch.compile(task.loss), "compiled: the whole model with its loss (every batch has one shape)"
 
 
 def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

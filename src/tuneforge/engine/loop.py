@@ -151,7 +151,11 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     scheduler = build_scheduler(optimizer, t, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     # in place: parameter names, save_pretrained and checkpoints stay unchanged
-    loss_fn = compile_for_training(accelerator.unwrap_model(model), task) if compiled else task.loss
+    loss_fn = task.loss
+    if compiled:
+        loss_fn, note = compile_for_training(accelerator.unwrap_model(model), task,
+                                             one_length=len(np.unique(train.batch_lengths)) == 1)
+        tracker.print(note)
     scaler = accelerator.scaler
     ckpt_dir = run_dir / "checkpoints"
     clean_stale(ckpt_dir)
