@@ -229,7 +229,7 @@ def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, wa
         compiling.SCOPE = scope
     cuda = torch.cuda.is_available()
     batch = 4 if smoke else batch or (16 if case == "gpt2" else 32)
-    out = train.parent / f"tuneforge-{scope or 'eager'}-{batch}-run"
+    out = Path(tempfile.mkdtemp(dir=train.parent, prefix=f"tuneforge-{scope or 'eager'}-{batch}-")) / "run"
     common = [f"model_name_or_path={model}", f"train_file={train}", f"validation_file={val}", f"output_dir={out}",
               f"preprocessing_cache_dir={train.parent / 'cache'}", f"max_steps={warmup + steps}",
               f"logging_steps={warmup}", "eval_strategy=steps", f"eval_steps={warmup + steps}", "save_strategy=no",
