@@ -6,7 +6,8 @@
 GPT-2, GPT-J, CodeGen and the T5 v1.1 / FLAN-T5 family use transformers' `NewGELUActivation`, which writes the
 tanh approximation of GELU as eight elementwise operations: eight kernels forward and more backward, each a
 full pass over the (batch x length x 4 x width) MLP activations, the largest tensors of a layer (memory-bound
-time that eager mode cannot overlap with the matmuls; on CPU, fused was 4.3x faster forward + backward).
+time that eager mode cannot overlap with the matmuls; on CPU, fused was about 4x faster forward + backward,
+docs/BENCHMARKS.md).
 transformers' `GELUTanh` computes the same formula as one fused kernel (`gelu(approximate="tanh")`), in fp32
 internally. Only the module in memory changes: the saved config keeps its activation name, so the saved model
 is unchanged.

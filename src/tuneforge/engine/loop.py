@@ -150,9 +150,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    # in place: parameter names, save_pretrained and checkpoints stay unchanged
     loss_fn = task.loss
-    if compiled:
+    if compiled:  # in place: parameter names, save_pretrained and checkpoints stay unchanged
         loss_fn, note = compile_for_training(accelerator.unwrap_model(model), task,
                                              one_length=len(np.unique(train.batch_lengths)) == 1)
         tracker.print(note)
