@@ -83,6 +83,7 @@ def tiny_bert(tmp_path_factory) -> Path:
     fast.save_pretrained(folder)
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+    torch_seed()  # the same weights whichever test builds the fixture first
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 

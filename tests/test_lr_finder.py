@@ -117,7 +117,9 @@ def test_range_test_restores_initial_weights_and_rng(tiny_bert, toy_data, tmp_pa
 
 def test_learning_rate_auto_records_its_choice(tiny_bert, toy_data, tmp_path):
     out = tmp_path / "auto"
-    items = [o for o in _lr_overrides(tiny_bert, toy_data, tmp_path, 80, 1e-3) if not o.startswith("output_dir")]
+    # 150 steps from 1e-4: the smoothed loss fell to 0.52-0.75 of its start for training seeds 0-5; 80 steps from
+    # 1e-3 left it at 0.62-0.98 (the check below needs < 0.95), so a CI run failed on an unlucky initialisation
+    items = [o for o in _lr_overrides(tiny_bert, toy_data, tmp_path, 150, 1e-4) if not o.startswith("output_dir")]
     run = tuneforge.train(None, items + ["learning_rate=auto", f"output_dir={out}", "num_train_epochs=1",
                                          "save_strategy=no"])
     info = json.loads((out / "run.json").read_text())
