@@ -4,7 +4,7 @@
 (False, None)
 >>> resolve_compile("auto", "cuda", "causal_lm", 5000)[0]
 True
->>> loss_fn = compile_for_training(model, task)        # doctest: +SKIP
+>>> loss_fn, note = compile_for_training(model, task, one_length=True)   # doctest: +SKIP
 >>> with eager():                                      # doctest: +SKIP
 ...     evaluate(...)                                  # evaluation and generation run uncompiled
 
@@ -50,16 +50,19 @@ def resolve_compile(requested: bool | str, device_type: str, task: str, total_st
     if total_steps < AUTO_MIN_STEPS:
         return False, (f"torch_compile: off (auto: {total_steps} steps are too few to repay compiling, "
                        f"which pays from ~600 on an H100; the threshold is {AUTO_MIN_STEPS})")
-    import torch._dynamo
-
-    torch._dynamo.config.suppress_errors = True  # a model the compiler cannot handle trains eagerly instead
     return True, (f"torch_compile: on (auto: a GPU run of {total_steps} steps; compiling takes ~10-30 s; "
                   "evaluation stays uncompiled)")
 
 
-def compile_for_training(model: Any, task: Any, one_length: bool, scope: str | None = None) -> tuple[Any, str]:
+def compile_for_training(model: Any, task: Any, one_length: bool, fall_back: bool = False,
+                         scope: str | None = None) -> tuple[Any, str]:
     """Compile `model` in place (the whole model when every training row has `one_length`, else its repeated
-    layers); returns the loss function the loop should call and a note saying what was compiled."""
+    layers); returns the loss function the loop should call and a note saying what was compiled. `fall_back`
+    (torch_compile=auto): a model the compiler cannot handle runs eagerly instead of failing."""
+    if fall_back:  # imported here: importing dynamo costs ~1.6 s, paid only by runs that compile
+        from torch._dynamo import config as dynamo_config
+
+        dynamo_config.suppress_errors = True
     scope = scope or SCOPE or ("model" if one_length else "blocks")
     blocks = repeated_blocks(model) if scope == "blocks" else []
     if blocks:

@@ -153,7 +153,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     loss_fn = task.loss
     if compiled:  # in place: parameter names, save_pretrained and checkpoints stay unchanged
         loss_fn, note = compile_for_training(accelerator.unwrap_model(model), task,
-                                             one_length=len(np.unique(train.batch_lengths)) == 1)
+                                             one_length=len(np.unique(train.batch_lengths)) == 1,
+                                             fall_back=t.torch_compile == "auto")
         tracker.print(note)
     scaler = accelerator.scaler
     ckpt_dir = run_dir / "checkpoints"
