@@ -15,12 +15,15 @@ Cases (random-init models: throughput does not depend on the weights; no hub acc
           tuneforge-model, tuneforge-blocks   torch_compile=true with the scope forced, to compare the two
           tuneforge-profile   defaults, 2 x warm-up steps under torch.profiler: the top kernels go to stderr
           tuneforge-mem       defaults at the tutorial's tokens per step (batch 2 x 1024 = its 4 x 512): peak memory
+                     (evaluation at the same batch, so its logits do not set the peak)
+          tuneforge-mem-compile   the same, compiled (what auto gives runs of 1000+ steps)
   bert    BERT-base classification on generated reviews (~70 tokens)
           tutorial   Trainer, pad to 512, batch 16, fp32
           trainer+   Trainer, dynamic padding, group_by_length, bf16, fused AdamW, batch 32
           tuneforge  defaults, batch 32
           tuneforge-compile, tuneforge-model, tuneforge-blocks, tuneforge-profile   as for gpt2
           tuneforge-mem       defaults at the tutorial's 16 rows per step: peak memory
+          tuneforge-mem-compile   the same, compiled
 Each recipe runs a fixed number of optimizer steps after warm-up (compile happens in warm-up) and reports
 real (non-pad) tokens/s, samples/s, MFU (GPU only), peak GPU memory, the warm-up time (compile included) and
 the eval loss after the same number of steps: a sanity check that training works, not a quality comparison
@@ -215,10 +218,10 @@ def run_trainer(case: str, recipe: str, model: Path, train: Path, val: Path, ste
 
 
 def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, warmup: int, smoke: bool,
-                  scope: str | None, batch: int | None = None) -> dict:
+                  scope: str | None, batch: int | None = None, eval_batch: int | None = None) -> dict:
     """tuneforge's defaults with torch_compile off (scope None), on ("auto": its own choice of scope) or on with
     the scope forced ("model", "blocks"); `batch` overrides the batch size (16 blocks for gpt2, 32 rows for
-    bert)."""
+    bert), `eval_batch` the evaluation batch."""
     import torch
 
     import tuneforge
@@ -230,7 +233,8 @@ def run_tuneforge(case: str, model: Path, train: Path, val: Path, steps: int, wa
     cuda = torch.cuda.is_available()
     batch = 4 if smoke else batch or (16 if case == "gpt2" else 32)
     out = Path(tempfile.mkdtemp(dir=train.parent, prefix=f"tuneforge-{scope or 'eager'}-{batch}-")) / "run"
-    common = [f"model_name_or_path={model}", f"train_file={train}", f"validation_file={val}", f"output_dir={out}",
+    common = [f"per_device_eval_batch_size={eval_batch}"] if eval_batch else []
+    common += [f"model_name_or_path={model}", f"train_file={train}", f"validation_file={val}", f"output_dir={out}",
               f"preprocessing_cache_dir={train.parent / 'cache'}", f"max_steps={warmup + steps}",
               f"logging_steps={warmup}", "eval_strategy=steps", f"eval_steps={warmup + steps}", "save_strategy=no",
               "load_best_model_at_end=false",
@@ -282,11 +286,13 @@ def child(args: argparse.Namespace) -> int:
     if args.recipe == "tuneforge-profile":
         result = profile_tuneforge(args.case, folder / "model", train, val, args.warmup, args.smoke)
     elif args.recipe.startswith("tuneforge"):
-        scope = {"tuneforge-compile": "auto", "tuneforge-model": "model", "tuneforge-blocks": "blocks"}.get(args.recipe)
-        # tuneforge-mem: the tutorial's tokens per step (gpt2: 2 x 1024 = its 4 x 512) or rows per step (bert: 16)
-        batch = (2 if args.case == "gpt2" else 16) if args.recipe == "tuneforge-mem" else None
+        scope = {"tuneforge-compile": "auto", "tuneforge-mem-compile": "auto", "tuneforge-model": "model",
+                 "tuneforge-blocks": "blocks"}.get(args.recipe)
+        # tuneforge-mem(-compile): the tutorial's tokens per step (gpt2: 2 x 1024 = its 4 x 512) or rows per step
+        # (bert: 16), evaluating at that batch too (peak memory is read after the final evaluation)
+        batch = (2 if args.case == "gpt2" else 16) if args.recipe.startswith("tuneforge-mem") else None
         result = run_tuneforge(args.case, folder / "model", train, val, args.steps, args.warmup, args.smoke, scope,
-                               batch)
+                               batch, eval_batch=batch)
     else:
         result = run_trainer(args.case, args.recipe, folder / "model", train, val, args.steps, args.warmup,
                              args.smoke)
@@ -303,7 +309,7 @@ def main() -> int:
     parser.add_argument("--cases", nargs="*", default=["gpt2", "bert"])
     parser.add_argument("--recipes", nargs="*", default=["tutorial", "trainer+", "tuneforge"],
                         choices=["tutorial", "trainer+", "tuneforge", "tuneforge-compile", "tuneforge-model",
-                                 "tuneforge-blocks", "tuneforge-profile", "tuneforge-mem"],
+                                 "tuneforge-blocks", "tuneforge-profile", "tuneforge-mem", "tuneforge-mem-compile"],
                         help="tuneforge-compile (torch_compile=true) adds 10-30 s of compilation per case; "
                              "tuneforge-model on bert took over 90 s")
     parser.add_argument("--budget-s", type=float, default=None,
