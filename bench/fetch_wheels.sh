@@ -9,6 +9,6 @@ pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementa
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     transformers==5.24.0 peft==0.21.2 absl-py nltk regex click joblib six \
     fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic-core==2.50.5 \
-    annotated-types==0.8.0 typing-inspection==0.4.5  # the serve tests (pydantic and its core must match)
+    annotated-types==0.8.0 typing-inspection==0.4.5 opentelemetry-api==1.45.2  # the serve tests (pydantic and its core must match)
 pip wheel -q --no-deps -w .whl rouge-score==0.1.2   # an sdist only: built here, pure Python
 ls .whl

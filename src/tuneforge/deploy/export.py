@@ -103,7 +103,9 @@ def export_run(ref: str | os.PathLike, fmt: str, quantize: str | None = None, ou
         raise UserError(f"RUN: {source.path} is already an export; export from the run folder it came from")
     require_safetensors(source.path, "RUN")
     out = Path(output) if output else default_output(source.path, fmt, quantize)
-    original = LoadedModel(source, device="cpu")  # CPU: the comparison and the timing on the export's device
+    # both models on the export's device: ONNX Runtime and int8 run on the CPU, a plain export where the run would
+    device = "cpu" if fmt == "onnx" or quantize else None
+    original = LoadedModel(source, device=device)
     from tuneforge.deploy.verify import validation_data
 
     prepared = validation_data(original, data_file, max_examples)  # data problems surface before any writing
@@ -121,7 +123,7 @@ def export_run(ref: str | os.PathLike, fmt: str, quantize: str | None = None, ou
                 "generation": ("greedy, no KV cache" if fmt == "onnx" and source.task != "classification" else None),
                 "created_at": _now(), "tuneforge_version": __version__}
     _write_json(out / MANIFEST, manifest)
-    exported = LoadedModel(Artifact(out, "export", source.config, manifest, fmt, quantize, files))
+    exported = LoadedModel(Artifact(out, "export", source.config, manifest, fmt, quantize, files), device=device)
     report = verify_and_report(original, exported, source, out, min_agreement, prepared, latency_examples)
     report = {"format": fmt, "quantize": quantize, "task": source.task, "run": str(source.path),
               "export": str(out), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -145,13 +145,22 @@ def quantize_onnx(source: Path, target: Path) -> None:
     (Gather), activations quantized at run time."""
     import logging
 
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # Without the exporter's shape hints (value_info): onnxruntime 1.30 rewrites Gemm as MatMul with a transposed
+    # weight but keeps the old hint, and its own shape inference then fails ("Inferred shape and existing shape
+    # differ"). The quantizer infers shapes itself. Written next to the source so external weight files resolve.
+    model = onnx.load(str(source), load_external_data=False)
+    del model.graph.value_info[:]
+    hintless = source.with_name(source.stem + ".nohints.onnx")
+    onnx.save(model, str(hintless))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "consider pre-processing" advice, printed on every call
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(str(hintless), str(target), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "Gemm", "Gather"])
     finally:
         root.setLevel(level)
+        hintless.unlink(missing_ok=True)

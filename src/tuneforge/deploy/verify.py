@@ -8,7 +8,8 @@ What is compared, per task (both models see the same tokenized batches, made by 
                   (ONNX exports decode greedily, so the original is then also decoded greedily)
   causal_lm       agreement = share of target tokens whose next-token argmax matches; max |logit| diff;
                   perplexity of each (rows unpacked, so both see the same attention masks)
-Latency: batch-1 `predict` calls through the same code the server uses, original and export interleaved
+Both models run on the export's device (the CPU for ONNX and int8 exports, else the best one), each batch moved
+to it. Latency: batch-1 `predict` calls through the same code the server uses, original and export interleaved
 per example; p50 and mean in milliseconds, speedup = original p50 / export p50 (for ONNX exports of generative
 models the original is timed with greedy decoding too, like for like).
 """
@@ -62,6 +63,7 @@ def _batches(split: Any, size: int) -> list[np.ndarray]:
 def _compare_classification(original: Any, exported: Any, data: Any, split: Any) -> dict[str, Any]:
     import torch
 
+    from tuneforge.engine.loop import to_device
     from tuneforge.evaluate.classification import classification_metrics
 
     task, pad = original.task, original.tokenizer.pad_token_id or 0
@@ -69,7 +71,7 @@ def _compare_classification(original: Any, exported: Any, data: Any, split: Any)
     with torch.inference_mode():
         for idx in _batches(split, 32):
             batch = task.collate(split, idx, pad)
-            a, b = task.logits(original.model, batch), task.logits(exported.model, batch)
+            a, b = (task.logits(m.model, to_device(batch, m.device)).cpu() for m in (original, exported))
             diff = max(diff, float((a - b).abs().max()))
             pa, pb = a.argmax(-1), b.argmax(-1)
             same += int((pa == pb).sum())
@@ -88,6 +90,8 @@ def _teacher_forced(original: Any, exported: Any, split: Any, batch_size: int) -
     import torch
     import torch.nn.functional as F
 
+    from tuneforge.engine.loop import to_device
+
     task, pad = original.task, original.tokenizer.pad_token_id or 0
     seq2seq = original.config.task == "seq2seq"
     same = total = 0
@@ -96,11 +100,13 @@ def _teacher_forced(original: Any, exported: Any, split: Any, batch_size: int) -
         for idx in _batches(split, batch_size):
             batch = task.collate(split, idx, pad)
             labels = batch["labels"] if seq2seq else batch["labels"][:, 1:]
-            inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             outs = []
-            for j, model in enumerate((original.model, exported.model)):
-                logits = task._logits(model, batch) if seq2seq else model(**inputs, use_cache=False).logits[:, :-1]
-                logits = logits.float()
+            for j, loaded in enumerate((original, exported)):
+                on = to_device(batch, loaded.device)
+                inputs = {k: v for k, v in on.items() if k in ("input_ids", "attention_mask")}
+                logits = (task._logits(loaded.model, on) if seq2seq
+                          else loaded.model(**inputs, use_cache=False).logits[:, :-1])
+                logits = logits.float().cpu()
                 loss[j] += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
                                                  reduction="sum"))
                 outs.append(logits)
