@@ -211,3 +211,30 @@ def test_onnx_causal_lm_export_and_generate(lm_run, tmp_path):
     int8 = export_run(lm_run.path, "onnx", quantize="int8", output=tmp_path / "lm8", min_agreement=0.5,
                       latency_examples=2)
     assert int8["passed"] and int8["agreement"]["tokens"] > 0
+
+
+@onnx_deps
+def test_int8_onnx_quantization_survives_the_exporters_shape_hints(tmp_path):
+    """torch's exporter writes shape hints (value_info) for weights too; onnxruntime 1.30 transposed a Gemm's
+    weight in place (Gemm -> MatMul) under the old hint, and its own shape inference then failed."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tuneforge.deploy.quantize import quantize_onnx
+
+    w = np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)  # nn.Linear(32, 2): out x in
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], [numpy_helper.from_array(w, "w")],
+        value_info=[helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 32])])
+    source = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(source))
+    quantize_onnx(source, tmp_path / "int8.onnx")
+    x = np.random.default_rng(1).standard_normal((3, 32)).astype(np.float32)
+    y = ort.InferenceSession(str(tmp_path / "int8.onnx")).run(None, {"x": x})[0]
+    reference = x @ w.T
+    assert y.shape == (3, 2) and np.abs(y - reference).max() < 0.05 * np.abs(reference).max()  # int8 error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx", "model.onnx"]  # its hint-free copy is gone
