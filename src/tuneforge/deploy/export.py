@@ -103,7 +103,7 @@ def export_run(ref: str | os.PathLike, fmt: str, quantize: str | None = None, ou
         raise UserError(f"RUN: {source.path} is already an export; export from the run folder it came from")
     require_safetensors(source.path, "RUN")
     out = Path(output) if output else default_output(source.path, fmt, quantize)
-    # both models on the export's device: ONNX Runtime and int8 run on the CPU, a plain export where the run would
+    # both models on the device the export will run on: the CPU for ONNX Runtime and int8, else the best one
     device = "cpu" if fmt == "onnx" or quantize else None
     original = LoadedModel(source, device=device)
     from tuneforge.deploy.verify import validation_data
