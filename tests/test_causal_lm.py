@@ -204,7 +204,7 @@ def test_error_analysis_loss_per_document_matches_a_single_document_pass(tiny_gp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.evaluate.errors import evaluate_with_analysis
+    from tuneforge.engine.evaluation import evaluate_with_analysis
 
     path = tmp_path / "docs.txt"
     path.write_text("\n\n".join(LM_CORPUS) + "\n")

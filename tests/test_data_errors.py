@@ -16,7 +16,7 @@ from conftest import one_line_error
 
 from tuneforge.config import load_config
 from tuneforge.errors import DataError, UserError
-from tuneforge.run import prepare_output_dir
+from tuneforge.runs.train import prepare_output_dir
 from tuneforge.tasks import get_task
 
 BASE = ["task=classification", "model_name_or_path=unused"]

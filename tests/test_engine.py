@@ -31,7 +31,7 @@ def _model_and_split(tiny_bert, n=8):
 
 
 def _grads(accelerator, model, task, split, groups):
-    from tuneforge.engine.loop import forward_backward
+    from tuneforge.engine.step import forward_backward
 
     model.zero_grad(set_to_none=True)
     micro = [task.collate(split, np.asarray(g), 0) for g in groups]

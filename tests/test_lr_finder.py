@@ -68,9 +68,9 @@ def test_suggestion_converges_and_100x_it_does_not_on_a_toy_problem():
 
     from tuneforge.config.schema import TrainingConfig
     from tuneforge.data.prepared import TokenizedSplit
-    from tuneforge.engine.loop import forward_backward
     from tuneforge.engine.lr_finder import lr_range_test
     from tuneforge.engine.optim import build_optimizer
+    from tuneforge.engine.step import forward_backward
 
     task = _Quadrants()
     split = TokenizedSplit.from_lists([[1]] * len(task.y))  # row i stands for example i
@@ -100,7 +100,7 @@ def test_range_test_restores_initial_weights_and_rng(tiny_bert, toy_data, tmp_pa
 
     from tuneforge.config import load_config
     from tuneforge.engine.lr_finder import lr_range_test
-    from tuneforge.run import prepare_training
+    from tuneforge.runs.train import prepare_training
     from tuneforge.tasks import get_task
 
     cfg = load_config(None, _lr_overrides(tiny_bert, toy_data, tmp_path, 8))
@@ -127,6 +127,7 @@ def test_learning_rate_auto_records_its_choice(tiny_bert, toy_data, tmp_path):
     assert (out / "lr_find.csv").exists() and (out / "lr_find.png").exists()
     assert "tenth" in info["lr_find"]["rule"]
     assert run.config.training.learning_rate == pytest.approx(chosen)
+    assert 'alt="Learning-rate finder"' in (out / "report.html").read_text()  # the report shows the test's curve
 
 
 def test_learning_rate_rejects_other_words(tiny_bert, toy_data, tmp_path, capsys):

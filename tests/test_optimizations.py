@@ -22,7 +22,7 @@ OOM = "CUDA out of memory. Tried to allocate 20.00 MiB (injected by the test)"
 def test_weighted_accumulation_equals_one_weighted_batch(tiny_bert, groups):
     import torch.nn.functional as F
 
-    from tuneforge.engine.loop import forward_backward
+    from tuneforge.engine.step import forward_backward
 
     task = get_task("classification")
     task.class_weights = [1.0, 3.0, 0.5]
@@ -68,7 +68,7 @@ def test_class_weights_unknown_label_is_one_line(tiny_bert, toy_data, tmp_path, 
 
 # ---- automatic batch size -----------------------------------------------------------------------------
 def _prepared(tiny_bert, toy_data, tmp_path, *extra):
-    from tuneforge.run import prepare_training
+    from tuneforge.runs.train import prepare_training
 
     cfg = load_config(None, base_overrides(tiny_bert, toy_data, tmp_path / "run", use_cpu=True) + list(extra))
     task = get_task("classification")
@@ -112,7 +112,7 @@ def test_other_errors_are_not_taken_for_oom():
 
 
 def test_eval_oom_halves_only_the_eval_batch(tiny_bert, toy_data, tmp_path):
-    from tuneforge.engine.loop import evaluate
+    from tuneforge.engine.evaluation import evaluate
 
     task, p = _prepared(tiny_bert, toy_data, tmp_path, "per_device_eval_batch_size=32")
     device = p.session.accelerator.device
@@ -265,7 +265,7 @@ def test_precision_reasons():
 
 def test_eval_oom_retry_does_not_count_error_analysis_rows_twice(tiny_bert, toy_data, tmp_path):
     from tuneforge.data.prepared import PreparedData
-    from tuneforge.engine.loop import evaluate
+    from tuneforge.engine.evaluation import evaluate
     from tuneforge.evaluate.errors import ErrorCollector
 
     task, p = _prepared(tiny_bert, toy_data, tmp_path, "per_device_eval_batch_size=32")

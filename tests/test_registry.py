@@ -17,7 +17,7 @@ from conftest import one_line_error
 
 import tuneforge
 from tuneforge.cli import main
-from tuneforge.registry import HEARTBEAT, STALE_SECONDS, effective_status
+from tuneforge.runs.liveness import HEARTBEAT, STALE_SECONDS, effective_status
 
 EXPECTED_UPLOAD = ["README.md", "config.json", "model.safetensors", "run_config.yaml", "tokenizer.json",
                    "tokenizer_config.json"]
@@ -145,3 +145,34 @@ def test_report_to_missing_package_fails_before_training(tiny_bert, toy_data, tm
                                    "report_to=wandb"])
     assert "pip install wandb" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_one_resolver_for_every_command(tmp_path, capsys, monkeypatch):
+    """predict/evaluate/export/serve/report and `runs show` read a run reference by the same rules: path, id,
+    unique id prefix, unique id part; ambiguity and unfinished runs are one-line errors."""
+    from tuneforge.errors import UserError
+    from tuneforge.runs.record import resolve
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    for name, status in (("20260101-000000-classification-bert", "finished"),
+                         ("20260102-000000-classification-roberta", "finished"),
+                         ("20260103-000000-seq2seq-t5", "running"), ("bert-tiny", "finished")):
+        _fake_run(root, name, pid=1, host="another-host", status=status)
+    assert resolve(root / "20260101-000000-classification-bert", root).path.name.endswith("-bert")
+    assert resolve("20260101-000000-classification-bert", root).path.name.endswith("-bert")  # an id
+    assert resolve("20260102", root).path.name.endswith("-roberta")  # a unique prefix
+    assert resolve("roberta", root).path.name.endswith("-roberta")  # a unique part
+    assert resolve("bert", root).path.name == "bert-tiny"  # three ids contain it, one starts with it
+    with pytest.raises(UserError, match=r"matches 2 runs .*classification-bert.*classification-roberta"):
+        resolve("classification", root)  # no id starts with it, two contain it
+    with pytest.raises(UserError, match="not finished"):
+        resolve("t5", root)
+    assert resolve("t5", root, require=None).path.name.endswith("-t5")  # `runs show` takes any status
+    with pytest.raises(UserError, match="names no run"):
+        resolve("gpt2", root)
+    monkeypatch.chdir(tmp_path)  # the default root is ./runs, for every command
+    assert resolve("roberta").path == Path("runs") / "20260102-000000-classification-roberta"
+    assert main(["runs", "show", "t5"]) == 0 and "seq2seq-t5" in capsys.readouterr().out  # any status
+    assert "matches 2 runs" in one_line_error(capsys, ["report", "classification"])
+    assert "not finished" in one_line_error(capsys, ["predict", "t5", "--text", "hi"])

@@ -234,7 +234,7 @@ def test_trust_remote_code_needs_a_pinned_commit_for_hub_models():
 
 def test_tokenizer_is_recorded_and_a_swapped_one_is_refused(trained_run, tmp_path):
     from tuneforge.inference import LoadedRun
-    from tuneforge.run import Run
+    from tuneforge.runs.record import Run
 
     copy = tmp_path / "run"
     shutil.copytree(trained_run.path, copy)

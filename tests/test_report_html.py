@@ -29,7 +29,9 @@ def test_report_command_rebuilds_report_and_card(trained_run, tmp_path):
     shutil.copytree(trained_run.path, copy, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors"))
     (copy / "report.html").unlink()
     (copy / "README.md").unlink()
-    (copy / "lr_finder.json").write_text('{"lr": [1e-6, 1e-5, 1e-4, 1e-3], "loss": [0.7, 0.69, 0.5, 0.9]}')
+    # what the range test of `learning_rate: auto` writes into the run (engine/lr_finder.py LRFindResult.write)
+    (copy / "lr_find.csv").write_text("step,learning_rate,loss,smoothed_loss\n0,1e-06,0.7,0.7\n1,1e-05,0.69,0.695\n"
+                                      "2,0.0001,0.5,0.62\n3,0.001,0.9,0.7\n")
     assert main(["report", str(copy)]) == 0
     page = (copy / "report.html").read_text()
     assert 'alt="Learning-rate finder"' in page

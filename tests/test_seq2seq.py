@@ -107,7 +107,7 @@ def test_accumulated_token_gradients_equal_one_big_batch(tiny_t5):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from tuneforge.data.prepared import TokenizedSplit
-    from tuneforge.engine.loop import forward_backward
+    from tuneforge.engine.step import forward_backward
     from tuneforge.tasks import get_task
 
     task = get_task("seq2seq")

@@ -13,12 +13,11 @@ from typing import Any
 
 from tuneforge.config import RunConfig, load_config, render_config
 from tuneforge.errors import ConfigError, DataError, UserError
-
-__version__ = "0.1.0"
+from tuneforge.version import __version__
 
 
 def train(config: Any = None, overrides: Any = None, console: Any = None) -> Any:
-    from tuneforge.run import train as _train
+    from tuneforge.runs.train import train as _train
 
     return _train(config, overrides, console)
 

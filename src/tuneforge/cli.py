@@ -35,7 +35,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tuneforge.run import train
+    from tuneforge.runs.train import train
 
     items = list(args.overrides)
     config = args.config
@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from tuneforge.engine.lr_finder import find_lr
+    from tuneforge.runs.lr_find import find_lr
 
     items, config = list(args.overrides), args.config
     if config is not None and "=" in config:
@@ -133,7 +133,7 @@ def _write_predictions(path: str, rows: list[dict[str, Any]]) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tuneforge.inference import evaluate_run
-    from tuneforge.report import print_metrics
+    from tuneforge.runs.report import print_metrics
 
     metrics = evaluate_run(args.run, args.data, args.name, args.split)
     print_metrics({"model": metrics})
@@ -142,33 +142,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tuneforge.outputs import finish_run
-    from tuneforge.registry import find_run
-    from tuneforge.run import Run
+    from tuneforge.runs.outputs import finish_run
+    from tuneforge.runs.record import resolve
 
-    run = Run(find_run(args.run, args.root))
+    run = resolve(args.run, args.root)
     finish_run(run)
     print(f"wrote {run.path / 'report.html'} and {run.path / 'README.md'}")
     return 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from tuneforge import registry
+    from tuneforge.runs import registry, report
 
     if args.action == "list":
-        registry.print_runs(registry.list_runs(args.root, args.task, args.status))
+        report.print_runs(registry.list_runs(args.root, args.task, args.status))
     elif args.action == "show":
-        registry.print_run(args.run, args.root)
+        report.print_run(args.run, args.root)
     else:
-        registry.print_comparison(registry.compare_runs(args.runs, args.root))
+        report.print_comparison(registry.compare_runs(args.runs, args.root))
     return 0
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from tuneforge.hub import push_run
-    from tuneforge.registry import find_run
+    from tuneforge.runs.hub import push_run
+    from tuneforge.runs.record import resolve
 
-    print(f"pushed to {push_run(find_run(args.run, args.root), args.hub_model_id, args.private or None)}")
+    run = resolve(args.run, args.root, require=None)  # push_run refuses an unfinished run with its own message
+    print(f"pushed to {push_run(run.path, args.hub_model_id, args.private or None)}")
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import UserError
-from tuneforge.run import Run, _write_json, resolve_run
+from tuneforge.runs.record import Run, resolve, write_json
 from tuneforge.tasks import get_task
 
 
@@ -63,7 +63,7 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """What the server's GET /v1/model answers."""
-        from tuneforge import __version__
+        from tuneforge.version import __version__
 
         art = self.artifact
         return {"task": self.config.task, "labels": self.labels, "base_model": art.base_model,
@@ -162,9 +162,10 @@ def evaluate_run(ref: str | os.PathLike, data_file: str | None = None, name: str
     """Evaluate a finished run on a labelled file (same columns as training), or on its own `split`
     ("test" or "validation" file from its config). Writes eval/<name>/metrics.json and error_analysis.json/.md."""
     from tuneforge.data.prepared import PreparedData
-    from tuneforge.evaluate.errors import evaluate_with_analysis, write_analysis
+    from tuneforge.engine.evaluation import evaluate_with_analysis
+    from tuneforge.evaluate.errors import write_analysis
 
-    run = resolve_run(ref)
+    run = resolve(ref)
     cfg = run.config
     if data_file is None:
         if split not in ("test", "validation"):
@@ -186,6 +187,6 @@ def evaluate_run(ref: str | os.PathLike, data_file: str | None = None, name: str
                                                eval_cfg, loaded.device)
     out_dir = run.path / "eval" / (name or split or Path(data_file).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "metrics.json", {"data_file": str(data_file), "rows": len(table), **metrics})
+    write_json(out_dir / "metrics.json", {"data_file": str(data_file), "rows": len(table), **metrics})
     write_analysis({**analysis, "split": str(data_file)}, out_dir)
     return {**metrics, "output_dir": str(out_dir)}

@@ -19,11 +19,11 @@ PROMPTS = ["Weather for Lisbon on Friday:", "Weather for Oslo on Sunday: snow fl
 
 def run_lm_demo(output_dir: str | os.PathLike | None = None, quick: bool = False) -> Any:
     import tuneforge
-    from tuneforge.demo.runner import train_recipe
+    from tuneforge.demo.recipe import train_recipe
     from tuneforge.demo.tiny_lm import build_tiny_gpt2
     from tuneforge.demo.weather import generate
-    from tuneforge.report import print_metrics
-    from tuneforge.run import RUNS_ROOT
+    from tuneforge.runs.record import RUNS_ROOT
+    from tuneforge.runs.report import print_metrics
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     docs = generate()

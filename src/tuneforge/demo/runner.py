@@ -9,7 +9,6 @@ baselines.
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,9 @@ def run_demo(output_dir: str | os.PathLike | None = None, quick: bool = False,
         raise UserError(f"demo task must be one of {', '.join(TASKS)}, not {task!r}")
     import tuneforge
     from tuneforge.demo.dataset import generate, keyword_baseline, majority_baseline, write_demo_files
-    from tuneforge.report import print_metrics
-    from tuneforge.run import RUNS_ROOT
+    from tuneforge.demo.recipe import train_recipe
+    from tuneforge.runs.record import RUNS_ROOT
+    from tuneforge.runs.report import print_metrics
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo needs is on disk
     model = demo_model_path()
@@ -70,24 +70,14 @@ def run_demo(output_dir: str | os.PathLike | None = None, quick: bool = False,
     return run
 
 
-def train_recipe(recipe: str, model: Any, files: dict[str, Any], output_dir: str | os.PathLike | None,
-                 extra: list[str]) -> Any:
-    """Train a packaged demo recipe on the demo's own files (train/validation[/test]) and model."""
-    import tuneforge
-
-    overrides = [f"model_name_or_path={model}"] + [f"{split}_file={path}" for split, path in files.items()]
-    if output_dir:
-        overrides.append(f"output_dir={output_dir}")
-    return tuneforge.train(str(resources.files("tuneforge") / "recipes" / recipe), overrides + extra)
-
-
 def _run_seq2seq_demo(output_dir: str | os.PathLike | None, quick: bool) -> Any:
     import tuneforge
     from tuneforge.demo.bert2bert import build_bert2bert
+    from tuneforge.demo.recipe import train_recipe
     from tuneforge.demo.summaries import generate, lead_baseline, write_demo_files
     from tuneforge.evaluate.rouge import rouge_scores
-    from tuneforge.report import print_metrics
-    from tuneforge.run import RUNS_ROOT
+    from tuneforge.runs.record import RUNS_ROOT
+    from tuneforge.runs.report import print_metrics
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo needs is on disk
     model_dir = RUNS_ROOT / "demo-bert2bert"

@@ -56,13 +56,13 @@ class Artifact:
 
 
 def resolve_artifact(ref: str | os.PathLike) -> Artifact:
-    """An export folder (has export.json), a run folder, or a run id under ./runs."""
+    """An export folder (has export.json), else a finished run as runs/record.py `resolve` finds it."""
     path = Path(ref)
     if (path / MANIFEST).exists():
         return _export_artifact(path)
-    from tuneforge.run import resolve_run
+    from tuneforge.runs.record import resolve
 
-    run = resolve_run(ref)
+    run = resolve(ref)
     return Artifact(run.path, "run", run.config, run.info)
 
 

@@ -87,10 +87,11 @@ def export_run(ref: str | os.PathLike, fmt: str, quantize: str | None = None, ou
                ) -> dict[str, Any]:
     """Export a finished run, verify it on validation data and write report.json. Raises UserError (after
     writing the report) when agreement is below `min_agreement`."""
-    from tuneforge import __version__
     from tuneforge.deploy.artifacts import resolve_artifact
     from tuneforge.inference import LoadedModel
-    from tuneforge.run import _now, _write_json
+    from tuneforge.runs.record import now as _now
+    from tuneforge.runs.record import write_json as _write_json
+    from tuneforge.version import __version__
 
     if fmt not in FORMATS:
         raise UserError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")

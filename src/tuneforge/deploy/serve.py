@@ -126,9 +126,9 @@ def create_app(loaded: Any, settings: ServeSettings) -> Any:
     """The FastAPI app serving `loaded` (a tuneforge LoadedModel)."""
     from fastapi import FastAPI, HTTPException
 
-    from tuneforge import __version__
     from tuneforge.deploy.batcher import MicroBatcher
     from tuneforge.deploy.schemas import ClassifyRequest, ClassifyResponse, GenerateRequest, GenerateResponse, Inputs
+    from tuneforge.version import __version__
 
     settings.check()
     task = loaded.config.task

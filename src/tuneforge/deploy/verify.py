@@ -63,7 +63,7 @@ def _batches(split: Any, size: int) -> list[np.ndarray]:
 def _compare_classification(original: Any, exported: Any, data: Any, split: Any) -> dict[str, Any]:
     import torch
 
-    from tuneforge.engine.loop import to_device
+    from tuneforge.engine.step import to_device
     from tuneforge.evaluate.classification import classification_metrics
 
     task, pad = original.task, original.tokenizer.pad_token_id or 0
@@ -90,7 +90,7 @@ def _teacher_forced(original: Any, exported: Any, split: Any, batch_size: int) -
     import torch
     import torch.nn.functional as F
 
-    from tuneforge.engine.loop import to_device
+    from tuneforge.engine.step import to_device
 
     task, pad = original.task, original.tokenizer.pad_token_id or 0
     seq2seq = original.config.task == "seq2seq"

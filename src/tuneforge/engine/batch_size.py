@@ -77,7 +77,7 @@ def longest_rows_step(accelerator: Any, model: Any, task: Any, split: Any, pad_i
     """A probe: forward + backward on the `b` longest training rows, gradients discarded, RNG restored."""
     import torch
 
-    from tuneforge.engine.loop import forward_backward
+    from tuneforge.engine.step import forward_backward
 
     order = np.argsort(-split.batch_lengths, kind="stable")
     multiple = 8 if accelerator.device.type == "cuda" else None

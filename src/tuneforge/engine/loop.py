@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from tuneforge.config.schema import RunConfig
-from tuneforge.data.batching import batch_count, batch_order, eval_order
+from tuneforge.data.batching import batch_count, batch_order
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.engine.checkpoint import (
     clean_stale,
@@ -33,9 +32,11 @@ from tuneforge.engine.checkpoint import (
     rotate,
     save_checkpoint,
 )
-from tuneforge.engine.compiling import compile_for_training, eager, resolve_compile
+from tuneforge.engine.compiling import compile_for_training, resolve_compile
+from tuneforge.engine.evaluation import evaluate
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
+from tuneforge.engine.step import forward_backward
 from tuneforge.engine.tracking import Tracker
 from tuneforge.errors import Diverged, Interrupted, UserError
 
@@ -63,56 +64,6 @@ class _Batches(torch.utils.data.Dataset):
 
     def __len__(self) -> int:  # pragma: no cover - the sampler drives iteration
         return len(self.split)
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: list[dict[str, Any]],
-                     loss_fn: Any = None) -> torch.Tensor:
-    """Backpropagate one accumulation window; returns the window's mean loss (a device tensor, no sync).
-    `loss_fn` (default task.loss) is the compiled forward + loss under torch_compile."""
-    assert accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
-    loss_fn = loss_fn or task.loss
-    n_items = sum(task.num_items(b) for b in micro_batches)
-    total = torch.zeros((), device=accelerator.device)
-    for j, batch in enumerate(micro_batches):
-        last = j == len(micro_batches) - 1
-        with nullcontext() if last or accelerator.num_processes == 1 else accelerator.no_sync(model):
-            loss = loss_fn(model, to_device(batch, accelerator.device)) / (n_items or 1)  # items or weights
-            accelerator.backward(loss)
-        total += loss.detach()
-    return total
-
-
-@torch.inference_mode()
-def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
-             device: torch.device, multiple: int | None = None, errors: Any = None) -> dict[str, Any]:
-    """Streaming evaluation: per batch the task folds predictions into a small state, never all logits.
-    `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis."""
-    from tuneforge.engine.batch_size import run_with_backoff
-
-    was_training = model.training
-    model.eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def run(batch_size: int) -> dict[str, Any]:
-        state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
-        if errors is not None:
-            errors.reset()  # a retry after out-of-memory must not count the failed pass's rows twice
-            state["errors"] = errors
-        for indices in eval_order(split.batch_lengths, batch_size):
-            state["rows"] = indices
-            task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
-        return state
-
-    # out of memory here halves the evaluation batch only (and later evaluations start from it); a compiled
-    # model evaluates uncompiled (engine/compiling.py)
-    with eager():
-        state, cfg.training.per_device_eval_batch_size = run_with_backoff(run, cfg.training.per_device_eval_batch_size)
-    model.train(was_training)
-    return task.eval_metrics(state, data)
 
 
 def _metric_key(cfg: RunConfig) -> tuple[str, bool]:

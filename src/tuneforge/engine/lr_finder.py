@@ -1,6 +1,6 @@
 """Learning-rate range test (Smith 2017): ramp the rate exponentially per step, watch the smoothed loss.
 
-    tuneforge lr-find run.yaml --output lr_find/        # lr_find.csv, lr_find.png, the suggestion
+    tuneforge lr-find run.yaml --output lr_find/        # lr_find.csv, lr_find.png, the suggestion (runs/lr_find.py)
     tuneforge train run.yaml learning_rate=auto          # the same test first, then training at its suggestion
 
 >>> from tuneforge.engine.lr_finder import suggest, range_schedule
@@ -130,8 +130,8 @@ def lr_range_test(task: Any, model: Any, tokenizer: Any, split: Any, accelerator
     """Run the range test on `split` with the training settings `t`; the model's weights are restored."""
     import torch
 
-    from tuneforge.engine.loop import forward_backward
     from tuneforge.engine.optim import build_optimizer
+    from tuneforge.engine.step import forward_backward
 
     device = accelerator.device
     model.to(device)
@@ -215,27 +215,3 @@ def choose_learning_rate(cfg: Any, session: Any, task: Any, model: Any, tokenize
     training = dataclasses.replace(cfg.training, learning_rate=result.suggestion)
     return dataclasses.replace(cfg, training=training), result.summary()
 
-
-def find_lr(config: Any = None, overrides: Any = None, output: str | Path = "lr_find",
-            console: Any = None) -> LRFindResult:
-    """`tuneforge lr-find`: the range test alone, on the run's training data; writes CSV and PNG to `output`."""
-    from rich.console import Console
-
-    from tuneforge.config import load_config
-    from tuneforge.run import prepare_training
-    from tuneforge.tasks import get_task
-
-    cfg = load_config(config, overrides)
-    task = get_task(cfg.task)
-    data = task.prepare_data(cfg)
-    console = console or Console(soft_wrap=True)
-    p = prepare_training(cfg, task, data, console)
-    result = lr_range_test(task, p.model, p.tokenizer, p.splits["train"], p.session.accelerator, p.cfg.training,
-                           console)
-    result.write(Path(output))
-    console.print(describe(result), highlight=False)
-    if not result.loss_fell:
-        console.print("[yellow]warning:[/] the loss did not fall during the test; the suggestion is not reliable "
-                      "(widen the range or raise lr_find_num_steps)")
-    console.print(f"wrote {result.files['csv']} and {result.files['png']}", highlight=False)
-    return result

@@ -5,26 +5,25 @@
 
 Order: the memory estimate is printed first (nothing is on the device yet), then `auto_find_batch_size`
 picks the batch, then `learning_rate: auto` runs the range test at that batch. What was chosen goes into
-run.json (and the resolved config); a resumed run reuses the recorded choices instead of searching again.
+run.json (and the resolved config); a resumed run passes the choices it recorded (`previous`) and they are
+reused instead of searching again. The engine never reads run.json itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 
 def preflight(cfg: Any, session: Any, task: Any, model: Any, tokenizer: Any, splits: dict[str, Any],
-              run_dir: Path, console: Any) -> tuple[Any, dict[str, Any]]:
+              run_dir: Path, console: Any, previous: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(config with what was chosen, what to record); `previous`: the choices recorded by an earlier attempt."""
     from tuneforge.engine.memory import available_memory, estimate_for_model, report_memory
 
     t = cfg.training
     split = splits["train"]
-    previous = {}
-    if t.resume_from_checkpoint and (run_dir / "run.json").exists():
-        previous = json.loads((run_dir / "run.json").read_text())
+    previous = previous or {}
     chosen: dict[str, Any] = {}
     device = session.accelerator.device
     longest = int(split.batch_lengths.max()) if len(split) else 1

@@ -46,7 +46,7 @@ class Session:
         # the best model, once more on held-out data: test when given (else validation), with error analysis
         target = "test" if "test" in splits else "validation" if "validation" in splits else None
         if target is not None:
-            from tuneforge.evaluate.errors import evaluate_with_analysis
+            from tuneforge.engine.evaluation import evaluate_with_analysis
 
             result, self.analysis = evaluate_with_analysis(model, tokenizer, task, splits[target], data, target,
                                                            self.cfg, self.accelerator.device)

@@ -14,6 +14,7 @@ Tasks call `state["errors"].add(rows, values=..., badness=...)` from `eval_step`
 requested (the engine puts the row indices of the batch in `state["rows"]`). Only the top-k worst rows are
 kept; the text they quote is looked up at the end. Classification adds the most confused label pairs and
 per-class precision/recall/F1 from the metrics; seq2seq ranks by ROUGE-L; causal LM by per-document loss.
+Pure code, no model: the pass that runs the model is engine/evaluation.py `evaluate_with_analysis`.
 """
 
 from __future__ import annotations
@@ -150,17 +151,6 @@ def build_collector(task: str, split: Any, table: Any, cfg: Any, label_names: li
     metric = {"classification": "accuracy", "seq2seq": "rougeL", "causal_lm": "loss"}[task]
     packed = task == "causal_lm" and split.position_ids is not None
     return ErrorCollector(metric, np.asarray(lengths), None if packed else max_length, describe)
-
-
-def evaluate_with_analysis(model: Any, tokenizer: Any, task: Any, split: Any, data: Any, split_name: str, cfg: Any,
-                           device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One evaluation pass that also collects the error analysis: (metrics, error_analysis document)."""
-    from tuneforge.engine.loop import evaluate
-
-    collector = build_collector(cfg.task, split, data.splits.get(split_name), cfg, data.label_names,
-                                data.report.max_length, tokenizer)
-    metrics = evaluate(model, tokenizer, task, split, data, cfg, device, errors=collector)
-    return metrics, analysis_result(cfg.task, split_name, collector, metrics, data.label_names)
 
 
 def write_analysis(analysis: dict[str, Any], folder: Path) -> None:

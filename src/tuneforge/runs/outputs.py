@@ -1,8 +1,8 @@
 """What a run writes besides the model: error analysis, length histogram, baselines, the HTML report and
 the model card (last), then the optional upload to the Hugging Face Hub.
 
->>> from tuneforge.outputs import finish_run
->>> finish_run(tuneforge.run.Run(Path("runs/my-run")))     # doctest: +SKIP
+>>> from tuneforge.runs.outputs import finish_run
+>>> finish_run(Run(Path("runs/my-run")))     # doctest: +SKIP
 
 `record_evaluation` runs inside training (it needs the data); `finish_run` needs only the run folder, so
 `tuneforge report RUN` rebuilds the same files later.
@@ -10,13 +10,13 @@ the model card (last), then the optional upload to the Hugging Face Hub.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
+from tuneforge.runs.record import Run, write_json
 
 
 def length_histogram(split: TokenizedSplit, max_length: int | None, bins: int = 40) -> dict[str, Any]:
@@ -35,33 +35,29 @@ def record_evaluation(run_dir: Path, metrics: dict[str, Any], analysis: dict[str
     """Write error_analysis.json/.md and lengths.json; add baselines to metrics.json. Returns the metrics."""
     from tuneforge.evaluate.baselines import baselines
     from tuneforge.evaluate.errors import write_analysis
-    from tuneforge.run import _write_json
 
     if analysis is not None:
         write_analysis(analysis, run_dir)
         found = baselines(cfg.task, data, analysis["split"], cfg)
         if found:
             metrics = {**metrics, "baselines": {"split": analysis["split"], **found}}
-            _write_json(run_dir / "metrics.json", metrics)
-    _write_json(run_dir / "lengths.json", {"train": length_histogram(splits["train"], data.report.max_length),
+            write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "lengths.json", {"train": length_histogram(splits["train"], data.report.max_length),
                                            "length_key": data.report.length_key})
     return metrics
 
 
-def finish_run(run: Any, console: Any = None) -> None:
+def finish_run(run: Run, console: Any = None) -> None:
     """report.html, then README.md (the model card, written last), then push_to_hub when configured."""
-    from tuneforge.model_card import write_model_card
-    from tuneforge.report_html import write_report
+    from tuneforge.runs.model_card import write_model_card
+    from tuneforge.runs.report_html import write_report
 
     write_report(run.path)
     write_model_card(run.path)
     if run.config.training.push_to_hub:
-        from tuneforge.hub import push_run
+        from tuneforge.runs.hub import push_run
 
         url = push_run(run.path)
         if console is not None:
             console.print(f"pushed to {url}", highlight=False)
 
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

@@ -1,6 +1,6 @@
 """The model card: README.md in the run folder, in the Hugging Face format (YAML metadata header + sections).
 
->>> from tuneforge.model_card import render_model_card
+>>> from tuneforge.runs.model_card import render_model_card
 >>> print(render_model_card(Path("runs/my-run"))[:60])      # doctest: +SKIP
 ---
 base_model: bert-base-uncased
@@ -18,20 +18,15 @@ from typing import Any
 
 import yaml
 
+from tuneforge.runs.record import is_run, read_info, read_json
+from tuneforge.runs.report import METRIC_ROWS
+
 PIPELINE_TAGS = {"classification": "text-classification", "seq2seq": "text2text-generation",
                  "causal_lm": "text-generation"}
 CARD_METRICS = {"classification": ["accuracy", "f1"], "seq2seq": ["rouge"], "causal_lm": ["perplexity"]}
-SHOWN = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "rouge1", "rouge2", "rougeL",
-         "rougeLsum", "gen_len", "loss", "perplexity")
 HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type",
                    "max_grad_norm", "seed", "metric_for_best_model")
-
-
-def _read(path: Path) -> Any:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _front_matter(readme: Path) -> dict[str, Any]:
@@ -53,7 +48,7 @@ def hub_base_model(name: str | None) -> tuple[str | None, str | None]:
         return None, None
     path = Path(name)
     if path.exists():
-        info = _read(path / "run.json")
+        info = read_info(path) if is_run(path) else None
         meta = _front_matter(path / "README.md")
         if info and info.get("base_model") and info["base_model"] != name:
             base, license_ = hub_base_model(info["base_model"])
@@ -69,10 +64,10 @@ def _fmt(v: Any) -> str:
 def render_model_card(run_dir: Path) -> str:
     from huggingface_hub import ModelCardData
 
-    info = _read(run_dir / "run.json") or {}
+    info = read_info(run_dir) if is_run(run_dir) else {}
     config = yaml.safe_load((run_dir / "run_config.yaml").read_text(encoding="utf-8"))
-    metrics = _read(run_dir / "metrics.json") or {}
-    report = _read(run_dir / "data_report.json") or {}
+    metrics = read_json(run_dir / "metrics.json") or {}
+    report = read_json(run_dir / "data_report.json") or {}
     task = config["task"]
     data, training = config.get("data", {}), config.get("training", {})
     base, license_ = hub_base_model(info.get("base_model"))
@@ -133,7 +128,7 @@ def render_model_card(run_dir: Path) -> str:
     columns |= {f"{k} (baseline, {baselines.get('split')})": v for k, v in baselines.items() if isinstance(v, dict)}
     if columns:
         names = {"eval": "validation"}
-        rows = [m for m in SHOWN if any(isinstance(c.get(m), (int, float)) for c in columns.values())]
+        rows = [m for m in METRIC_ROWS if any(isinstance(c.get(m), (int, float)) for c in columns.values())]
         out += ["## Results", "", "| metric | " + " | ".join(names.get(c, c) for c in columns) + " |",
                 "|---|" + "---|" * len(columns)]
         out += [f"| {m} | " + " | ".join(_fmt(c.get(m)) for c in columns.values()) + " |" for m in rows]

@@ -1,20 +1,15 @@
-"""Run folders and the `train` entry point: data checked first (no torch), then model, engine, save.
+"""The train workflow: `tuneforge.train()` checks the output folder and the data first (no torch), then loads
+the model, runs the engine and saves; what a run folder holds is described in runs/record.py.
 
 >>> import tuneforge
 >>> run = tuneforge.train("run.yaml", ["num_train_epochs=1"])      # doctest: +SKIP
 >>> run.path, run.metrics["eval"]["accuracy"]                        # doctest: +SKIP
-
-A run folder holds: the model and tokenizer (plain `from_pretrained` works), run.json (id, status, task,
-base model and revision, data fingerprint, versions), run_config.yaml (resolved config), metrics.json,
-metrics.jsonl, data_report.json/.txt, logs/ (TensorBoard) and checkpoints/. Status goes
-running -> finished only after everything is written; failures leave failed or interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -25,59 +20,8 @@ import yaml
 
 from tuneforge.config import RunConfig, load_config
 from tuneforge.errors import Interrupted, UserError
+from tuneforge.runs.record import RUNS_ROOT, Run, is_run, now, read_info, write_info, write_json
 from tuneforge.tasks import get_task
-
-RUNS_ROOT = Path("runs")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-@dataclass
-class Run:
-    path: Path
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return json.loads((self.path / "run.json").read_text())
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        file = self.path / "metrics.json"
-        return json.loads(file.read_text()) if file.exists() else {}
-
-    @property
-    def config(self) -> RunConfig:
-        return load_config(yaml.safe_load((self.path / "run_config.yaml").read_text()))
-
-    def update(self, **fields: Any) -> None:
-        _write_json(self.path / "run.json", {**self.info, **fields, "updated_at": _now()})
-
-    def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
-
-
-def resolve_run(ref: str | os.PathLike) -> Run:
-    """A run folder path, or a run id under ./runs."""
-    path = Path(ref)
-    if not (path / "run.json").exists() and (RUNS_ROOT / str(ref) / "run.json").exists():
-        path = RUNS_ROOT / str(ref)
-    if not (path / "run.json").exists():
-        raise UserError(f"RUN: {str(ref)!r} is not a tuneforge run folder (no run.json); pass the folder "
-                        "printed at the end of training")
-    run = Run(path)
-    status = run.info.get("status")
-    if status != "finished":
-        raise UserError(f"RUN: {path} has status {status!r}, not finished; its model is incomplete "
-                        "(resume it with resume_from_checkpoint=auto)")
-    return run
 
 
 def _slug(name: str) -> str:
@@ -95,7 +39,7 @@ def prepare_output_dir(cfg: RunConfig) -> Path:
         if path.exists() and not path.is_dir():
             raise UserError(f"training.output_dir: {path} exists and is a file; choose a folder")
         if path.is_dir() and any(path.iterdir()) and not t.resume_from_checkpoint:
-            status = json.loads((path / "run.json").read_text()).get("status") if (path / "run.json").exists() else None
+            status = read_info(path).get("status") if is_run(path) else None
             what = f"a run (status {status})" if status else "files"
             raise UserError(f"training.output_dir: {path} already holds {what}; choose a new output_dir, or "
                             "continue it with resume_from_checkpoint=auto")
@@ -181,7 +125,9 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         import dataclasses
 
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, output_dir=str(run_dir)))
-    from tuneforge.registry import check_integrations, lineage, start_heartbeat
+    from tuneforge.runs.integrations import check_integrations
+    from tuneforge.runs.lineage import lineage
+    from tuneforge.runs.liveness import start_heartbeat
 
     check_integrations(cfg)  # report_to package, hub token: before hours of training, not after
     task = get_task(cfg.task)
@@ -198,27 +144,29 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     from tuneforge.engine.preflight import preflight
     from tuneforge.tasks.tokenize import tokenizer_fingerprint
 
-    cfg, chosen = preflight(cfg, session, task, model, tokenizer, splits, run_dir, console)
     run = Run(run_dir)
-    resumed = (run_dir / "run.json").exists()
-    info = run.info if resumed else {"id": run_dir.name, "created_at": _now()}
+    recorded = run.info if is_run(run_dir) else {}
+    # a resumed run reuses the batch size and learning rate it chose before instead of searching again
+    previous = recorded if cfg.training.resume_from_checkpoint else {}
+    cfg, chosen = preflight(cfg, session, task, model, tokenizer, splits, run_dir, console, previous)
+    info = recorded or {"id": run_dir.name, "created_at": now()}
     info |= {"task": cfg.task, "status": "running", "base_model": cfg.model.model_name_or_path,
              "model_revision": revision, "data_fingerprint": data.fingerprint, "max_length": max_length,
              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
              "device": session.device_description, "mixed_precision": session.mixed_precision,
-             "versions": _versions(), "pid": os.getpid(), "updated_at": _now(), **chosen,
+             "versions": _versions(), "pid": os.getpid(), "updated_at": now(), **chosen,
              **lineage(cfg, info)}
-    _write_json(run_dir / "run.json", info)
+    write_info(run_dir, info)
     start_heartbeat(run_dir)  # lets `tuneforge runs list` tell a silently dead run from a running one
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    _write_json(run_dir / "data_report.json", data.report.to_dict())
+    write_json(run_dir / "data_report.json", data.report.to_dict())
     (run_dir / "data_report.txt").write_text(data.report.render() + "\n", encoding="utf-8")
     console.print(data.report.render(), highlight=False)
     try:
         metrics = session.fit(task, model, tokenizer, splits, data, run_dir)
-        _write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "metrics.json", metrics)
         session.save_final(model, tokenizer, run_dir)
-        from tuneforge.outputs import finish_run, record_evaluation
+        from tuneforge.runs.outputs import finish_run, record_evaluation
 
         record_evaluation(run_dir, metrics, session.analysis, splits, data, cfg)
     except KeyboardInterrupt:
@@ -230,7 +178,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     except BaseException as err:
         run.update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise
-    run.update(status="finished", finished_at=_now())
+    run.update(status="finished", finished_at=now())
     finish_run(run, console)  # report.html, README.md (model card, last), push_to_hub
     console.print(f"run saved to {run_dir}", highlight=False)
     return run

@@ -1,6 +1,6 @@
 """Upload a finished run to the Hugging Face Hub: a curated set of files, never training state or text.
 
->>> from tuneforge.hub import curated_files
+>>> from tuneforge.runs.hub import curated_files
 >>> curated_files(Path("runs/my-run"))          # doctest: +SKIP
 ['README.md', 'config.json', 'model.safetensors', 'run_config.yaml', 'tokenizer.json', 'tokenizer_config.json']
 
@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from tuneforge.errors import ConfigError, UserError
+from tuneforge.runs.record import Run
 
 ROOT_PATTERNS = (
     "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
@@ -53,8 +54,6 @@ def curated_files(run_dir: Path) -> list[str]:
 def push_run(run_dir: Path, hub_model_id: str | None = None, private: bool | None = None) -> str:
     """Create (or reuse) the hub repository and upload the curated files; returns the repository URL."""
     from huggingface_hub import HfApi
-
-    from tuneforge.run import Run
 
     run = Run(Path(run_dir))
     t = run.config.training

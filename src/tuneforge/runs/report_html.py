@@ -1,31 +1,33 @@
 """report.html: one self-contained page per run (every image embedded as a data: URI, no network needed).
 
->>> from tuneforge.report_html import write_report
+>>> from tuneforge.runs.report_html import write_report
 >>> write_report(Path("runs/my-run"))            # doctest: +SKIP
 PosixPath('runs/my-run/report.html')
 
 Sections: headline metrics with baselines; training/validation loss, learning-rate schedule and validation
 metrics over steps (from metrics.jsonl); confusion matrix and per-class F1 (classification); the input-length
 histogram with the truncation point (lengths.json); metric per input-length bucket and the worst examples
-(error_analysis.json); the LR-finder curve when `lr_finder.json` ({"lr": [...], "loss": [...]}) exists; the
-data report, the resolved config and the environment. Plots use matplotlib's headless Agg backend.
+(error_analysis.json); the learning-rate range test's curve when the run wrote lr_find.csv (`learning_rate:
+auto`), with the suggestion recorded in run.json; the data report, the resolved config and the environment.
+Plots use matplotlib's headless Agg backend.
 The page quotes evaluation text (worst examples), so it is never uploaded by push_to_hub.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
 from pathlib import Path
 from typing import Any
 
+from tuneforge.runs.liveness import effective_status
+from tuneforge.runs.record import is_run, read_info, read_json
+from tuneforge.runs.report import METRIC_ROWS
+
 MAX_CLASSES_IN_MATRIX = 40
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
@@ -165,21 +167,34 @@ def plot_lengths(lengths: dict[str, Any] | None) -> str | None:
     return _img(fig, "Input-length histogram with the truncation point")
 
 
-def plot_lr_finder(finder: dict[str, Any] | None) -> str | None:
-    if not finder:
+def read_lr_find(path: Path) -> dict[str, list[float]] | None:
+    """lr_find.csv as written by the range test (engine/lr_finder.py): step, learning_rate, loss, smoothed_loss."""
+    if not path.exists():
         return None
-    lrs, losses = finder.get("lr") or finder.get("lrs"), finder.get("loss") or finder.get("losses")
-    if not lrs or not losses:
+    out: dict[str, list[float]] = {"lrs": [], "losses": [], "smoothed": []}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                values = [float(row["learning_rate"]), float(row["loss"]), float(row["smoothed_loss"])]
+            except (KeyError, TypeError, ValueError):
+                continue  # a line cut short
+            for key, value in zip(out, values):
+                out[key].append(value)
+    return out if out["lrs"] else None
+
+
+def plot_lr_finder(finder: dict[str, list[float]] | None, suggestion: float | None = None) -> str | None:
+    if not finder:
         return None
     fig = _figure()
     ax = fig.add_subplot()
-    ax.plot(lrs, losses)
+    ax.plot(finder["lrs"], finder["losses"], color="0.7", linewidth=1, label="loss")
+    ax.plot(finder["lrs"], finder["smoothed"], color="#1f77b4", label="smoothed loss")
     ax.set_xscale("log")
-    suggested = finder.get("suggested_lr") or finder.get("suggestion")
-    if suggested:
-        ax.axvline(suggested, color="#d62728", linestyle="--", label=f"suggested {suggested:.2g}")
-        ax.legend()
-    ax.set(xlabel="learning rate", ylabel="loss", title="Learning-rate finder")
+    if suggestion:
+        ax.axvline(suggestion, color="#d62728", linestyle="--", label=f"suggested {suggestion:.2g}")
+    ax.legend()
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss", title="Learning-rate finder")
     return _img(fig, "Learning-rate finder")
 
 
@@ -193,15 +208,11 @@ def _table(header: list[str] | None, rows: list[list[Any]], cls: str = "") -> st
     return f'<table class="{cls}">{f"<thead><tr>{head}</tr></thead>" if head else ""}<tbody>{body}</tbody></table>'
 
 
-SHOWN = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "rouge1", "rouge2", "rougeL",
-         "rougeLsum", "gen_len", "loss", "perplexity")
-
-
 def _metrics_table(metrics: dict[str, Any]) -> str:
     columns = {n: metrics[k] for k, n in (("eval", "validation"), ("test", "test")) if isinstance(metrics.get(k), dict)}
     baselines = metrics.get("baselines") or {}
     columns |= {f"baseline: {k}": v for k, v in baselines.items() if isinstance(v, dict)}
-    rows = [[m, *[c.get(m) for c in columns.values()]] for m in SHOWN
+    rows = [[m, *[c.get(m) for c in columns.values()]] for m in METRIC_ROWS
             if any(isinstance(c.get(m), (int, float)) for c in columns.values())]
     return _table(["metric", *columns], rows, "metrics") if rows else "<p>No metrics recorded.</p>"
 
@@ -244,12 +255,10 @@ document.body.setAttribute('data-images',imgs.length);document.body.setAttribute
 def render_report(run_dir: Path) -> str:
     import yaml
 
-    info = _read_json(run_dir / "run.json") or {}
-    metrics = _read_json(run_dir / "metrics.json") or {}
+    info = read_info(run_dir) if is_run(run_dir) else {}
+    metrics = read_json(run_dir / "metrics.json") or {}
     records = _read_log(run_dir / "metrics.jsonl")
-    analysis = _read_json(run_dir / "error_analysis.json")
-    from tuneforge.registry import effective_status
-
+    analysis = read_json(run_dir / "error_analysis.json")
     status = effective_status(run_dir, info) if info else "unknown"
     title = info.get("id") or run_dir.name
     config_text = (run_dir / "run_config.yaml").read_text(encoding="utf-8") \
@@ -259,7 +268,9 @@ def render_report(run_dir: Path) -> str:
     labels = list(shown.get("per_class") or {})
     plots = [plot_losses(records), plot_learning_rate(records), plot_eval_metrics(records),
              plot_confusion(shown.get("confusion_matrix") or [], labels), plot_per_class_f1(shown.get("per_class")),
-             plot_lengths(_read_json(run_dir / "lengths.json")), plot_lr_finder(_read_json(run_dir / "lr_finder.json"))]
+             plot_lengths(read_json(run_dir / "lengths.json")),
+             plot_lr_finder(read_lr_find(run_dir / "lr_find.csv"),
+                            (info.get("lr_find") or {}).get("suggested_learning_rate"))]
     data_report = (run_dir / "data_report.txt").read_text(encoding="utf-8") \
         if (run_dir / "data_report.txt").exists() else "(no data report)"
     env_rows = [[k, info.get(k)] for k in ("device", "mixed_precision", "host", "model_revision", "data_fingerprint",

@@ -1,0 +1,61 @@
+"""Streaming evaluation of a model on a tokenized split, optionally with the error analysis folded in.
+
+>>> metrics = evaluate(model, tokenizer, task, split, data, cfg, device)                     # doctest: +SKIP
+>>> metrics, analysis = evaluate_with_analysis(model, tokenizer, task, split, data, "test",   # doctest: +SKIP
+...                                            cfg, device)
+
+Per batch the task folds predictions into a small state (loss sum, argmax ids); logits are never
+accumulated. The analysis itself (buckets, worst examples, the error_analysis.json document) is pure code in
+evaluate/errors.py; this module only runs the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tuneforge.config.schema import RunConfig
+from tuneforge.data.batching import eval_order
+from tuneforge.data.prepared import PreparedData, TokenizedSplit
+from tuneforge.engine.batch_size import run_with_backoff
+from tuneforge.engine.compiling import eager
+from tuneforge.engine.step import to_device
+
+
+@torch.inference_mode()
+def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
+             device: torch.device, multiple: int | None = None, errors: Any = None) -> dict[str, Any]:
+    """Streaming evaluation: per batch the task folds predictions into a small state, never all logits.
+    `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis."""
+    was_training = model.training
+    model.eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def run(batch_size: int) -> dict[str, Any]:
+        state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
+        if errors is not None:
+            errors.reset()  # a retry after out-of-memory must not count the failed pass's rows twice
+            state["errors"] = errors
+        for indices in eval_order(split.batch_lengths, batch_size):
+            state["rows"] = indices
+            task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
+        return state
+
+    # out of memory here halves the evaluation batch only (and later evaluations start from it); a compiled
+    # model evaluates uncompiled (engine/compiling.py)
+    with eager():
+        state, cfg.training.per_device_eval_batch_size = run_with_backoff(run, cfg.training.per_device_eval_batch_size)
+    model.train(was_training)
+    return task.eval_metrics(state, data)
+
+
+def evaluate_with_analysis(model: Any, tokenizer: Any, task: Any, split: Any, data: Any, split_name: str, cfg: Any,
+                           device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One evaluation pass that also collects the error analysis: (metrics, error_analysis document)."""
+    from tuneforge.evaluate.errors import analysis_result, build_collector
+
+    collector = build_collector(cfg.task, split, data.splits.get(split_name), cfg, data.label_names,
+                                data.report.max_length, tokenizer)
+    metrics = evaluate(model, tokenizer, task, split, data, cfg, device, errors=collector)
+    return metrics, analysis_result(cfg.task, split_name, collector, metrics, data.label_names)
