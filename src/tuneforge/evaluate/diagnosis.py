@@ -1,0 +1,142 @@
+"""What to tell the user when a fine-tune is weak: pure rules over a finished run's metrics and log.
+
+>>> from tuneforge.evaluate.diagnosis import diagnose
+>>> log = [{"step": s, "loss": 2.0 - s / 100} for s in range(10, 101, 10)]
+>>> [n["kind"] for n in diagnose({"test": {"accuracy": 0.5}}, log, lambda name: True)]
+['undertrained']
+
+Each rule returns at most one note: {"kind", "message", "try"} where `try` is the config change to try.
+- **below_baseline**: a held-out metric is worse than a baseline's (the first of accuracy/f1_macro/rougeL/
+  perplexity/loss that both report), with a margin of 0.005 (absolute) so that a tie is not flagged.
+- **classes_never_predicted**: classes present in the evaluated split that the model never predicted
+  (from the confusion matrix's columns).
+- **undertrained**: the training loss was still falling at the end. Window: the last quarter of the logged
+  training-loss points (at least 4 points; fewer points, no verdict). A least-squares line is fitted to loss
+  against step over the window; the note fires when that line falls by at least 10% of the window's mean loss
+  across the window and the last validation evaluation was the best one (when there is any).
+- **overfit**: the validation loss rose by at least 5% (relative) from its lowest value to the last
+  evaluation, while the training loss over the same steps fell. The best checkpoint is what was kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+COMPARED = ("f1_macro", "accuracy", "rougeL", "perplexity", "loss")  # first one both sides report is compared
+MARGIN = 0.005
+WINDOW_FRACTION = 0.25
+MIN_WINDOW = 4
+FALLING = 0.10
+ROSE = 0.05
+
+
+def _held_out(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    for split in ("test", "eval"):
+        if isinstance(metrics.get(split), dict):
+            return ("test" if split == "test" else "validation"), metrics[split]
+    return "validation", {}
+
+
+def below_baseline(metrics: dict[str, Any], greater_is_better: Callable[[str], bool]) -> dict[str, Any] | None:
+    split, model = _held_out(metrics)
+    for name, baseline in (metrics.get("baselines") or {}).items():
+        if not isinstance(baseline, dict):
+            continue
+        for key in COMPARED:
+            if not (isinstance(model.get(key), (int, float)) and isinstance(baseline.get(key), (int, float))):
+                continue
+            ours, theirs = float(model[key]), float(baseline[key])
+            sign = 1 if greater_is_better(key) else -1
+            worse = sign * (theirs - ours) > (MARGIN if key in ("f1_macro", "accuracy", "rougeL") else
+                                               MARGIN * abs(theirs))
+            if worse:
+                return {"kind": "below_baseline",
+                        "message": f"{split} {key} {ours:.4g} is worse than the {name} baseline's {theirs:.4g}",
+                        "try": "learning_rate=auto num_train_epochs=10"}
+            break
+    return None
+
+
+def classes_never_predicted(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    split, model = _held_out(metrics)
+    matrix, labels = model.get("confusion_matrix"), list(model.get("per_class") or {})
+    if not matrix or len(labels) != len(matrix):
+        return None
+    present = [i for i, row in enumerate(matrix) if sum(row) > 0]
+    never = [labels[i] for i in present if sum(row[i] for row in matrix) == 0]
+    if not never:
+        return None
+    shown = ", ".join(never[:6]) + (f" and {len(never) - 6} more" if len(never) > 6 else "")
+    return {"kind": "classes_never_predicted",
+            "message": f"{len(never)} of the {len(present)} classes in the {split} data were never predicted "
+                       f"({shown})",
+            "try": "class_weights=auto"}
+
+
+def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+
+
+def _train_losses(log: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    return [(float(r["step"]), float(r["loss"])) for r in log
+            if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"]) and "step" in r]
+
+
+def _eval_losses(log: Sequence[dict[str, Any]], key: str = "eval_loss") -> list[tuple[float, float]]:
+    return [(float(r["step"]), float(r[key])) for r in log
+            if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and "step" in r]
+
+
+def undertrained(log: Sequence[dict[str, Any]], best_step: int | None = None) -> dict[str, Any] | None:
+    points = _train_losses(log)
+    n = max(MIN_WINDOW, math.ceil(len(points) * WINDOW_FRACTION))
+    if len(points) < MIN_WINDOW or n > len(points):
+        return None
+    window = points[-n:]
+    xs, ys = [p[0] for p in window], [p[1] for p in window]
+    mean = sum(ys) / len(ys)
+    drop = -_slope(xs, ys) * (xs[-1] - xs[0])
+    if mean <= 0 or drop < FALLING * mean:
+        return None
+    evals = _eval_losses(log)
+    if evals and best_step is not None and best_step < evals[-1][0]:
+        return None  # validation had already peaked: more steps would not help
+    return {"kind": "undertrained",
+            "message": f"the training loss was still falling at the end ({drop / mean:.0%} over the last "
+                       f"{len(window)} logged steps)",
+            "try": "num_train_epochs=10 (with early_stopping_patience=2), or learning_rate=auto"}
+
+
+def overfit(log: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    evals = _eval_losses(log)
+    if len(evals) < 2:
+        return None
+    low_step, low = min(evals, key=lambda p: p[1])
+    last_step, last = evals[-1]
+    if last_step <= low_step or last < low * (1 + ROSE):
+        return None
+    train = _train_losses(log)
+    before = [loss for step, loss in train if step <= low_step][-3:]
+    after = [loss for step, loss in train if step > last_step - (last_step - low_step) / 2][-3:]
+    if not before or not after or sum(after) / len(after) >= sum(before) / len(before):
+        return None
+    return {"kind": "overfit",
+            "message": f"validation loss rose from {low:.4g} (step {int(low_step)}) to {last:.4g} (step "
+                       f"{int(last_step)}) while the training loss fell: overfitting (the best checkpoint was kept)",
+            "try": "early_stopping_patience=2, fewer num_train_epochs, or more data"}
+
+
+def diagnose(metrics: dict[str, Any], log: Sequence[dict[str, Any]], greater_is_better: Callable[[str], bool]
+             ) -> list[dict[str, Any]]:
+    """Every note that applies, most important first."""
+    notes = [below_baseline(metrics, greater_is_better), classes_never_predicted(metrics),
+             undertrained(log, metrics.get("best_step")), overfit(log)]
+    return [n for n in notes if n is not None]
+
+
+def render(notes: Sequence[dict[str, Any]]) -> list[str]:
+    return [f"{n['message']}; try {n['try']}" for n in notes]
