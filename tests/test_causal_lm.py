@@ -199,6 +199,17 @@ def test_cli_generate_and_saved_generation_config(memorised_run, capsys):
     assert info["splits"]["train"]["truncated_percent"] == 0.0
 
 
+def test_cli_evaluate_a_causal_lm_run_on_a_text_file(memorised_run, capsys):
+    """`tuneforge evaluate` reads the file in the run's data format and packs it as training did: on the run's
+    own validation text it reproduces the run's validation loss."""
+    corpus = memorised_run.path.parent / "corpus.txt"
+    assert main(["evaluate", str(memorised_run.path), "--data", str(corpus), "--name", "again"]) == 0
+    saved = json.loads((memorised_run.path / "eval" / "again" / "metrics.json").read_text())
+    assert saved["loss"] == pytest.approx(memorised_run.metrics["eval"]["loss"], rel=1e-3, abs=1e-4)
+    assert saved["perplexity"] < 2.0 and saved["tokens"] > 0
+    assert (memorised_run.path / "eval" / "again" / "error_analysis.json").exists()
+
+
 def test_error_analysis_loss_per_document_matches_a_single_document_pass(tiny_gpt2_lm, tmp_path):
     """Unpacked documents: each row's recorded loss equals the loss of that document evaluated alone."""
     import torch

@@ -86,13 +86,13 @@ def test_onnx_classification_export(trained_run, tmp_path, quantize):
 def test_failed_verification_is_loud_and_the_export_will_not_load(trained_run, tmp_path, monkeypatch, capsys):
     import tuneforge.deploy.verify as verify
 
-    real = verify._compare_classification
+    real = verify.VERIFY_METRICS["classes"]  # the comparison classification declares (TaskSpec.verify_metrics)
 
     def worse(*args, **kwargs):
         result = real(*args, **kwargs)
         return {**result, "agreement": 0.5}
 
-    monkeypatch.setattr(verify, "_compare_classification", worse)
+    monkeypatch.setitem(verify.VERIFY_METRICS, "classes", worse)
     out = tmp_path / "bad"
     with pytest.raises(UserError, match=r"below --min-agreement 0\.98"):
         export_run(trained_run.path, "safetensors", output=out, latency_examples=2)

@@ -96,7 +96,7 @@ def test_target_padding_is_ignored_by_the_loss(tiny_t5, copy_data):
     assert (padded["labels"] == -100).sum() > (tight["labels"] == -100).sum()
     with torch.no_grad():
         torch.testing.assert_close(task.loss(model, tight), task.loss(model, padded), rtol=1e-5, atol=1e-5)
-        logits = task._logits(model, tight)
+        logits = task.logits(model, tight)
         manual = torch.nn.functional.cross_entropy(logits[tight["labels"] != -100],
                                                    tight["labels"][tight["labels"] != -100], reduction="sum")
     torch.testing.assert_close(task.loss(model, tight), manual, rtol=1e-5, atol=1e-5)

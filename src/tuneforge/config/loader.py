@@ -23,9 +23,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from tuneforge.config.schema import SECTION_TASKS, SECTIONS, RunConfig, applies
+from tuneforge.config.schema import SECTIONS, RunConfig, applies
 from tuneforge.errors import ConfigError
-from tuneforge.tasks import get_spec, task_names
+from tuneforge.tasks import TaskSpec, get_spec, task_names, tasks_using
 
 # Spellings from other tools and older transformers versions -> what to write instead.
 ALIASES = {
@@ -236,7 +236,7 @@ def load_config(path: str | os.PathLike | dict[str, Any] | None = None,
         section, _, key = dotted.partition(".")
         f = _FIELDS[section][key]
         if not applies(f, spec.name, section):
-            only = f.metadata.get("tasks") or SECTION_TASKS.get(section, ())
+            only = tasks_using(section, key)
             raise ConfigError(f"{origin}: {dotted} is only for task {' / '.join(only)}, and this run's task is "
                               f"{spec.name}; remove it (`tuneforge config {spec.name}` lists the keys that apply)")
         task_default = spec.defaults.get(section, {})
@@ -254,11 +254,11 @@ def load_config(path: str | os.PathLike | dict[str, Any] | None = None,
         values = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in merged[name].items()}
         built[name] = cls(**values)
     config = RunConfig(task=spec.name, **built)
-    _check_cross_fields(config, spec.metrics)
+    _check_cross_fields(config, spec)
     return config
 
 
-def _check_cross_fields(config: RunConfig, metrics: tuple[str, ...]) -> None:
+def _check_cross_fields(config: RunConfig, spec: TaskSpec) -> None:
     if not config.model.model_name_or_path:
         raise ConfigError("model.model_name_or_path: missing; give a hub id (e.g. bert-base-uncased) "
                           "or a local model folder")
@@ -270,8 +270,9 @@ def _check_cross_fields(config: RunConfig, metrics: tuple[str, ...]) -> None:
         raise ConfigError("data.train_file: missing; give a training file (csv/tsv/json/jsonl/parquet) "
                           "or data.dataset_name for a hub dataset")
     metric = config.training.metric_for_best_model
-    if metric and metric.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len") \
-            and not config.generation.predict_with_generate:
+    metrics = spec.metrics
+    needs_generation = metric and metric.removeprefix("eval_") in spec.generated_metrics
+    if needs_generation and not config.generation.predict_with_generate:
         raise ConfigError(f"training.metric_for_best_model: {metric} needs generation during evaluation; "
                           "set generation.predict_with_generate=true or choose loss")
     if metric is not None:

@@ -17,17 +17,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneforge.errors import ConfigError
+from tuneforge.tasks import key_applies
 
 
-def opt(default: Any, help: str, tasks: tuple[str, ...] = ()) -> Any:
-    """A dataclass field with its one-line documentation; `tasks` limits it to those tasks (empty: all)."""
-    return field(default=default, metadata={"help": help, "tasks": tasks})
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with its one-line documentation."""
+    return field(default=default, metadata={"help": help})
 
 
-def applies(f: Any, task: str, section: str = "") -> bool:
-    """Whether field `f` of `section` means something for `task` (others are rejected and not printed)."""
-    tasks = f.metadata.get("tasks") or SECTION_TASKS.get(section, ())
-    return not tasks or task in tasks
+def applies(f: Any, task: str, section: str) -> bool:
+    """Whether field `f` of `section` means something for `task`: the tasks declare the task-specific keys they
+    use (TaskSpec.config_keys); a key no task declares applies to every task."""
+    return key_applies(task, section, f.name)
 
 
 @dataclass
@@ -66,41 +67,36 @@ class DataConfig:
     dataset_config_name: str | None = opt(None, "Configuration (subset) of the hub dataset, e.g. sst2 for glue.")
     text_column: str = opt("text", "Column holding the input text.")
     text_pair_column: str | None = opt(
-        None, "Optional second text column for sentence-pair tasks (NLI, paraphrase).", ("classification",))
-    label_column: str = opt("label", "Column holding the label (strings or integers).", ("classification",))
-    target_column: str = opt("summary", "Column holding the target text (summary, translation, answer).",
-                             ("seq2seq",))
+        None, "Optional second text column for sentence-pair tasks (NLI, paraphrase).")
+    label_column: str = opt("label", "Column holding the label (strings or integers).")
+    target_column: str = opt("summary", "Column holding the target text (summary, translation, answer).")
     source_prefix: str | None = opt(
         None, "Text put before every source, e.g. 'summarize: ' or 'translate English to German: '. Default: "
-              "the model's task_specific_params prefix for task_specific_params_key, else none.", ("seq2seq",))
-    prompt_column: str = opt("prompt", "Prompt column for prompt/completion data (no loss on the prompt).",
-                             ("causal_lm",))
-    completion_column: str = opt("completion", "Completion column for prompt/completion data.", ("causal_lm",))
-    messages_column: str = opt("messages", "Chat column: a list of {role, content}; loss on assistant turns only.",
-                               ("causal_lm",))
+              "the model's task_specific_params prefix for task_specific_params_key, else none.")
+    prompt_column: str = opt("prompt", "Prompt column for prompt/completion data (no loss on the prompt).")
+    completion_column: str = opt("completion", "Completion column for prompt/completion data.")
+    messages_column: str = opt("messages", "Chat column: a list of {role, content}; loss on assistant turns only.")
     data_format: Literal["auto", "text", "prompt_completion", "chat"] = opt(
         "auto", "auto: chat if messages_column exists, else prompt_completion if both its columns exist, "
-                "else raw text in text_column.", ("causal_lm",))
+                "else raw text in text_column.")
     document_separator: Literal["blank_line", "line"] = opt(
-        "blank_line", "How a .txt file splits into documents: at blank lines, or one per line.", ("causal_lm",))
+        "blank_line", "How a .txt file splits into documents: at blank lines, or one per line.")
     block_size: int | None = opt(
         None, "Tokens per training sequence (packed block, or longest example). Default: the model's limit, "
-              "at most 1024.", ("causal_lm",))
+              "at most 1024.")
     packing: bool | None = opt(
         None, "Pack examples into full blocks (no padding). Default: on for raw text, off for "
-              "prompt/completion and chat (dynamic padding, length-grouped).", ("causal_lm",))
+              "prompt/completion and chat (dynamic padding, length-grouped).")
     task_specific_params_key: str = opt(
         "summarization", "Which entry of the model config's task_specific_params supplies the default "
-                         "source_prefix (e.g. translation_en_to_de).", ("seq2seq",))
+                         "source_prefix (e.g. translation_en_to_de).")
     validation_split_percentage: float = opt(
         10.0, "Percent of training rows held out for validation when no validation data is given (stratified).")
     max_length: int | None = opt(
-        None, "Maximum tokens per example; longer inputs are truncated. Default: the model's limit, at most 512.",
-        ("classification",))
+        None, "Maximum tokens per example; longer inputs are truncated. Default: the model's limit, at most 512.")
     max_source_length: int | None = opt(
-        None, "Maximum source tokens; longer sources are truncated. Default: the model's limit, at most 1024.",
-        ("seq2seq",))
-    max_target_length: int = opt(128, "Maximum target tokens; longer targets are truncated.", ("seq2seq",))
+        None, "Maximum source tokens; longer sources are truncated. Default: the model's limit, at most 1024.")
+    max_target_length: int = opt(128, "Maximum target tokens; longer targets are truncated.")
     max_train_samples: int | None = opt(None, "Use only the first N training rows (for quick experiments).")
     max_eval_samples: int | None = opt(None, "Use only the first N validation rows.")
     preprocessing_cache_dir: str | None = opt(
@@ -165,7 +161,7 @@ class TrainingConfig:
         False, "Recompute activations in the backward pass: much less activation memory, ~30% slower steps.")
     class_weights: Literal["none", "auto"] | dict[str, float] = opt(
         "none", "Weight the loss per class: none, auto (inverse class frequency, n / (classes x count)), or "
-                "{label: weight} (unlisted labels weigh 1).", ("classification",))
+                "{label: weight} (unlisted labels weigh 1).")
     seed: int = opt(42, "Random seed for initialisation, data order, dropout and the validation split.")
     eval_strategy: Literal["epoch", "steps", "no"] = opt("epoch", "When to evaluate on the validation data.")
     eval_steps: int | None = opt(None, "Evaluate every N optimizer steps (with eval_strategy=steps).")
@@ -177,7 +173,8 @@ class TrainingConfig:
     load_best_model_at_end: bool = opt(True, "Restore the weights with the best validation metric at the end.")
     metric_for_best_model: str | None = opt(None, "Validation metric used for best model and early stopping. "
                                                   "Task default.")
-    greater_is_better: bool | None = opt(None, "Whether a larger metric is better. Default: false for *loss.")
+    greater_is_better: bool | None = opt(None, "Whether a larger metric is better. Default: the direction the task "
+                                               "declares for the metric (smaller is better for loss and perplexity).")
     early_stopping_patience: int | None = opt(
         None, "Stop after this many evaluations without improvement of metric_for_best_model. null disables.")
     early_stopping_threshold: float = opt(0.0, "Minimum improvement that resets early-stopping patience.")
@@ -268,16 +265,14 @@ class GenerationConfig:
     no_repeat_ngram_size: int | None = opt(None, "Never repeat an n-gram of this size (3 suits summaries) [0: off].")
     early_stopping: bool | None = opt(None, "Stop beam search once num_beams finished candidates exist [true].")
     predict_with_generate: bool = opt(
-        True, "Generate during evaluation to report ROUGE and gen_len (slower than loss alone).", ("seq2seq",))
-    do_sample: bool = opt(False, "Sample instead of greedy/beam decoding.", ("causal_lm",))
-    temperature: float = opt(1.0, "Sampling temperature (with do_sample).", ("causal_lm",))
-    top_k: int = opt(50, "Sample from the k most likely tokens (with do_sample); 0 disables.", ("causal_lm",))
-    top_p: float = opt(1.0, "Nucleus sampling: smallest token set with this probability (with do_sample).",
-                       ("causal_lm",))
-    repetition_penalty: float = opt(1.0, "Penalise tokens already generated; 1.0 disables.", ("causal_lm",))
-    num_return_sequences: int = opt(1, "Outputs per prompt.", ("causal_lm",))
-    stop_strings: list[str] | None = opt(None, "Stop generating at any of these strings, e.g. ['\\n\\n'].",
-                                         ("causal_lm",))
+        True, "Generate during evaluation to report ROUGE and gen_len (slower than loss alone).")
+    do_sample: bool = opt(False, "Sample instead of greedy/beam decoding.")
+    temperature: float = opt(1.0, "Sampling temperature (with do_sample).")
+    top_k: int = opt(50, "Sample from the k most likely tokens (with do_sample); 0 disables.")
+    top_p: float = opt(1.0, "Nucleus sampling: smallest token set with this probability (with do_sample).")
+    repetition_penalty: float = opt(1.0, "Penalise tokens already generated; 1.0 disables.")
+    num_return_sequences: int = opt(1, "Outputs per prompt.")
+    stop_strings: list[str] | None = opt(None, "Stop generating at any of these strings, e.g. ['\\n\\n'].")
 
     def __post_init__(self) -> None:
         if self.num_beams is not None and self.num_beams < 1:
@@ -336,7 +331,6 @@ class FreezeConfig:
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig,
                              "generation": GenerationConfig, "lora": LoraConfig, "freeze": FreezeConfig}
-SECTION_TASKS: dict[str, tuple[str, ...]] = {"generation": ("seq2seq", "causal_lm")}
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """ONNX export with torch.onnx (the torch.export-based exporter), and ONNX Runtime models that stand in for the
 PyTorch model in the tasks' own predict and evaluation code.
 
-What is exported, per task (batch and sequence length dynamic, fp32, opset 18):
-  classification  model.onnx    (input_ids, attention_mask[, token_type_ids]) -> logits
-  seq2seq         encoder.onnx  (input_ids, attention_mask) -> encoder_hidden_states
+What is exported, per ONNX class (each task names its class, TaskSpec.onnx_class; the class writes the graphs
+with its `export` and runs them; batch and sequence length dynamic, fp32, opset 18):
+  OnnxClassifier  model.onnx    (input_ids, attention_mask[, token_type_ids]) -> logits
+  OnnxSeq2Seq     encoder.onnx  (input_ids, attention_mask) -> encoder_hidden_states
                   decoder.onnx  (decoder_input_ids, encoder_hidden_states, encoder_attention_mask) -> logits
-  causal_lm       model.onnx    (input_ids, attention_mask, position_ids) -> logits
+  OnnxCausalLM    model.onnx    (input_ids, attention_mask, position_ids) -> logits
 The decoders have no KV cache: every generated token runs the decoder over the whole prefix. Generation with
 an ONNX export is greedy (num_beams and sampling settings are not applied); `max_new_tokens`, EOS and stop
 strings are. optimum's exporter is not used: it does not support transformers 5.
@@ -64,74 +65,14 @@ def _sample_batch(tokenizer: Any, texts: list[str]) -> dict[str, Any]:
 
 def export_onnx(model: Any, tokenizer: Any, task: str, folder: Path, use_token_types: bool,
                 sample_texts: list[str]) -> list[str]:
-    """Write the task's ONNX graph(s) for `model` (fp32, eval mode) into `folder`; returns the file names."""
-    import torch
+    """Write the ONNX graph(s) of `model` (fp32, eval mode) into `folder` with the ONNX class the task declares
+    (TaskSpec.onnx_class); returns the file names."""
+    from tuneforge.tasks import get_spec, load_declared
 
     model = model.float().cpu().eval()
     enc = _sample_batch(tokenizer, sample_texts)
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    if task == "classification":
-        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_token_types else [])
-
-        class Classifier(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-                extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-                return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-
-        args = (ids, mask) + ((torch.zeros_like(ids),) if use_token_types else ())
-        _export(Classifier(), args, names, ["logits"], folder / "model.onnx")
-        return ["model.onnx"]
-    if task == "seq2seq":
-        from transformers.modeling_outputs import BaseModelOutput
-
-        class Encoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.encoder = model.get_encoder()
-
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-        class Decoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, decoder_input_ids: Any, encoder_hidden_states: Any, encoder_attention_mask: Any) -> Any:
-                return self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
-                                  attention_mask=encoder_attention_mask, decoder_input_ids=decoder_input_ids,
-                                  use_cache=False).logits
-
-        _export(Encoder(), (ids, mask), ["input_ids", "attention_mask"], ["encoder_hidden_states"],
-                folder / "encoder.onnx")
-        with torch.no_grad():
-            hidden = Encoder()(ids, mask)
-        start = model.config.decoder_start_token_id or 0
-        decoder_ids = torch.full((ids.shape[0], 3), start, dtype=torch.long)
-        decoder_ids[:, 1:] = ids[:, 1:3]
-        _export(Decoder(), (decoder_ids, hidden, mask),
-                ["decoder_input_ids", "encoder_hidden_states", "encoder_attention_mask"], ["logits"],
-                folder / "decoder.onnx")
-        return ["encoder.onnx", "decoder.onnx"]
-    if task == "causal_lm":
-        class CausalLM(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any) -> Any:
-                return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  use_cache=False).logits
-
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        _export(CausalLM(), (ids, mask, positions), ["input_ids", "attention_mask", "position_ids"], ["logits"],
-                folder / "model.onnx")
-        return ["model.onnx"]
-    raise ValueError(f"no ONNX export for task {task!r}")
+    return load_declared(get_spec(task).onnx_class).export(model, enc["input_ids"], enc["attention_mask"], folder,
+                                                           use_token_types)
 
 
 # ---- ONNX Runtime stand-ins for the PyTorch model ------------------------------------------------------
@@ -190,6 +131,26 @@ class OnnxModel:
 
 
 class OnnxClassifier(OnnxModel):
+    @staticmethod
+    def export(model: Any, ids: Any, mask: Any, folder: Path, use_token_types: bool) -> list[str]:
+        """Write this layout's ONNX graph(s) of `model`, traced on the sample batch (ids, mask)."""
+        import torch
+
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_token_types else [])
+
+        class Classifier(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+                extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+                return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+        args = (ids, mask) + ((torch.zeros_like(ids),) if use_token_types else ())
+        _export(Classifier(), args, names, ["logits"], folder / "model.onnx")
+        return ["model.onnx"]
+
     def __init__(self, folder: Path, config: Any, generation_config: Any = None) -> None:
         super().__init__(folder, config, generation_config)
         self.session = _session(folder / "model.onnx")
@@ -205,6 +166,42 @@ class OnnxClassifier(OnnxModel):
 
 
 class OnnxSeq2Seq(OnnxModel):
+    @staticmethod
+    def export(model: Any, ids: Any, mask: Any, folder: Path, use_token_types: bool) -> list[str]:
+        """Write this layout's ONNX graph(s) of `model`, traced on the sample batch (ids, mask)."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        class Encoder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.encoder = model.get_encoder()
+
+            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+                return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+        class Decoder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, decoder_input_ids: Any, encoder_hidden_states: Any, encoder_attention_mask: Any) -> Any:
+                return self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                                  attention_mask=encoder_attention_mask, decoder_input_ids=decoder_input_ids,
+                                  use_cache=False).logits
+
+        _export(Encoder(), (ids, mask), ["input_ids", "attention_mask"], ["encoder_hidden_states"],
+                folder / "encoder.onnx")
+        with torch.no_grad():
+            hidden = Encoder()(ids, mask)
+        start = model.config.decoder_start_token_id or 0
+        decoder_ids = torch.full((ids.shape[0], 3), start, dtype=torch.long)
+        decoder_ids[:, 1:] = ids[:, 1:3]
+        _export(Decoder(), (decoder_ids, hidden, mask),
+                ["decoder_input_ids", "encoder_hidden_states", "encoder_attention_mask"], ["logits"],
+                folder / "decoder.onnx")
+        return ["encoder.onnx", "decoder.onnx"]
+
     def __init__(self, folder: Path, config: Any, generation_config: Any) -> None:
         super().__init__(folder, config, generation_config)
         self.encoder = _session(folder / "encoder.onnx")
@@ -250,6 +247,25 @@ class OnnxSeq2Seq(OnnxModel):
 
 
 class OnnxCausalLM(OnnxModel):
+    @staticmethod
+    def export(model: Any, ids: Any, mask: Any, folder: Path, use_token_types: bool) -> list[str]:
+        """Write this layout's ONNX graph(s) of `model`, traced on the sample batch (ids, mask)."""
+        import torch
+
+        class CausalLM(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any) -> Any:
+                return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False).logits
+
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        _export(CausalLM(), (ids, mask, positions), ["input_ids", "attention_mask", "position_ids"], ["logits"],
+                folder / "model.onnx")
+        return ["model.onnx"]
+
     def __init__(self, folder: Path, config: Any, generation_config: Any) -> None:
         super().__init__(folder, config, generation_config)
         self.session = _session(folder / "model.onnx")
@@ -297,5 +313,7 @@ def load_onnx_model(art: Any) -> OnnxModel:
     config = AutoConfig.from_pretrained(art.path)
     generation = GenerationConfig.from_pretrained(art.path) if (art.path / "generation_config.json").exists() \
         else None
-    cls = {"classification": OnnxClassifier, "seq2seq": OnnxSeq2Seq, "causal_lm": OnnxCausalLM}[art.task]
+    from tuneforge.tasks import get_spec, load_declared
+
+    cls = load_declared(get_spec(art.task).onnx_class)
     return cls(art.path, config, generation)

@@ -1,13 +1,15 @@
 """Check an export against the model it came from, on the run's validation data, and time both.
 
-What is compared, per task (both models see the same tokenized batches, made by the task's own code):
-  classification  agreement = share of validation examples with the same predicted label; max |logit| diff;
-                  accuracy and f1_macro of each against the true labels
-  seq2seq         agreement = share of target tokens whose next-token argmax matches (teacher forcing on the
-                  reference summaries); max |logit| diff there; ROUGE of the summaries each model generates
-                  (ONNX exports decode greedily, so the original is then also decoded greedily)
-  causal_lm       agreement = share of target tokens whose next-token argmax matches; max |logit| diff;
-                  perplexity of each (rows unpacked, so both see the same attention masks)
+Agreement, for every task: both models see the same tokenized batches, made by the task's own collate, and
+their `task.logits` are compared wherever `task.targets` scores them: the share of argmax predictions that match
+(per example for a classifier, per target token under teacher forcing for generative tasks) and the largest
+|logit| difference there; the task names the measure (TaskSpec.verify_measure). The metric change each task
+declares (TaskSpec.verify_metrics), original vs export:
+  classes          accuracy and f1_macro of each against the true labels
+  generated_rouge  ROUGE of the texts each model generates (ONNX exports decode greedily, so the original is then
+                   also decoded greedily)
+  perplexity       loss and perplexity of each on the target tokens (rows unpacked, so both see the same attention
+                   masks)
 Both models run on the export's device (the CPU for ONNX and int8 exports, else the best one), each batch moved
 to it. Latency: batch-1 `predict` calls through the same code the server uses, original and export interleaved
 per example; p50 and mean in milliseconds, speedup = original p50 / export p50 (for ONNX exports of generative
@@ -27,9 +29,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.errors import UserError
-
-MEASURES = {"classification": "label agreement", "seq2seq": "next-token agreement (teacher forcing)",
-            "causal_lm": "next-token agreement (teacher forcing)"}
+from tuneforge.tasks import get_spec
 
 
 def validation_data(loaded: Any, data_file: str | None, max_examples: int | None) -> tuple[Any, Any, Any]:
@@ -40,9 +40,8 @@ def validation_data(loaded: Any, data_file: str | None, max_examples: int | None
     if data_file:
         d = dataclasses.replace(d, train_file=data_file, validation_file=data_file, test_file=None,
                                 dataset_name=None, max_train_samples=None)
-    d = dataclasses.replace(d, max_eval_samples=max_examples, test_file=None)
-    if cfg.task == "causal_lm":
-        d = dataclasses.replace(d, packing=False)  # rows with attention masks: the same inputs for both runtimes
+    # packing=False: rows with attention masks, the same inputs for both runtimes (tasks that never pack ignore it)
+    d = dataclasses.replace(d, max_eval_samples=max_examples, test_file=None, packing=False)
     cfg = dataclasses.replace(cfg, data=d)
     try:
         data = loaded.task.prepare_data(cfg)
@@ -60,69 +59,53 @@ def _batches(split: Any, size: int) -> list[np.ndarray]:
     return eval_order(split.batch_lengths, size)
 
 
-def _compare_classification(original: Any, exported: Any, data: Any, split: Any) -> dict[str, Any]:
-    import torch
-
-    from tuneforge.engine.step import to_device
-    from tuneforge.evaluate.classification import classification_metrics
-
-    task, pad = original.task, original.tokenizer.pad_token_id or 0
-    same, diff, y_true, p_orig, p_exp = 0, 0.0, [], [], []
-    with torch.inference_mode():
-        for idx in _batches(split, 32):
-            batch = task.collate(split, idx, pad)
-            a, b = (task.logits(m.model, to_device(batch, m.device)).cpu() for m in (original, exported))
-            diff = max(diff, float((a - b).abs().max()))
-            pa, pb = a.argmax(-1), b.argmax(-1)
-            same += int((pa == pb).sum())
-            y_true += batch["labels"].tolist()
-            p_orig += pa.tolist()
-            p_exp += pb.tolist()
-    names = data.label_names
-    m_orig, m_exp = classification_metrics(y_true, p_orig, names), classification_metrics(y_true, p_exp, names)
-    keys = ("accuracy", "f1_macro")
-    return {"agreement": same / max(1, len(y_true)), "max_logit_diff": diff, "examples": len(y_true),
-            "metrics": {"original": {k: m_orig[k] for k in keys}, "exported": {k: m_exp[k] for k in keys}}}
-
-
-def _teacher_forced(original: Any, exported: Any, split: Any, batch_size: int) -> dict[str, Any]:
-    """Next-token argmax agreement and max logit difference over target tokens, plus each model's loss."""
+def _agreement(original: Any, exported: Any, split: Any, batch_size: int) -> dict[str, Any]:
+    """Both models on the same batches, compared where `task.targets` scores `task.logits`: argmax agreement,
+    max |logit| difference, and each model's summed cross-entropy and predictions there."""
     import torch
     import torch.nn.functional as F
 
     from tuneforge.engine.step import to_device
 
     task, pad = original.task, original.tokenizer.pad_token_id or 0
-    seq2seq = original.config.task == "seq2seq"
     same = total = 0
     diff, loss = 0.0, [0.0, 0.0]
+    targets_seen: list[int] = []
+    predictions: list[list[int]] = [[], []]
     with torch.inference_mode():
         for idx in _batches(split, batch_size):
             batch = task.collate(split, idx, pad)
-            labels = batch["labels"] if seq2seq else batch["labels"][:, 1:]
-            outs = []
-            for j, loaded in enumerate((original, exported)):
-                on = to_device(batch, loaded.device)
-                inputs = {k: v for k, v in on.items() if k in ("input_ids", "attention_mask")}
-                logits = (task._logits(loaded.model, on) if seq2seq
-                          else loaded.model(**inputs, use_cache=False).logits[:, :-1])
-                logits = logits.float().cpu()
-                loss[j] += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                                 reduction="sum"))
-                outs.append(logits)
-            mask = labels != -100
+            targets = task.targets(batch)
+            mask = targets != -100
+            outs = [task.logits(m.model, to_device(batch, m.device)).float().cpu() for m in (original, exported)]
+            for j, logits in enumerate(outs):
+                loss[j] += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 ignore_index=-100, reduction="sum"))
+                predictions[j] += logits.argmax(-1)[mask].tolist()
+            targets_seen += targets[mask].tolist()
             diff = max(diff, float((outs[0] - outs[1]).abs()[mask].max())) if bool(mask.any()) else diff
             same += int(((outs[0].argmax(-1) == outs[1].argmax(-1)) & mask).sum())
             total += int(mask.sum())
-    return {"agreement": same / max(1, total), "max_logit_diff": diff, "tokens": total,
-            "loss": [v / max(1, total) for v in loss]}
+    return {"agreement": same / max(1, total), "max_logit_diff": diff, "count": total,
+            "loss": [v / max(1, total) for v in loss], "predictions": predictions, "targets": targets_seen}
 
 
-def _compare_seq2seq(original: Any, exported: Any, data: Any, split: Any, cfg: Any, generate_examples: int
+def _classes(original: Any, exported: Any, data: Any, split: Any, cfg: Any) -> dict[str, Any]:
+    from tuneforge.evaluate.classification import classification_metrics
+
+    out = _agreement(original, exported, split, 32)
+    names = data.label_names
+    m_orig, m_exp = (classification_metrics(out["targets"], p, names) for p in out["predictions"])
+    keys = ("accuracy", "f1_macro")
+    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "examples": out["count"],
+            "metrics": {"original": {k: m_orig[k] for k in keys}, "exported": {k: m_exp[k] for k in keys}}}
+
+
+def _generated_rouge(original: Any, exported: Any, data: Any, split: Any, cfg: Any, generate_examples: int = 100
                      ) -> dict[str, Any]:
     from tuneforge.evaluate.rouge import rouge_scores
 
-    out = _teacher_forced(original, exported, split, 16)
+    out = _agreement(original, exported, split, 16)
     table = data.splits["validation"]
     n = min(generate_examples, len(table))
     texts, refs = table.columns[cfg.data.text_column][:n], table.columns[cfg.data.target_column][:n]
@@ -132,7 +115,7 @@ def _compare_seq2seq(original: Any, exported: Any, data: Any, split: Any, cfg: A
     b = [r["generated_text"] for r in exported.predict(texts, batch_size=16)]
     keys = ("rouge1", "rouge2", "rougeL")
     ra, rb = rouge_scores(a, refs), rouge_scores(b, refs)
-    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "tokens": out["tokens"],
+    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "tokens": out["count"],
             "generated_examples": n, "same_generated_text": sum(x == y for x, y in zip(a, b)) / max(1, n),
             "decoding": "greedy (ONNX exports decode greedily; the original too, for this comparison)" if greedy
             else f"the run's settings (num_beams={getattr(original.model.generation_config, 'num_beams', 1)})",
@@ -155,12 +138,16 @@ def _decoding_like(original: Any, exported: Any) -> Iterator[None]:
         original.model.generation_config = saved
 
 
-def _compare_causal_lm(original: Any, exported: Any, split: Any) -> dict[str, Any]:
-    out = _teacher_forced(original, exported, split, 8)
+def _perplexity(original: Any, exported: Any, data: Any, split: Any, cfg: Any) -> dict[str, Any]:
+    out = _agreement(original, exported, split, 8)
     ppl = [float(np.exp(min(v, 50.0))) for v in out["loss"]]
-    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "tokens": out["tokens"],
+    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "tokens": out["count"],
             "metrics": {"original": {"loss": out["loss"][0], "perplexity": ppl[0]},
                         "exported": {"loss": out["loss"][1], "perplexity": ppl[1]}}}
+
+
+# TaskSpec.verify_metrics -> the comparison that reports it
+VERIFY_METRICS = {"classes": _classes, "generated_rouge": _generated_rouge, "perplexity": _perplexity}
 
 
 def measure_latency(models: list[Any], texts: list[str], warmup: int = 3, max_new_tokens: int | None = None
@@ -187,25 +174,20 @@ def verify_export(original: Any, exported: Any, min_agreement: float, prepared: 
     """The export report (without sizes): agreement, metrics and their change, latency, passed or not.
     `prepared` is what validation_data returned."""
     data, split, cfg = prepared
-    task = cfg.task
-    if task == "classification":
-        result = _compare_classification(original, exported, data, split)
-    elif task == "seq2seq":
-        result = _compare_seq2seq(original, exported, data, split, cfg, 100)
-    else:
-        result = _compare_causal_lm(original, exported, split)
+    spec = get_spec(cfg.task)
+    result = VERIFY_METRICS[spec.verify_metrics](original, exported, data, split, cfg)
     metrics = result.pop("metrics")
     change = {k: metrics["exported"][k] - metrics["original"][k] for k in metrics["original"]}
     table = data.splits["validation"]
     column = cfg.data.prompt_column if cfg.data.data_format == "prompt_completion" else cfg.data.text_column
     texts = [str(t) for t in table.columns[column]] if cfg.data.data_format != "chat" else []
-    n_latency = latency_examples if task == "classification" else min(latency_examples, 20)
-    if task == "causal_lm":  # documents as prompts: their first tokens, so that prompt + output fit the model
+    n_latency = min(latency_examples, 20) if spec.generates else latency_examples
+    if spec.prompt_shares_context:  # documents as prompts: their first tokens, so that prompt + output fit the model
         texts = original.truncate(texts[:n_latency], min(64, (original.max_length or 128) // 2))
-    gen_tokens = 32 if task != "classification" else None
+    gen_tokens = 32 if spec.generates else None
     with _decoding_like(original, exported):
         lat = measure_latency([original, exported], texts[:n_latency], max_new_tokens=gen_tokens) if texts else []
-    agreement = {"measure": MEASURES[task], "value": result.pop("agreement"), "min_required": min_agreement,
+    agreement = {"measure": spec.verify_measure, "value": result.pop("agreement"), "min_required": min_agreement,
                  **result}
     return {"validation": {"source": table.source, "rows": len(table)},
             "agreement": agreement, "metrics": {**metrics, "change": change},

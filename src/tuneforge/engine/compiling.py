@@ -1,9 +1,10 @@
 """torch.compile for training (`training.torch_compile`), in place so parameter names and checkpoints stay plain.
 
->>> resolve_compile("auto", "cpu", "classification", 5000)
-(False, None)
->>> resolve_compile("auto", "cuda", "causal_lm", 5000)[0]
+>>> from tuneforge.tasks import get_spec, task_names
+>>> all(resolve_compile("auto", "cuda", t, 5000)[0] == get_spec(t).compile_auto for t in task_names())
 True
+>>> any(resolve_compile("auto", "cpu", t, 5000)[0] for t in task_names())
+False
 >>> loss_fn, note = compile_for_training(model, task, one_length=True)   # doctest: +SKIP
 >>> with eager():                                      # doctest: +SKIP
 ...     evaluate(...)                                  # evaluation and generation run uncompiled
@@ -21,10 +22,10 @@ Two scopes, chosen by the training data's shapes:
 Evaluation runs eagerly under both: its lengths vary and generation grows them token by token, so a compiled
 evaluation would recompile for shapes it sees once.
 
-`auto` (the default) compiles on a CUDA GPU for classification and causal-LM runs of at least AUTO_MIN_STEPS
-optimizer steps: both measured gains repay their compile time after about 600 steps. Not on CPU (no gain
-measured) and not for seq2seq (not measured). Under auto a compilation error falls back to eager instead of
-ending the run.
+`auto` (the default) compiles GPU (CUDA) runs of at least AUTO_MIN_STEPS optimizer steps of the tasks whose spec
+sets `compile_auto` (classification and causal LM: both measured gains repay their compile time after about 600
+steps). Not on CPU (no gain measured) and not for the other tasks (seq2seq: not measured). Under auto a compilation
+error falls back to eager instead of ending the run.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from typing import Any
 
 import torch
 
+from tuneforge.tasks import get_spec
+
 SCOPE: str | None = None  # None: by the data's shapes; bench/gpu_check.py forces "model" or "blocks" to compare
 AUTO_MIN_STEPS = 1000  # about twice the measured break-even
-AUTO_TASKS = ("classification", "causal_lm")
 
 
 def resolve_compile(requested: bool | str, device_type: str, task: str, total_steps: int) -> tuple[bool, str | None]:
@@ -45,7 +47,7 @@ def resolve_compile(requested: bool | str, device_type: str, task: str, total_st
         return bool(requested), None
     if device_type != "cuda":
         return False, None
-    if task not in AUTO_TASKS:
+    if not get_spec(task).compile_auto:
         return False, f"torch_compile: off (auto: not measured to pay for {task}; torch_compile=true tries it)"
     if total_steps < AUTO_MIN_STEPS:
         return False, (f"torch_compile: off (auto: {total_steps} steps are too few to repay compiling, "

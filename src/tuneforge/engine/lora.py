@@ -1,6 +1,6 @@
 """LoRA adapters (peft) for every task: wrap after loading, train adapters + new modules, save both ways.
 
->>> model = apply_lora(model, cfg.lora, "classification", new_keys=["classifier.weight"])   # doctest: +SKIP
+>>> model = apply_lora(model, cfg.lora, cfg.task, new_keys=["classifier.weight"])   # doctest: +SKIP
 
 Modules the checkpoint did not have (any new classification head, whatever its name, e.g. BART's
 `classification_head`; resized embeddings) are trained fully (`modules_to_save`): peft's SEQ_CLS default
@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config.schema import LoraConfig
-
-TASK_TYPES = {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal_lm": "CAUSAL_LM"}
+from tuneforge.tasks import get_spec
 
 
 def new_module_names(new_keys: list[str]) -> list[str]:
@@ -24,6 +23,7 @@ def new_module_names(new_keys: list[str]) -> list[str]:
 
 
 def apply_lora(model: Any, cfg: LoraConfig, task: str, new_keys: list[str]) -> Any:
+    """Wrap `model` for LoRA training as peft's task type that task `task` declares (TaskSpec.lora_task_type)."""
     import peft
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
@@ -36,7 +36,7 @@ def apply_lora(model: Any, cfg: LoraConfig, task: str, new_keys: list[str]) -> A
             and getattr(model.config, "tie_word_embeddings", False)
             and any(module is embeddings for name, module in model.named_modules() if name in to_save)):
         extra["ensure_weight_tying"] = True  # resized tied embeddings stay one matrix, also after merging
-    config = peft.LoraConfig(task_type=TASK_TYPES[task], r=cfg.r, lora_alpha=cfg.lora_alpha,
+    config = peft.LoraConfig(task_type=get_spec(task).lora_task_type, r=cfg.r, lora_alpha=cfg.lora_alpha,
                              lora_dropout=cfg.lora_dropout, target_modules=targets,
                              modules_to_save=to_save or None,
                              fan_in_fan_out=model_type == "gpt2", **extra)  # GPT-2 stores Linear weights transposed

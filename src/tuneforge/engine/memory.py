@@ -88,6 +88,10 @@ def model_dims(model_config: Any) -> dict[str, int]:
 
 def estimate_for_model(model: Any, task_name: str, batch_size: int, seq_len: int, mixed_precision: str,
                        gradient_checkpointing: bool = False) -> MemoryEstimate:
+    """The estimate for `model` as task `task_name` trains it: its LM logits count when the task declares
+    vocabulary logits per token (TaskSpec.vocab_logits)."""
+    from tuneforge.tasks import get_spec
+
     params = list({id(p): p for p in model.parameters()}.values())
     n_params = sum(p.numel() for p in params)
     n_trainable = sum(p.numel() for p in params if p.requires_grad)
@@ -96,7 +100,7 @@ def estimate_for_model(model: Any, task_name: str, batch_size: int, seq_len: int
     dims = model_dims(model.config)
     return estimate_training_memory(
         n_params=n_params, n_trainable=n_trainable, batch_size=batch_size, seq_len=seq_len, layers=dims["layers"],
-        hidden=dims["hidden"], heads=dims["heads"], vocab=dims["vocab"] if task_name != "classification" else 0,
+        hidden=dims["hidden"], heads=dims["heads"], vocab=dims["vocab"] if get_spec(task_name).vocab_logits else 0,
         mixed_precision=mixed_precision, frozen_bytes=frozen_bytes or 4, gradient_checkpointing=gradient_checkpointing)
 
 

@@ -3,9 +3,29 @@
 >>> from tuneforge.tasks import task_names
 >>> "classification" in task_names()
 True
+
+A task is its module (a class following `Task`, usually derived from `TaskBase`) plus one `register_task` call
+below: its spec declares everything code outside `tasks/` needs to know about it (config keys, metrics and
+their direction, baseline, LoRA task type, model-card metadata, export verification, ONNX class, compile and
+memory rules); nothing outside `tasks/` compares task names.
 """
 
-from tuneforge.tasks.base import Task, TaskSpec, get_spec, get_task, register_task, task_names
+from tuneforge.tasks.base import (
+    Task,
+    TaskBase,
+    TaskSpec,
+    get_spec,
+    get_task,
+    key_applies,
+    load_declared,
+    register_task,
+    task_names,
+    tasks_using,
+)
+
+# generation settings every generating task uses (beam search and output length)
+GENERATION_KEYS = ("num_beams", "max_new_tokens", "min_length", "length_penalty", "no_repeat_ngram_size",
+                   "early_stopping")
 
 register_task(TaskSpec(
     name="classification",
@@ -16,6 +36,13 @@ register_task(TaskSpec(
                            "metric_for_best_model": "f1_macro"}},
     metrics=("loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
              "precision_weighted", "recall_weighted"),
+    config_keys={"data": ("text_pair_column", "label_column", "max_length"), "training": ("class_weights",)},
+    baseline="tuneforge.evaluate.baselines:majority_class",
+    lora_task_type="SEQ_CLS",
+    pipeline_tag="text-classification", card_metrics=("accuracy", "f1"),
+    verify_measure="label agreement", verify_metrics="classes",
+    onnx_class="tuneforge.deploy.onnx:OnnxClassifier",
+    compile_auto=True,
 ))
 
 register_task(TaskSpec(
@@ -26,6 +53,18 @@ register_task(TaskSpec(
                            "lr_scheduler_type": "linear", "max_grad_norm": 1.0, "metric_for_best_model": "loss",
                            "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16}},
     metrics=("loss", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len"),
+    lower_is_better=("loss", "perplexity"),
+    generated_metrics=("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len"),
+    config_keys={"data": ("target_column", "source_prefix", "task_specific_params_key", "max_source_length",
+                          "max_target_length"),
+                 "generation": GENERATION_KEYS + ("predict_with_generate",)},
+    baseline="tuneforge.evaluate.baselines:lead_1",
+    lora_task_type="SEQ_2_SEQ_LM",
+    pipeline_tag="text2text-generation", card_metrics=("rouge",),
+    generates=True,
+    verify_measure="next-token agreement (teacher forcing)", verify_metrics="generated_rouge",
+    onnx_class="tuneforge.deploy.onnx:OnnxSeq2Seq",
+    vocab_logits=True,
     notes={"learning_rate": "seq2seq default when null: 3e-4 for T5-family models (t5, mt5, umt5, longt5), "
                             "5e-5 for BART, Pegasus and others",
            "metric_for_best_model": "seq2seq default: loss; rougeL/rougeLsum select on generated summaries"},
@@ -40,7 +79,19 @@ register_task(TaskSpec(
                            "metric_for_best_model": "loss", "per_device_train_batch_size": 8,
                            "per_device_eval_batch_size": 8}},
     metrics=("loss", "perplexity"),
+    lower_is_better=("loss", "perplexity"),
+    config_keys={"data": ("prompt_column", "completion_column", "messages_column", "data_format",
+                          "document_separator", "block_size", "packing"),
+                 "generation": GENERATION_KEYS + ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                                                  "num_return_sequences", "stop_strings")},
+    lora_task_type="CAUSAL_LM",
+    pipeline_tag="text-generation", card_metrics=("perplexity",), card_example="Once upon a time",
+    generates=True, prompt_shares_context=True,
+    verify_measure="next-token agreement (teacher forcing)", verify_metrics="perplexity",
+    onnx_class="tuneforge.deploy.onnx:OnnxCausalLM",
+    compile_auto=True, vocab_logits=True,
     notes={"learning_rate": "causal_lm default for full fine-tuning; LoRA runs use about 2e-4"},
 ))
 
-__all__ = ["Task", "TaskSpec", "get_spec", "get_task", "register_task", "task_names"]
+__all__ = ["GENERATION_KEYS", "Task", "TaskBase", "TaskSpec", "get_spec", "get_task", "key_applies", "load_declared",
+           "register_task", "task_names", "tasks_using"]

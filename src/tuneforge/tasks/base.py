@@ -23,31 +23,80 @@ if TYPE_CHECKING:
 
     from tuneforge.config.schema import RunConfig
     from tuneforge.data.prepared import PreparedData, TokenizedSplit
+    from tuneforge.data.table import DataReport, Table
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """Everything about a task that code outside `tasks/` needs, declared once (no torch: read before any
+    model loads). Code elsewhere reads these fields instead of comparing task names."""
+
     name: str
     summary: str
     factory: str  # "module:attribute" of the Task class, imported lazily
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # section -> key -> value
     metrics: tuple[str, ...] = ()  # names valid for metric_for_best_model (without the eval_ prefix)
     notes: dict[str, str] = field(default_factory=dict)  # key -> how the task fills a default left null
+    # section -> the task-specific config keys this task uses. A key that some task declares applies only to the
+    # tasks declaring it (others reject it and `tuneforge config` leaves it out); a key no task declares applies
+    # to every task. The schema itself names no task.
+    config_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    lower_is_better: tuple[str, ...] = ("loss",)  # metrics where smaller is better; every other one: greater
+    generated_metrics: tuple[str, ...] = ()  # metrics scored on generated text (need predict_with_generate)
+    baseline: str | None = None  # "module:function": fn(data, table, cfg) -> {baseline name: metrics}
+    lora_task_type: str = ""  # peft TaskType of the adapted model (SEQ_CLS, SEQ_2_SEQ_LM, CAUSAL_LM)
+    pipeline_tag: str = ""  # Hugging Face pipeline tag (model card metadata and its usage example)
+    card_metrics: tuple[str, ...] = ()  # model-card metadata `metrics` (Hugging Face metric names)
+    card_example: str = "an example text"  # the input in the model card's usage example
+    generates: bool = False  # outputs generated text: max_new_tokens and generation settings apply
+    prompt_shares_context: bool = False  # prompt and generated tokens share one context window (decoder-only)
+    verify_measure: str = ""  # export verification: the agreement measure's name in report.json
+    verify_metrics: str = ""  # export verification: which metric change it reports, a kind in deploy/verify.py
+    onnx_class: str = ""  # "module:Class" of the ONNX Runtime stand-in, which also writes the ONNX graph(s)
+    compile_auto: bool = False  # torch_compile=auto compiles this task's long GPU runs (measured to pay)
+    vocab_logits: bool = False  # the head outputs vocabulary logits per token (the memory estimate counts them)
+
+    def __post_init__(self) -> None:
+        for group in ("lower_is_better", "generated_metrics"):
+            unknown = set(getattr(self, group)) - set(self.metrics)
+            if self.metrics and unknown:
+                raise ValueError(f"task {self.name!r}: {group} names metrics it does not declare: {sorted(unknown)}")
+
+    def greater_is_better(self, metric: str) -> bool:
+        """The direction of `metric` (with or without the eval_ prefix), as the task declares it."""
+        return metric.removeprefix("eval_") not in self.lower_is_better
 
 
 class Task(Protocol):
-    """What the engine needs from a task. Batches are dicts of tensors; the engine never looks inside."""
+    """What the engine, inference and deploy code call on a task: every such method, one signature each (no
+    probing with hasattr). Batches are dicts of tensors; the engine never looks inside. `TaskBase` gives the
+    neutral answer of the optional steps (`resolve`, `fp16_safe`, `init_eval_state`)."""
 
     spec: TaskSpec
 
+    # ---- data (no torch) -------------------------------------------------------------------------------
     def text_columns(self, config: RunConfig) -> list[str]:
         """The input columns (used for cleaning, dedupe and overlap checks)."""
 
     def prepare_data(self, config: RunConfig) -> PreparedData:
         """Read, validate and split the data (no torch, no model): raises DataError on bad input."""
 
+    def read_eval_file(self, config: RunConfig, model_config: Any) -> tuple[Table, DataReport, list[str]]:
+        """Read config.data.train_file as evaluation data for a trained model (`tuneforge evaluate`): the table
+        (named "eval"), its data report (split "eval") and the label names (empty for generative tasks)."""
+
+    # ---- model ---------------------------------------------------------------------------------------
+    def auto_class(self) -> Any:
+        """The transformers Auto class that loads a trained model of this task (AutoModelFor...)."""
+
     def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
         """Return (model, tokenizer, hub commit hash or None) ready for training."""
+
+    def resolve(self, config: RunConfig, model: Any) -> tuple[RunConfig, list[str]]:
+        """Fill the defaults that depend on the loaded model; returns a new config and notes to print."""
+
+    def fp16_safe(self, model_config: Any) -> bool:
+        """Whether the automatic precision may choose fp16 for this model (False: it overflows, e.g. T5)."""
 
     def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
         """The truncation length: the configured one, capped by what the model accepts."""
@@ -56,15 +105,26 @@ class Task(Protocol):
                  ) -> dict[str, TokenizedSplit]:
         """Tokenize every split once into arrays (cached); fill the data report's length statistics."""
 
+    # ---- batches, loss, metrics (torch) ----------------------------------------------------------------
     def collate(self, split: TokenizedSplit, indices: Any, pad_id: int,
                 pad_to_multiple_of: int | None = None) -> dict[str, Any]:
         """Build one padded batch of tensors from array rows, without per-token Python work."""
 
-    def num_items(self, batch: dict[str, Any]) -> int:
-        """Items the loss sums over in this batch (examples, or target tokens)."""
+    def num_items(self, batch: dict[str, Any]) -> float:
+        """Items the loss sums over in this batch (examples, target tokens, or summed class weights)."""
+
+    def logits(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """The model's logits for `batch`, aligned with `targets(batch)`: (batch, classes) or (batch, length,
+        vocabulary). Export verification compares these between a model and its export."""
+
+    def targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """What each row (or position) of `logits` is scored against; -100 where nothing is scored."""
 
     def loss(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         """Sum of per-item losses; the engine divides by the items of the whole accumulation window."""
+
+    def init_eval_state(self, model: Any, tokenizer: Any, config: RunConfig) -> dict[str, Any]:
+        """A fresh streaming metric state for one evaluation pass (e.g. a generator and ROUGE totals)."""
 
     def eval_step(self, model: Any, batch: dict[str, Any], state: dict[str, Any]) -> None:
         """Fold one batch into a streaming metric state (loss sums, predictions), never keeping logits."""
@@ -72,9 +132,13 @@ class Task(Protocol):
     def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:
         """Turn the streaming state into metrics; scalar ones are logged, others saved."""
 
-    def predict(self, model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | None = None,
-                batch_size: int = 64, max_length: int | None = None) -> list[dict[str, Any]]:
-        """Inference on raw texts, the same path for the CLI, the Python API and (later) the server."""
+    # ---- inference ---------------------------------------------------------------------------------
+    def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
+                pairs: list[str] | None = None, batch_size: int = 32, max_length: int | None = None,
+                max_new_tokens: int | None = None) -> list[dict[str, Any]]:
+        """Inference on raw texts, the one path of the CLI, the Python API and the server. `max_length` caps
+        the input tokens, `max_new_tokens` the generated ones (ignored by tasks that do not generate); the
+        default batch size is the task's own."""
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -91,6 +155,24 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def tasks_using(section: str, key: str) -> list[str]:
+    """The tasks that declare `section.key` in their config_keys, in registration order (empty: the key is
+    not task-specific and applies to every task)."""
+    return [name for name, spec in _REGISTRY.items() if key in spec.config_keys.get(section, ())]
+
+
+def key_applies(task: str, section: str, key: str) -> bool:
+    """Whether config key `section.key` means something for `task` (others are rejected and not printed)."""
+    users = tasks_using(section, key)
+    return not users or task in users
+
+
+def load_declared(ref: str) -> Any:
+    """The object a spec names as "module:attribute" (its factory, baseline or ONNX class), imported now."""
+    module_name, attr = ref.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def get_spec(name: str) -> TaskSpec:
     try:
         return _REGISTRY[name]
@@ -102,5 +184,20 @@ def get_spec(name: str) -> TaskSpec:
 
 def get_task(name: str) -> Task:
     spec = get_spec(name)
-    module_name, attr = spec.factory.split(":")
-    return getattr(importlib.import_module(module_name), attr)(spec)
+    return load_declared(spec.factory)(spec)
+
+
+class TaskBase:
+    """The neutral answers of the optional steps; task classes derive from it and override what they need."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+
+    def resolve(self, config: RunConfig, model: Any) -> tuple[RunConfig, list[str]]:
+        return config, []  # nothing depends on the model
+
+    def fp16_safe(self, model_config: Any) -> bool:
+        return True
+
+    def init_eval_state(self, model: Any, tokenizer: Any, config: RunConfig) -> dict[str, Any]:
+        return {}

@@ -27,7 +27,7 @@ from tuneforge.data.packing import pack_documents
 from tuneforge.data.pipeline import clean_tables, finish_splits, read_splits
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.errors import DataError
-from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.base import TaskBase
 from tuneforge.tasks.chat import check_template, parse_conversations, render_conversation
 from tuneforge.tasks.loading import load_model, load_tokenizer, pin_revision, resolve_length
 from tuneforge.tasks.tokenize import length_stats, tokenizer_fingerprint
@@ -39,10 +39,7 @@ def _columns(config: RunConfig, fmt: str) -> list[str]:
             "chat": [d.messages_column]}[fmt]
 
 
-class CausalLMTask:
-    def __init__(self, spec: TaskSpec) -> None:
-        self.spec = spec
-
+class CausalLMTask(TaskBase):
     # ---- data (no torch) -------------------------------------------------------------------------
     def detect_format(self, config: RunConfig, columns: list[str]) -> str:
         d = config.data
@@ -57,7 +54,8 @@ class CausalLMTask:
     def text_columns(self, config: RunConfig) -> list[str]:
         return _columns(config, config.data.data_format if config.data.data_format != "auto" else "text")
 
-    def prepare_data(self, config: RunConfig) -> PreparedData:
+    def _read_and_clean(self, config: RunConfig) -> tuple[dict[str, Any], Any, str]:
+        """Read every split, find the data format, check its columns, drop empty rows, parse chats."""
         d = config.data
         tables = read_splits(d)
         fmt = self.detect_format(config, list(tables["train"].columns))
@@ -69,12 +67,25 @@ class CausalLMTask:
         if fmt == "chat":
             for table in tables.values():
                 parse_conversations(table, d.messages_column)
-        tables = finish_splits(tables, report, d, config.training.seed, columns, None, stratify=False)
+        return tables, report, fmt
+
+    def prepare_data(self, config: RunConfig) -> PreparedData:
+        tables, report, fmt = self._read_and_clean(config)
+        columns = _columns(config, fmt)
+        tables = finish_splits(tables, report, config.data, config.training.seed, columns, None, stratify=False)
         return PreparedData(tables, report, [], fingerprint([tables["train"]], columns), info={"format": fmt})
 
+    def read_eval_file(self, config: RunConfig, model_config: Any) -> tuple[Any, Any, list[str]]:
+        """Read config.data.train_file (text, prompt/completion or chat, in the run's data format) to evaluate a
+        trained model: loss and perplexity, packed into blocks as in training when the run packed."""
+        tables, report, _fmt = self._read_and_clean(config)
+        table = tables["train"]
+        table.name = "eval"
+        report.splits["eval"] = report.splits.pop("train")
+        return table, report, []
+
     # ---- model ---------------------------------------------------------------------------------------
-    @staticmethod
-    def auto_class() -> Any:
+    def auto_class(self) -> Any:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM
@@ -117,7 +128,9 @@ class CausalLMTask:
     def tokenize(self, tokenizer: Any, data: PreparedData, config: RunConfig, max_length: int
                  ) -> dict[str, TokenizedSplit]:
         d = config.data
-        fmt = data.info["format"]
+        # prepare_data records the format in data.info; evaluation data read by read_eval_file has it resolved in
+        # data.data_format
+        fmt = data.info.get("format") or self.detect_format(config, list(next(iter(data.splits.values())).columns))
         packing = d.packing if d.packing is not None else fmt == "text"
         d.packing, d.block_size = packing, max_length  # resolved values, recorded with the run
         columns = _columns(config, fmt)
@@ -166,23 +179,35 @@ class CausalLMTask:
     def num_items(self, batch: dict[str, Any]) -> int:
         return batch["num_items"]
 
-    def loss(self, model: Any, batch: dict[str, Any], reduction: str = "sum") -> Any:
-        import torch.nn.functional as F
-
+    def logits(self, model: Any, batch: dict[str, Any]) -> Any:
+        """Logits at every position (position t predicts token t + 1, the target `targets` puts at t)."""
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         # use_cache=False: with a cache (GPT-2 builds one by default) transformers ignores the position-id
         # document boundaries and packed documents would attend to each other
-        logits = model(**inputs, use_cache=False).logits
+        return model(**inputs, use_cache=False).logits
+
+    def targets(self, batch: dict[str, Any]) -> Any:
+        import torch.nn.functional as F
+
         # shift the labels, not the logits: slicing the logits would copy all of them (batch x length x
         # vocabulary) forward and backward; the last position gets no target
-        labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
-        losses = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                                 reduction=reduction)
+        return F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        return self._token_losses(model, batch, "sum")
+
+    def _token_losses(self, model: Any, batch: dict[str, Any], reduction: str) -> Any:
+        """Cross-entropy summed ("sum") or per target position ("none", shaped like the labels)."""
+        import torch.nn.functional as F
+
+        labels = self.targets(batch)
+        losses = F.cross_entropy(self.logits(model, batch).flatten(0, 1).float(), labels.flatten(),
+                                 ignore_index=-100, reduction=reduction)
         return losses if reduction == "sum" else losses.view(labels.shape)
 
     def eval_step(self, model: Any, batch: dict[str, Any], state: dict[str, Any]) -> None:
         if "errors" in state:  # error analysis: loss per row (document, or packed block) and per length
-            per_token = self.loss(model, batch, reduction="none")
+            per_token = self._token_losses(model, batch, "none")
             counts = (batch["labels"][:, 1:] != -100).sum(1)
             sums = per_token.sum(1)
             loss = sums.sum()

@@ -24,14 +24,14 @@ from tuneforge.data.checks import fingerprint
 from tuneforge.data.labels import class_weight_vector, encode_labels, imbalance_warning
 from tuneforge.data.pipeline import finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
-from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.base import TaskBase, TaskSpec
 from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
 
 
-class ClassificationTask:
+class ClassificationTask(TaskBase):
     def __init__(self, spec: TaskSpec) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.class_weights: list[float] | None = None  # training.class_weights, set by tokenize
 
     # ---- data (no torch) -------------------------------------------------------------------------
@@ -84,8 +84,7 @@ class ClassificationTask:
         return table, report, label_names
 
     # ---- model ---------------------------------------------------------------------------------------
-    @staticmethod
-    def auto_class() -> Any:
+    def auto_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification
@@ -158,6 +157,9 @@ class ClassificationTask:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "label_weights")}
         return model(**inputs).logits.float()
 
+    def targets(self, batch: dict[str, Any]) -> Any:
+        return batch["labels"]  # one label per row
+
     def loss(self, model: Any, batch: dict[str, Any]) -> Any:
         import torch.nn.functional as F
 
@@ -192,8 +194,9 @@ class ClassificationTask:
 
     # ---- inference ---------------------------------------------------------------------------------
     def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
-                pairs: list[str] | None = None, batch_size: int = 64, max_length: int | None = None
-                ) -> list[dict[str, Any]]:
+                pairs: list[str] | None = None, batch_size: int = 64, max_length: int | None = None,
+                max_new_tokens: int | None = None) -> list[dict[str, Any]]:
+        """label, probability and every label's probability per text (`max_new_tokens`: nothing generates)."""
         import torch
 
         limit = max_length or model_max_length(tokenizer, model.config)

@@ -22,7 +22,7 @@ from tuneforge.data.cache import cache_root, cached_tokenize
 from tuneforge.data.checks import fingerprint
 from tuneforge.data.pipeline import finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
-from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.base import TaskBase
 from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
 
@@ -36,10 +36,7 @@ def is_t5_family(model_config: Any) -> bool:
     return bool(types & set(T5_FAMILY))
 
 
-class Seq2SeqTask:
-    def __init__(self, spec: TaskSpec) -> None:
-        self.spec = spec
-
+class Seq2SeqTask(TaskBase):
     # ---- data (no torch) -------------------------------------------------------------------------
     def text_columns(self, config: RunConfig) -> list[str]:
         return [config.data.text_column]
@@ -63,8 +60,7 @@ class Seq2SeqTask:
         return table, report, []
 
     # ---- model ---------------------------------------------------------------------------------------
-    @staticmethod
-    def auto_class() -> Any:
+    def auto_class(self) -> Any:
         from transformers import AutoModelForSeq2SeqLM
 
         return AutoModelForSeq2SeqLM
@@ -151,16 +147,20 @@ class Seq2SeqTask:
     def num_items(self, batch: dict[str, Any]) -> int:
         return batch["num_items"]
 
-    def _logits(self, model: Any, batch: dict[str, Any]) -> Any:
+    def logits(self, model: Any, batch: dict[str, Any]) -> Any:
+        """Decoder logits under teacher forcing: position t predicts target token t."""
         base = getattr(model, "module", model)
         decoder_input_ids = base.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      decoder_input_ids=decoder_input_ids).logits
 
+    def targets(self, batch: dict[str, Any]) -> Any:
+        return batch["labels"]  # target tokens, -100 on padding
+
     def loss(self, model: Any, batch: dict[str, Any]) -> Any:
         import torch.nn.functional as F
 
-        logits = self._logits(model, batch)
+        logits = self.logits(model, batch)
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
                                reduction="sum")
 
