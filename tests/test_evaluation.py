@@ -117,3 +117,43 @@ def test_model_card_has_hf_metadata_results_and_no_training_text(trained_run, to
     assert f"| accuracy | {trained_run.metrics['eval']['accuracy']:.4f} | {test_acc:.4f} |" in text
     assert "majority_class" in text and "learning_rate | 0.003 |" in text
     assert not any(r["text"] in text for r in _csv_rows(toy_data["train"]))
+
+
+def test_tfidf_baseline_in_metrics_beats_majority_on_lexical_data(trained_run, toy_data):
+    baselines = trained_run.metrics["baselines"]
+    tfidf, majority = baselines["tfidf_logreg"], baselines["majority_class"]
+    assert {"accuracy", "f1_macro", "f1_weighted"} <= set(tfidf)
+    assert tfidf["train_rows"] == len(_csv_rows(toy_data["train"]))
+    assert tfidf["accuracy"] > majority["accuracy"] and tfidf["seconds"] < 60
+
+
+def test_tfidf_baseline_caps_rows_and_reads_unspaced_scripts():
+    from tuneforge.evaluate.tfidf import tfidf_logreg, unspaced
+
+    rng = random.Random(0)
+    # "words" glued together without spaces: whitespace tokens would be whole sentences, never seen twice
+    vocab = {0: ["退款", "付款", "发票"], 1: ["包裹", "快递", "送货"]}
+    def sentence(label):
+        return "".join(rng.choice(vocab[label]) + rng.choice(["了", "的", "吗"]) for _ in range(4))
+    train_y = [rng.randint(0, 1) for _ in range(300)]
+    train_x = [sentence(y) for y in train_y]
+    test_y = [rng.randint(0, 1) for _ in range(100)]
+    test_x = [sentence(y) for y in test_y]
+    assert unspaced(train_x) and not unspaced(["the parcel never arrived"] * 3)
+    m = tfidf_logreg(train_x, train_y, test_x, test_y, ["billing", "shipping"], max_rows=200)
+    assert m["features"] == "word+char" and m["train_rows"] == 200
+    assert m["accuracy"] > 0.9
+
+
+def test_baselines_can_be_switched_off(toy_data):
+    from tuneforge.config import load_config
+    from tuneforge.evaluate.baselines import baselines
+    from tuneforge.tasks import get_task
+
+    cfg = load_config({"task": "classification", "model_name_or_path": "unused", "train_file": str(toy_data["train"]),
+                       "test_file": str(toy_data["test"])})
+    data = get_task(cfg.task).prepare_data(cfg)
+    assert baselines(cfg.task, data, "test", cfg)
+    off = load_config({"task": "classification", "model_name_or_path": "unused", "train_file": str(toy_data["train"]),
+                       "test_file": str(toy_data["test"]), "baselines": False})
+    assert baselines(off.task, data, "test", off) == {}

@@ -162,6 +162,10 @@ class TrainingConfig:
     class_weights: Literal["none", "auto"] | dict[str, float] = opt(
         "none", "Weight the loss per class: none, auto (inverse class frequency, n / (classes x count)), or "
                 "{label: weight} (unlisted labels weigh 1).")
+    baselines: bool = opt(
+        True, "Score the task's baselines on the held-out split beside the model (classification: majority class "
+              "and TF-IDF + logistic regression, seconds; seq2seq: lead-1; causal LM: the base model before "
+              "fine-tuning). false skips them.")
     seed: int = opt(42, "Random seed for initialisation, data order, dropout and the validation split.")
     eval_strategy: Literal["epoch", "steps", "no"] = opt("epoch", "When to evaluate on the validation data.")
     eval_steps: int | None = opt(None, "Evaluate every N optimizer steps (with eval_strategy=steps).")

@@ -37,7 +37,7 @@ register_task(TaskSpec(
     metrics=("loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
              "precision_weighted", "recall_weighted"),
     config_keys={"data": ("text_pair_column", "label_column", "max_length"), "training": ("class_weights",)},
-    baseline="tuneforge.evaluate.baselines:majority_class",
+    baseline="tuneforge.evaluate.baselines:classification",
     lora_task_type="SEQ_CLS",
     pipeline_tag="text-classification", card_metrics=("accuracy", "f1"),
     verify_measure="label agreement", verify_metrics="classes",
