@@ -87,6 +87,26 @@ def test_model_info_and_openapi(server, trained_run):
     assert "/health" in schema["paths"] and "/v1/model" in schema["paths"]
 
 
+def test_openapi_declares_the_limits_errors_and_key(server):
+    url, _ = server
+    schema = httpx.get(f"{url}/openapi.json", headers=AUTH).json()
+    models = schema["components"]["schemas"]
+    request = models["ClassifyRequest"]
+    assert set(request["properties"]) == {"inputs"} and request["additionalProperties"] is False  # no text_pairs
+    one, many = request["properties"]["inputs"]["anyOf"]
+    assert one["maxLength"] == 4096 - len('{"inputs": ""}') == many["items"]["maxLength"]
+    assert (many["minItems"], many["maxItems"]) == (1, 8)
+    assert models["ClassifyLabel"]["properties"]["label"]["enum"] == ["neg", "pos"]
+    responses = schema["paths"]["/v1/classify"]["post"]["responses"]
+    assert set(responses) == {"200", "401", "413", "422"}
+    assert responses["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorMessage")
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/HTTPValidationError")
+    assert set(schema["paths"]["/v1/model"]["get"]["responses"]) == {"200", "401"}
+    assert set(schema["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert "security" not in schema["paths"]["/health"]["get"]
+    assert schema["paths"]["/v1/stats"]["get"]["security"] == [{"bearer": []}, {"apiKey": []}]
+
+
 def test_classify_single_and_batch_match_the_python_api(server, loaded):
     url, _ = server
     texts = ["a great film", "the plot was awful", "the movie was quite lovely"]
@@ -105,20 +125,25 @@ def test_limits_and_bad_requests(server):
     post = lambda **kw: httpx.post(f"{url}/v1/classify", headers={**AUTH, **kw.pop("headers", {})}, **kw)  # noqa: E731
     r = post(json={"inputs": ["word " * 2000]})
     assert r.status_code == 413 and "4096 bytes" in r.json()["detail"]
+    messages = lambda r: " ".join(e["msg"] for e in r.json()["detail"])  # noqa: E731 - FastAPI's 422 shape
     r = post(json={"inputs": ["great"] * 9})
-    assert r.status_code == 422 and "at most 8" in r.json()["detail"]
+    assert r.status_code == 422 and "at most 8" in messages(r)
     r = post(json={"inputs": []})
-    assert r.status_code == 422
+    assert r.status_code == 422 and "at least 1" in messages(r)
     r = post(json={"inputs": ["the film was " + "really " * 30 + "great"]})
-    assert r.status_code == 422 and "the limit is 20" in r.json()["detail"] and "--truncate" in r.json()["detail"]
+    assert r.status_code == 422 and "the limit is 20" in messages(r) and "--truncate" in messages(r)
+    assert r.json()["detail"] == [{"type": "too_many_tokens", "loc": ["body", "inputs", 0], "msg": messages(r),
+                                   "ctx": {"tokens": 36, "limit": 20}}]
     r = post(content=b'{"inputs": ["unterminated', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    r = post(content=b'{"inputs": "\xff\xfe\xfd"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"  # FastAPI's own 400 before
     r = post(json={"texts": ["great"]})
     assert r.status_code == 422  # wrong field name: extra fields are refused and inputs is missing
     r = post(json={"inputs": [1, 2]})
     assert r.status_code == 422
     r = post(json={"inputs": "great", "text_pairs": ["x"]})
-    assert r.status_code == 422 and "single texts" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "extra_forbidden"  # not in the document
     assert httpx.post(f"{url}/v1/summarize", json={"inputs": "x"}, headers=AUTH).status_code == 404
 
 
@@ -212,7 +237,11 @@ def test_generate_route_caps_max_new_tokens(lm_model):
         default = httpx.post(f"{url}/v1/generate", json={"inputs": "the early"}).json()
         assert default["max_new_tokens"] == 5  # the run's 8, capped by the server
         too_long = httpx.post(f"{url}/v1/generate", json={"inputs": "the " * 70}).json()
-        assert "the limit is 59" in too_long["detail"]  # 64 positions, 5 kept for the new tokens
+        assert "the limit is 59" in too_long["detail"][0]["msg"]  # 64 positions, 5 kept for the new tokens
+        assert httpx.post(f"{url}/v1/generate", json={"inputs": ""}).json()["detail"][0]["type"] == "string_too_short"
+        request = httpx.get(f"{url}/openapi.json").json()["components"]["schemas"]["GenerateRequest"]
+        assert set(request["properties"]) == {"inputs", "max_new_tokens"}
+        assert "maximum" not in request["properties"]["max_new_tokens"]["anyOf"][0]  # capped at 5, never refused
 
 
 def test_summarize_route(trained_t5_model):

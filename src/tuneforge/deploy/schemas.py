@@ -1,41 +1,135 @@
 """Request and response bodies of the HTTP server (pydantic; they make /openapi.json).
 
-No `from __future__ import annotations` here: FastAPI reads these annotations at run time.
+The document is the server's contract, checked by schemathesis (tests/test_serve_contract.py): each served
+run gets request and response models of its own, built here by the helpers its task calls from
+`Task.serve_schema` (only the fields that task and that run accept: `text_pairs` exists only for a
+text-pair classifier, `max_new_tokens` only for generative tasks), with every limit JSON Schema can express
+(`maxItems` = --max-inputs, `maxLength` = the longest string that fits in --max-body-bytes, the labels as an
+enum). Limits it cannot express (tokens per input) answer 422 in FastAPI's error shape, like every other 422.
+
+No `from __future__ import annotations` here: FastAPI and pydantic read these annotations at run time.
 """
 
-from pydantic import BaseModel, ConfigDict, Field
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-Inputs = str | list[str]
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    inputs: Inputs = Field(description="a text, or a list of texts")
-    text_pairs: Inputs | None = Field(None, description="second texts, one per input (sentence-pair models)")
+BODY_OVERHEAD = len(json.dumps({"inputs": ""}))  # the smallest body around one string
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    inputs: Inputs = Field(description="a text (prompt), or a list of them")
-    max_new_tokens: int | None = Field(None, ge=1, description="capped by the server's --max-new-tokens")
+@dataclass(frozen=True)
+class ServeContext:
+    """What a task needs to declare its route for one served model: the server's limits and the model's labels."""
+
+    max_inputs: int  # inputs per request (--max-inputs)
+    max_body_bytes: int  # request body (--max-body-bytes)
+    max_new_tokens: int  # cap on a request's max_new_tokens (--max-new-tokens)
+    context_length: int  # the longest input the model accepts (prompt + new tokens for decoder-only models)
+    labels: tuple[str, ...] = ()  # classification: the label names, in id order
+
+    @property
+    def max_chars(self) -> int:
+        """The longest string that fits in a request body at all (what `maxLength` can say about a text)."""
+        return max(1, self.max_body_bytes - BODY_OVERHEAD)
 
 
-class Label(BaseModel):
-    label: str
-    probability: float
-    probabilities: dict[str, float]
+@dataclass(frozen=True)
+class ServeRoute:
+    """A task's POST route: what serve.py mounts and documents. How the server feeds the model follows the
+    task's spec (`generates`: max_new_tokens and generated_text; `prompt_shares_context`: prompts are cut to
+    the context left for the new tokens) and `pairs`."""
+
+    path: str  # e.g. "/v1/classify"
+    summary: str
+    request: type[BaseModel]
+    response: type[BaseModel]
+    pairs: bool = False  # the request carries text_pairs (sentence-pair classifier)
 
 
-class ClassifyResponse(BaseModel):
-    results: list[Label]
-    model: str
+class ErrorMessage(BaseModel):
+    """The body of 401 (API key) and 413 (request body too large)."""
+
+    detail: str = Field(description="what went wrong and what to do")
 
 
-class Generated(BaseModel):
-    generated_text: str
+class Health(BaseModel):
+    status: Literal["ok"]
 
 
-class GenerateResponse(BaseModel):
-    results: list[Generated]
+class Limits(BaseModel):
+    max_batch_size: int
+    max_wait_ms: float
+    max_body_bytes: int
+    max_inputs: int
+    max_input_tokens: int
+    truncate: bool
     max_new_tokens: int
-    model: str
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")  # fields LoadedModel.describe() may add later pass through
+    task: str
+    labels: list[str]
+    base_model: str | None
+    version: str
+    source: str
+    format: str
+    quantize: str | None
+    max_length: int | None
+    tuneforge_version: str
+    route: str
+    limits: Limits
+
+
+class Stats(BaseModel):
+    batches: int = Field(description="model calls")
+    inputs: int
+    requests: int
+    mean_batch_size: float
+    batch_sizes: dict[str, int] = Field(description="inputs per model call -> number of calls")
+    max_batch_size: int
+    max_wait_ms: float
+
+
+def texts_type(ctx: ServeContext, what: str, min_chars: int = 0) -> Any:
+    """One text or a non-empty list of at most --max-inputs texts, each no longer than fits in the body."""
+    text = Annotated[str, Field(min_length=min_chars, max_length=ctx.max_chars)]
+    many = Annotated[list[text], Field(min_length=1, max_length=ctx.max_inputs)]  # type: ignore[valid-type]
+    return Annotated[text | many, Field(description=f"{what}, or a list of 1 to {ctx.max_inputs} of them")]
+
+
+def classify_schema(ctx: ServeContext, pairs: bool, name: str = "Classify") -> tuple[type[BaseModel], type[BaseModel]]:
+    """(request, response) of a classifier: `text_pairs` is required for a pair model and absent otherwise."""
+    fields: dict[str, Any] = {"inputs": (texts_type(ctx, "a text"), ...)}
+    if pairs:
+        fields["text_pairs"] = (texts_type(ctx, "the second text of each input (as many as inputs)"), ...)
+    request = create_model(f"{name}Request", __config__=ConfigDict(extra="forbid"), **fields)
+    label_type: Any = Literal[tuple(ctx.labels)] if ctx.labels else str
+    probability = Annotated[float, Field(ge=0.0, le=1.0)]
+    label = create_model(f"{name}Label", label=(label_type, ...), probability=(probability, ...),
+                         probabilities=(dict[label_type, probability], Field(description="every label's probability")))
+    response = create_model(f"{name}Response", results=(list[label], Field(max_length=ctx.max_inputs)),
+                            model=(str, Field(description="the served run's id")))
+    return request, response
+
+
+def generate_schema(ctx: ServeContext, prompt_shares_context: bool, name: str = "Generate"
+                    ) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(request, response) of a generative task. A larger max_new_tokens than --max-new-tokens is capped, not
+    refused. When prompt and new tokens share the context (decoder-only), a prompt must not be empty (the model
+    continues something) and values of max_new_tokens that leave no room for a prompt are refused."""
+    new_tokens: dict[str, Any] = {"ge": 1}
+    if prompt_shares_context and ctx.max_new_tokens >= ctx.context_length:
+        new_tokens["le"] = ctx.context_length - 1  # at least one prompt token must fit
+    request = create_model(
+        f"{name}Request", __config__=ConfigDict(extra="forbid"),
+        inputs=(texts_type(ctx, "a text (prompt)", min_chars=1 if prompt_shares_context else 0), ...),
+        max_new_tokens=(int | None, Field(None, **new_tokens, description=(
+            f"default: the run's; capped at {ctx.max_new_tokens} (--max-new-tokens)"))))
+    generated = create_model(f"{name}d", generated_text=(str, ...))
+    response = create_model(f"{name}Response", results=(list[generated], Field(max_length=ctx.max_inputs)),
+                            max_new_tokens=(int, Field(description="the value used")),
+                            model=(str, Field(description="the served run's id")))
+    return request, response

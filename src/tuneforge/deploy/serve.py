@@ -23,7 +23,6 @@ from typing import Any
 from tuneforge.errors import UserError
 
 API_KEY_ENV = "TUNEFORGE_API_KEY"
-ROUTES = {"classification": "/v1/classify", "seq2seq": "/v1/summarize", "causal_lm": "/v1/generate"}
 log = logging.getLogger("tuneforge.serve")
 
 
@@ -122,28 +121,61 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-def create_app(loaded: Any, settings: ServeSettings) -> Any:
-    """The FastAPI app serving `loaded` (a tuneforge LoadedModel)."""
-    from fastapi import FastAPI, HTTPException
+def _validation_error(errors: list[dict[str, Any]]) -> Any:
+    """A 422 in FastAPI's own shape ({"detail": [{"type", "loc", "msg", ...}]}), as the document declares."""
+    from fastapi.exceptions import RequestValidationError
 
+    return RequestValidationError(errors)
+
+
+def _security(app: Any) -> None:
+    """Declare the API key in /openapi.json: a bearer token or the X-API-Key header, on every route but /health."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+            for path, operations in schema["paths"].items():
+                if path != "/health":
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}, {"apiKey": []}]
+        return app.openapi_schema or schema
+
+    app.openapi = openapi
+
+
+def create_app(loaded: Any, settings: ServeSettings) -> Any:
+    """The FastAPI app serving `loaded` (a tuneforge LoadedModel). Its /openapi.json is the contract: the
+    route, request and response models come from the task (`Task.serve_schema`), every error status is
+    documented with its body, and every 422 has FastAPI's error shape."""
+    from fastapi import FastAPI
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from tuneforge import __version__
     from tuneforge.deploy.batcher import MicroBatcher
-    from tuneforge.deploy.schemas import ClassifyRequest, ClassifyResponse, GenerateRequest, GenerateResponse, Inputs
-    from tuneforge.version import __version__
+    from tuneforge.deploy.schemas import ErrorMessage, Health, ModelInfo, ServeContext, Stats
 
     settings.check()
-    task = loaded.config.task
-    pair_model = task == "classification" and bool(loaded.config.data.text_pair_column)
     context = loaded.context_length()
     token_limit = min(settings.max_input_tokens or context, context)
+    ctx = ServeContext(max_inputs=settings.max_inputs, max_body_bytes=settings.max_body_bytes,
+                       max_new_tokens=settings.max_new_tokens, context_length=context, labels=tuple(loaded.labels))
+    route = loaded.task.serve_schema(loaded.config, ctx)
+    spec = loaded.task.spec
+    shares_context = spec.prompt_shares_context  # decoder-only: the server cuts prompts to the room left
 
     def run_batch(key: tuple[Any, ...], items: list[Any]) -> list[Any]:
-        op = key[0]
-        if op == "classify":
-            texts = [t for t, _ in items]
-            pairs = [p for _, p in items] if pair_model else None
-            return loaded.predict(texts, pairs, batch_size=settings.max_batch_size, max_length=token_limit)
-        return loaded.predict(items, batch_size=settings.max_batch_size, max_new_tokens=key[1],
-                              max_length=token_limit if task == "seq2seq" else None)
+        if spec.generates:
+            return loaded.predict(items, batch_size=settings.max_batch_size, max_new_tokens=key[0],
+                                  max_length=None if shares_context else token_limit)
+        texts = [t for t, _ in items]
+        pairs = [p for _, p in items] if route.pairs else None
+        return loaded.predict(texts, pairs, batch_size=settings.max_batch_size, max_length=token_limit)
 
     batcher = MicroBatcher(run_batch, settings.max_batch_size, settings.max_wait_ms)
 
@@ -154,90 +186,119 @@ def create_app(loaded: Any, settings: ServeSettings) -> Any:
         await batcher.stop()
 
     app = FastAPI(title="tuneforge inference server", version=__version__, lifespan=lifespan,
-                  description=f"Serves the {task} model {loaded.artifact.run_id} ({loaded.path}).")
-    app.state.model, app.state.settings, app.state.batcher = loaded, settings, batcher
+                  description=f"Serves the {loaded.config.task} model {loaded.artifact.run_id} ({loaded.path}).")
+    app.state.model, app.state.settings, app.state.batcher, app.state.route = loaded, settings, batcher, route
     # add_middleware: the last added runs first, so the key is checked before the body is read
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+        _security(app)
 
-    def as_list(value: Inputs, field: str) -> list[str]:
-        items = [value] if isinstance(value, str) else list(value)
-        if not items:
-            raise HTTPException(422, f"{field}: give at least one input")
-        if len(items) > settings.max_inputs:
-            raise HTTPException(422, f"{field}: {len(items)} inputs; the server takes at most {settings.max_inputs} "
-                                     "per request (--max-inputs)")
-        return items
+    @app.exception_handler(StarletteHTTPException)
+    async def undecodable_body(request: Any, exc: StarletteHTTPException) -> Any:
+        # FastAPI answers 400 "There was an error parsing the body" for a JSON body that is not UTF-8/16/32;
+        # nothing else here raises 400, so it becomes the documented 422 for bad JSON
+        if exc.status_code != 400:
+            return await http_exception_handler(request, exc)
+        return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "input": {},
+                                         "msg": "the body is not JSON text (UTF-8, UTF-16 or UTF-32)"}]}, 422)
 
-    def check_tokens(texts: list[str], pairs: list[str] | None, limit: int) -> list[str]:
+    key_error = {401: {"model": ErrorMessage, "description": "missing or wrong API key"}} if settings.api_key else {}
+    too_large = {413: {"model": ErrorMessage, "description": f"body larger than {settings.max_body_bytes} bytes "
+                                                             "(--max-body-bytes)"}}
+
+    def check_tokens(texts: list[str], pairs: list[str] | None, limit: int, field: str) -> list[str]:
         counts = loaded.token_counts(texts, pairs)
+        if shares_context and 0 in counts:
+            i = counts.index(0)  # a prompt that tokenizes to nothing (the document already refuses "")
+            raise _validation_error([{"type": "too_few_tokens", "loc": ["body", field, i],
+                                      "msg": f"{field}[{i}] has no tokens; a prompt needs at least one"}])
         long_rows = [i for i, n in enumerate(counts) if n > limit]
         if not long_rows:
             return texts
         if not settings.truncate:
-            i = long_rows[0]
-            raise HTTPException(422, f"inputs[{i}] has {counts[i]} tokens; the limit is {limit} "
-                                     f"({len(long_rows)} input(s) too long; the server truncates instead when started "
-                                     "with --truncate)")
-        return loaded.truncate(texts, limit) if task == "causal_lm" else texts  # the others truncate in predict
+            tail = " (with text_pairs)" if pairs else ""
+            raise _validation_error([
+                {"type": "too_many_tokens", "loc": ["body", field, i],
+                 "msg": f"{field}[{i}] has {counts[i]} tokens{tail}; the limit is {limit} ({len(long_rows)} input(s) "
+                        "too long; the server truncates instead when started with --truncate)",
+                 "ctx": {"tokens": counts[i], "limit": limit}} for i in long_rows[:1]])
+        # classifiers and encoder-decoders truncate in predict; decoder-only prompts are cut here
+        return cut_prompts(texts, limit, field) if shares_context else texts
+
+    def cut_prompts(texts: list[str], limit: int, field: str) -> list[str]:
+        """Cut prompts to `limit` tokens. A cut at a token's character offset can still re-tokenize longer (a
+        character split over several byte-level tokens), so each cut is checked and shortened until it fits."""
+        cut = loaded.truncate(texts, limit)
+        for i, n in enumerate(loaded.token_counts(cut)):
+            if n > limit:
+                lo, hi = 0, len(cut[i])  # the longest prefix that fits (binary search on characters)
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if loaded.token_counts([cut[i][:mid]])[0] <= limit else (lo, mid - 1)
+                cut[i] = cut[i][:lo]
+                if not lo or loaded.token_counts([cut[i]])[0] > limit:
+                    raise _validation_error([{"type": "too_many_tokens", "loc": ["body", field, i],
+                                              "msg": f"{field}[{i}] cannot be cut to {limit} tokens: its first "
+                                                     "character alone is longer; ask for fewer max_new_tokens"}])
+        return cut
 
     async def submit(key: tuple[Any, ...], items: list[Any]) -> list[Any]:
         try:
             return await batcher.submit(key, items)
         except UserError as err:
-            raise HTTPException(422, str(err)) from None
+            raise _validation_error([{"type": "value_error", "loc": ["body", "inputs"], "msg": str(err)}]) from None
 
-    @app.get("/health", summary="liveness (no API key needed)")
+    @app.get("/health", response_model=Health, summary="liveness (no API key needed)")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/model", summary="what is served: task, labels, base model, version, limits")
+    @app.get("/v1/model", response_model=ModelInfo, responses=key_error,
+             summary="what is served: task, labels, base model, version, limits")
     async def model_info() -> dict[str, Any]:
         limits = {k: v for k, v in asdict(settings).items() if k not in ("host", "port", "api_key")}
         limits["max_input_tokens"] = token_limit
-        return {**loaded.describe(), "route": ROUTES[task], "limits": limits}
+        return {**loaded.describe(), "route": route.path, "limits": limits}
 
-    @app.get("/v1/stats", summary="micro-batching counters: model calls and inputs per call")
+    @app.get("/v1/stats", response_model=Stats, responses=key_error,
+             summary="micro-batching counters: model calls and inputs per call")
     async def stats() -> dict[str, Any]:
         return batcher.stats()
 
-    if task == "classification":
-        @app.post("/v1/classify", response_model=ClassifyResponse, summary="labels and probabilities")
-        async def classify(request: ClassifyRequest) -> dict[str, Any]:
-            texts = as_list(request.inputs, "inputs")
-            pairs = None
-            if pair_model or request.text_pairs is not None:
-                if not pair_model:
-                    raise HTTPException(422, "text_pairs: this model classifies single texts")
-                if request.text_pairs is None:
-                    raise HTTPException(422, "text_pairs: this model classifies text pairs; give one per input")
-                pairs = as_list(request.text_pairs, "text_pairs")
-                if len(pairs) != len(texts):
-                    raise HTTPException(422, f"text_pairs: {len(pairs)} given for {len(texts)} inputs")
-            check_tokens(texts, pairs, token_limit)
-            results = await submit(("classify",), list(zip(texts, pairs or [None] * len(texts))))
-            return {"results": results, "model": loaded.artifact.run_id}
-    else:
-        default_new = int(getattr(loaded.model.generation_config, "max_new_tokens", None) or 128)
+    def as_list(value: str | list[str]) -> list[str]:
+        return [value] if isinstance(value, str) else list(value)
 
-        async def generate_route(request: GenerateRequest) -> dict[str, Any]:
-            texts = as_list(request.inputs, "inputs")
-            new = min(request.max_new_tokens or default_new, settings.max_new_tokens)
-            limit = token_limit
-            if task == "causal_lm":
-                limit = min(token_limit, context - new)
-                if limit < 1:
-                    raise HTTPException(422, f"max_new_tokens: {new} leaves no room for a prompt in the model's "
-                                             f"{context}-token context")
-            texts = check_tokens(texts, None, limit)
-            results = await submit(("generate", new), texts)
-            return {"results": [{"generated_text": r["generated_text"]} for r in results], "max_new_tokens": new,
-                    "model": loaded.artifact.run_id}
+    Request = route.request  # the run's own request model (a class)
 
-        path = ROUTES[task]
-        summary = "summaries of the inputs" if task == "seq2seq" else "continuations of the prompts"
-        app.post(path, response_model=GenerateResponse, summary=summary)(generate_route)
+    async def classify(request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        texts = as_list(request.inputs)
+        pairs = as_list(request.text_pairs) if route.pairs else None
+        if pairs is not None and len(pairs) != len(texts):
+            raise _validation_error([{"type": "value_error", "loc": ["body", "text_pairs"],
+                                      "msg": f"{len(pairs)} text_pairs for {len(texts)} inputs; give one per input"}])
+        check_tokens(texts, pairs, token_limit, "inputs")
+        results = await submit((), list(zip(texts, pairs or [None] * len(texts))))
+        return {"results": results, "model": loaded.artifact.run_id}
+
+    default_new = int(getattr(getattr(loaded.model, "generation_config", None), "max_new_tokens", None) or 128)
+
+    async def generate(request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        texts = as_list(request.inputs)
+        new = min(request.max_new_tokens or default_new, settings.max_new_tokens)
+        limit = token_limit
+        if shares_context:
+            limit = min(token_limit, context - new)
+            if limit < 1:
+                raise _validation_error([{"type": "value_error", "loc": ["body", "max_new_tokens"], "input": new,
+                                          "msg": f"max_new_tokens: {new} leaves no room for a prompt in the model's "
+                                                 f"{context}-token context"}])
+        texts = check_tokens(texts, None, limit, "inputs")
+        results = await submit((new,), texts)
+        return {"results": [{"generated_text": r["generated_text"]} for r in results], "max_new_tokens": new,
+                "model": loaded.artifact.run_id}
+
+    app.post(route.path, response_model=route.response, summary=route.summary, responses={**key_error, **too_large}
+             )(generate if spec.generates else classify)
     return app
 
 
@@ -276,11 +337,12 @@ def serve(ref: str | os.PathLike, settings: ServeSettings, log_level: str = "inf
     settings.api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
     loaded = LoadedModel(ref)
     app = create_app(loaded, settings)
+    route = app.state.route.path
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"tuneforge: serving {loaded.config.task} model {loaded.artifact.run_id} on http://{shown}:{port} "
-          f"({'API key required' if settings.api_key else 'no API key'}; POST {ROUTES[loaded.config.task]})",
+          f"({'API key required' if settings.api_key else 'no API key'}; POST {route})",
           flush=True)
     if not _is_loopback(settings.host) and not settings.api_key:
         print(f"warning: listening on {settings.host} without an API key: anyone who can reach this address can "

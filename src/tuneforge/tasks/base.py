@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tuneforge.config.schema import RunConfig
     from tuneforge.data.prepared import PreparedData, TokenizedSplit
     from tuneforge.data.table import DataReport, Table
+    from tuneforge.deploy.schemas import ServeContext, ServeRoute
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,10 @@ class Task(Protocol):
         """Inference on raw texts, the one path of the CLI, the Python API and the server. `max_length` caps
         the input tokens, `max_new_tokens` the generated ones (ignored by tasks that do not generate); the
         default batch size is the task's own."""
+
+    def serve_schema(self, config: RunConfig, ctx: ServeContext) -> ServeRoute:
+        """The server's POST route for this run: path, request and response models (built with the helpers of
+        deploy/schemas.py from the server's limits in `ctx`), and how the server feeds the model."""
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

@@ -225,6 +225,13 @@ class CausalLMTask(TaskBase):
         return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "tokens": state["tokens"]}
 
     # ---- inference ---------------------------------------------------------------------------------
+    def serve_schema(self, config: RunConfig, ctx: Any) -> Any:
+        """POST /v1/generate: prompts in, continuations out; prompt and new tokens share the context."""
+        from tuneforge.deploy.schemas import ServeRoute, generate_schema
+
+        request, response = generate_schema(ctx, self.spec.prompt_shares_context, name="Generate")
+        return ServeRoute("/v1/generate", "continuations of the prompts", request, response)
+
     def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
                 pairs: list[str] | None = None, batch_size: int = 8, max_length: int | None = None,
                 max_new_tokens: int | None = None) -> list[dict[str, Any]]:

@@ -193,6 +193,14 @@ class ClassificationTask(TaskBase):
                 **classification_metrics(y_true.tolist(), y_pred.tolist(), data.label_names)}
 
     # ---- inference ---------------------------------------------------------------------------------
+    def serve_schema(self, config: RunConfig, ctx: Any) -> Any:
+        """POST /v1/classify; `text_pairs` only for a run trained with a text_pair_column."""
+        from tuneforge.deploy.schemas import ServeRoute, classify_schema
+
+        pairs = bool(config.data.text_pair_column)
+        request, response = classify_schema(ctx, pairs)
+        return ServeRoute("/v1/classify", "labels and probabilities", request, response, pairs=pairs)
+
     def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
                 pairs: list[str] | None = None, batch_size: int = 64, max_length: int | None = None,
                 max_new_tokens: int | None = None) -> list[dict[str, Any]]:

@@ -195,6 +195,13 @@ class Seq2SeqTask(TaskBase):
         return out
 
     # ---- inference ---------------------------------------------------------------------------------
+    def serve_schema(self, config: RunConfig, ctx: Any) -> Any:
+        """POST /v1/summarize: texts in, generated text out (inputs truncate to the encoder's limit)."""
+        from tuneforge.deploy.schemas import ServeRoute, generate_schema
+
+        request, response = generate_schema(ctx, self.spec.prompt_shares_context, name="Summarize")
+        return ServeRoute("/v1/summarize", "summaries of the inputs", request, response)
+
     def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
                 pairs: list[str] | None = None, batch_size: int = 16, max_length: int | None = None,
                 max_new_tokens: int | None = None) -> list[dict[str, Any]]:
