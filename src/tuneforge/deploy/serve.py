@@ -8,6 +8,10 @@ POST /v1/classify, /v1/summarize or /v1/generate, each taking one input or a lis
 Limits: request body (413), inputs per request and tokens per input (422, or truncation with --truncate),
 max_new_tokens capped by --max-new-tokens. With an API key every route but /health answers 401 without
 `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Inference goes through `tuneforge.load(...)`'s model.
+
+/openapi.json is the contract: the task declares its route and per-run request/response models
+(`Task.serve_schema`, deploy/schemas.py), every status the server answers is documented with its body, and
+every 422 has FastAPI's error shape. schemathesis checks it (schemathesis.toml, tests/test_serve_contract.py).
 """
 
 import hmac
@@ -134,7 +138,7 @@ def _security(app: Any) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = build()
+            schema = build()  # FastAPI keeps it in app.openapi_schema
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
@@ -142,7 +146,7 @@ def _security(app: Any) -> None:
                 if path != "/health":
                     for operation in operations.values():
                         operation["security"] = [{"bearer": []}, {"apiKey": []}]
-        return app.openapi_schema or schema
+        return app.openapi_schema
 
     app.openapi = openapi
 
