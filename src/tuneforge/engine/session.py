@@ -33,6 +33,9 @@ class Session:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.console.print(f"device {self.device_description}, precision {self.mixed_precision}; "
                            f"parameters {_count(total)}, trainable {_count(trainable)}", highlight=False)
+        # the held-out split: test when given (else validation); the best model is evaluated on it at the end
+        target = "test" if "test" in splits else "validation" if "validation" in splits else None
+        before = self.base_model_baseline(task, model, tokenizer, splits, data, target)
         tracker = Tracker(run_dir, 0, self.cfg.training.report_to, self.console, config=self.cfg.to_dict())
         try:
             result = fit(self.cfg, task, model, tokenizer, splits, data, run_dir, tracker, self.accelerator)
@@ -43,8 +46,9 @@ class Session:
                       "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early},
             "best_step": result.best_step, "metric_for_best_model": self.cfg.training.metric_for_best_model,
             "eval": result.best_metrics if self.cfg.training.load_best_model_at_end else result.last_metrics}
-        # the best model, once more on held-out data: test when given (else validation), with error analysis
-        target = "test" if "test" in splits else "validation" if "validation" in splits else None
+        if before:
+            metrics["baselines"] = {"split": target, "base_model": before}
+        # the best model, once more on the held-out data, with error analysis
         if target is not None:
             from tuneforge.engine.evaluation import evaluate_with_analysis
 
@@ -53,6 +57,28 @@ class Session:
             if target == "test":
                 metrics["test"] = result
         return metrics
+
+    def base_model_baseline(self, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
+                            data: PreparedData, target: str | None) -> dict[str, Any] | None:
+        """The model before fine-tuning, scored on the held-out split (tasks declaring base_model_baseline).
+        Skipped on resume (the weights are no longer the base model's), when the checkpoint lacked weights
+        (new cross-attention or head) and for an untrained model (perplexity above half the vocabulary size:
+        a model trained from scratch has no base to compare with)."""
+        t = self.cfg.training
+        if (target is None or not t.baselines or not task.spec.base_model_baseline or t.resume_from_checkpoint
+                or getattr(model, "tuneforge_new_keys", None)):
+            return None
+        from tuneforge.engine.evaluation import evaluate
+
+        self.console.print(f"scoring the base model on the {target} split (baseline; baselines=false skips it)",
+                           highlight=False)
+        metrics = evaluate(model, tokenizer, task, splits[target], data, self.cfg, self.accelerator.device)
+        vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
+        if metrics.get("perplexity", 0) > vocab / 2:
+            self.console.print("the base model is untrained (perplexity near a uniform guess): no base-model "
+                               "baseline", highlight=False)
+            return None
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def save_final(self, model: Any, tokenizer: Any, run_dir: Path) -> None:
         from tuneforge.engine.lora import is_peft, save_lora

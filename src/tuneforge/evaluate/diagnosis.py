@@ -12,8 +12,10 @@ Each rule returns at most one note: {"kind", "message", "try"} where `try` is th
   (from the confusion matrix's columns).
 - **undertrained**: the training loss was still falling at the end. Window: the last quarter of the logged
   training-loss points (at least 4 points; fewer points, no verdict). A least-squares line is fitted to loss
-  against step over the window; the note fires when that line falls by at least 10% of the window's mean loss
-  across the window and the last validation evaluation was the best one (when there is any).
+  against step over the window; the note fires when, across the window, that line falls by at least 15% of the
+  whole run's fall (first logged loss to the line's end: a straight-line decline puts 25% in the last quarter,
+  a converged curve almost none) and by at least 5% of the window's mean loss (a loss near zero that still
+  halves is not a problem), and the last validation evaluation was the best one (when there is any).
 - **overfit**: the validation loss rose by at least 5% (relative) from its lowest value to the last
   evaluation, while the training loss over the same steps fell. The best checkpoint is what was kept.
 """
@@ -28,7 +30,8 @@ COMPARED = ("f1_macro", "accuracy", "rougeL", "perplexity", "loss")  # first one
 MARGIN = 0.005
 WINDOW_FRACTION = 0.25
 MIN_WINDOW = 4
-FALLING = 0.10
+SHARE_OF_FALL = 0.15
+FALLING = 0.05
 ROSE = 0.05
 
 
@@ -98,9 +101,11 @@ def undertrained(log: Sequence[dict[str, Any]], best_step: int | None = None) ->
         return None
     window = points[-n:]
     xs, ys = [p[0] for p in window], [p[1] for p in window]
-    mean = sum(ys) / len(ys)
-    drop = -_slope(xs, ys) * (xs[-1] - xs[0])
-    if mean <= 0 or drop < FALLING * mean:
+    mean, slope = sum(ys) / len(ys), _slope(xs, ys)
+    drop = -slope * (xs[-1] - xs[0])
+    end = mean + slope * (xs[-1] - sum(xs) / len(xs))  # the fitted line at the last logged step
+    fall = points[0][1] - end
+    if mean <= 0 or fall <= 0 or drop < SHARE_OF_FALL * fall or drop < FALLING * mean:
         return None
     evals = _eval_losses(log)
     if evals and best_step is not None and best_step < evals[-1][0]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
-from tuneforge.runs.record import Run, write_json
+from tuneforge.runs.record import Run, read_log, write_json
 
 
 def length_histogram(split: TokenizedSplit, max_length: int | None, bins: int = 40) -> dict[str, Any]:
@@ -32,16 +32,22 @@ def length_histogram(split: TokenizedSplit, max_length: int | None, bins: int = 
 
 def record_evaluation(run_dir: Path, metrics: dict[str, Any], analysis: dict[str, Any] | None,
                       splits: dict[str, TokenizedSplit], data: PreparedData, cfg: Any) -> dict[str, Any]:
-    """Write error_analysis.json/.md and lengths.json; add baselines to metrics.json. Returns the metrics."""
+    """Write error_analysis.json/.md and lengths.json; add baselines (the task's, and any the engine measured,
+    e.g. the base model before fine-tuning) and the diagnosis notes to metrics.json. Returns the metrics."""
     from tuneforge.evaluate.baselines import baselines
+    from tuneforge.evaluate.diagnosis import diagnose
     from tuneforge.evaluate.errors import write_analysis
+    from tuneforge.tasks import get_spec
 
     if analysis is not None:
         write_analysis(analysis, run_dir)
-        found = baselines(cfg.task, data, analysis["split"], cfg)
+        found = {**baselines(cfg.task, data, analysis["split"], cfg), **(metrics.get("baselines") or {})}
+        found.pop("split", None)
         if found:
             metrics = {**metrics, "baselines": {"split": analysis["split"], **found}}
-            write_json(run_dir / "metrics.json", metrics)
+    metrics = {**metrics, "diagnosis": diagnose(metrics, read_log(run_dir / "metrics.jsonl"),
+                                                get_spec(cfg.task).greater_is_better)}
+    write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "lengths.json", {"train": length_histogram(splits["train"], data.report.max_length),
                                            "length_key": data.report.length_key})
     return metrics

@@ -55,6 +55,20 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl as a list of records (a line cut short by a crash is skipped); [] when missing."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def is_run(folder: str | os.PathLike) -> bool:
     return (Path(folder) / RUN_JSON).is_file()
 

@@ -31,7 +31,8 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def print_metrics(columns: dict[str, dict[str, Any]], title: str = "metrics", console: Any = None) -> None:
+def print_metrics(columns: dict[str, dict[str, Any]], title: str = "metrics", console: Any = None,
+                  per_class: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -46,7 +47,7 @@ def print_metrics(columns: dict[str, dict[str, Any]], title: str = "metrics", co
                                  for m in columns.values()])
     console.print(table)
     for name, m in columns.items():
-        if isinstance(m.get("per_class"), dict):
+        if per_class and isinstance(m.get("per_class"), dict):
             per = Table(title=f"per class ({name})")
             for col in ("label", "precision", "recall", "f1", "support"):
                 per.add_column(col, justify="left" if col == "label" else "right")
@@ -72,6 +73,29 @@ def print_runs(runs: list[dict[str, Any]], console: Any = None) -> None:
     console.print(table)
 
 
+def metric_columns(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The columns every results table shows: validation, test, then each baseline (on its split)."""
+    columns = {name: metrics[key] for key, name in (("eval", "validation"), ("test", "test"))
+               if isinstance(metrics.get(key), dict)}
+    baselines = metrics.get("baselines") or {}
+    split = baselines.get("split")
+    columns |= {f"baseline {k} ({split})" if split else f"baseline {k}": v for k, v in baselines.items()
+                if isinstance(v, dict)}
+    return columns
+
+
+def print_result(metrics: dict[str, Any], console: Any = None) -> None:
+    """The end of `tuneforge train`: the results table next to the baselines, then the diagnosis notes."""
+    from tuneforge.evaluate.diagnosis import render
+
+    console = _console(console)
+    columns = metric_columns(metrics)
+    if columns:
+        print_metrics(columns, title="results", console=console, per_class=False)
+    for line in render(metrics.get("diagnosis") or []):
+        console.print(f"[bold yellow]note:[/] {line}", highlight=False)
+
+
 def print_run(ref: str, root: str | os.PathLike = RUNS_ROOT, console: Any = None) -> None:
     """`tuneforge runs show`: record, metrics and config of one run, whatever its status."""
     console = _console(console)
@@ -81,9 +105,7 @@ def print_run(ref: str, root: str | os.PathLike = RUNS_ROOT, console: Any = None
                 "data_fingerprint", "device", "mixed_precision", "host", "pid", "parent", "resumed_from", "error"):
         if run.get(key) not in (None, "", []):
             console.print(f"{key:17} {run[key]}", highlight=False)
-    m = run["metrics"]
-    columns = {name: m[name] for name in ("eval", "test") if isinstance(m.get(name), dict)}
-    columns |= {f"baseline {k}": v for k, v in (m.get("baselines") or {}).items() if isinstance(v, dict)}
+    columns = metric_columns(run["metrics"])
     if columns:
         print_metrics(columns, title="metrics", console=console)
     config = path / "run_config.yaml"

@@ -19,27 +19,14 @@ import base64
 import csv
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from tuneforge.runs.liveness import effective_status
-from tuneforge.runs.record import is_run, read_info, read_json
-from tuneforge.runs.report import METRIC_ROWS
+from tuneforge.runs.record import is_run, read_info, read_json, read_log
+from tuneforge.runs.report import METRIC_ROWS, metric_columns
 
 MAX_CLASSES_IN_MATRIX = 40
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a crash
-    return records
 
 
 def _figure(width: float = 6.4, height: float = 3.6) -> Any:
@@ -209,12 +196,16 @@ def _table(header: list[str] | None, rows: list[list[Any]], cls: str = "") -> st
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
-    columns = {n: metrics[k] for k, n in (("eval", "validation"), ("test", "test")) if isinstance(metrics.get(k), dict)}
-    baselines = metrics.get("baselines") or {}
-    columns |= {f"baseline: {k}": v for k, v in baselines.items() if isinstance(v, dict)}
+    columns = metric_columns(metrics)
     rows = [[m, *[c.get(m) for c in columns.values()]] for m in METRIC_ROWS
             if any(isinstance(c.get(m), (int, float)) for c in columns.values())]
-    return _table(["metric", *columns], rows, "metrics") if rows else "<p>No metrics recorded.</p>"
+    table = _table(["metric", *columns], rows, "metrics") if rows else "<p>No metrics recorded.</p>"
+    notes = metrics.get("diagnosis") or []
+    if notes:
+        items = "".join(f"<li>{html.escape(n['message'])}; try <code>{html.escape(n['try'])}</code></li>"
+                        for n in notes)
+        table += f'<div class="diagnosis"><h3>Diagnosis</h3><ul>{items}</ul></div>'
+    return table
 
 
 def _analysis_section(a: dict[str, Any] | None) -> str:
@@ -257,7 +248,7 @@ def render_report(run_dir: Path) -> str:
 
     info = read_info(run_dir) if is_run(run_dir) else {}
     metrics = read_json(run_dir / "metrics.json") or {}
-    records = _read_log(run_dir / "metrics.jsonl")
+    records = read_log(run_dir / "metrics.jsonl")
     analysis = read_json(run_dir / "error_analysis.json")
     status = effective_status(run_dir, info) if info else "unknown"
     title = info.get("id") or run_dir.name

@@ -87,10 +87,9 @@ def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prep
 
     set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
     model, tokenizer, revision = task.load(cfg, data)
-    if hasattr(task, "resolve"):  # defaults that depend on the model (family learning rate, prefix)
-        cfg, notes = task.resolve(cfg, model)
-        for note in notes:
-            console.print(f"using {note}", highlight=False)
+    cfg, notes = task.resolve(cfg, model)  # defaults that depend on the model (family learning rate, prefix)
+    for note in notes:
+        console.print(f"using {note}", highlight=False)
     if cfg.lora.enabled:
         from tuneforge.engine.lora import apply_lora
 
@@ -100,8 +99,7 @@ def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prep
 
         for note in apply_freeze(model, cfg.freeze):
             console.print(note, highlight=False)
-    fp16_safe = task.fp16_safe(model.config) if hasattr(task, "fp16_safe") else True
-    session = start_session(cfg, console, fp16_safe)
+    session = start_session(cfg, console, task.fp16_safe(model.config))
     from tuneforge.engine.kernels import fuse_activations
     from tuneforge.engine.precision import cpu_bf16_attention
 
@@ -168,7 +166,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         session.save_final(model, tokenizer, run_dir)
         from tuneforge.runs.outputs import finish_run, record_evaluation
 
-        record_evaluation(run_dir, metrics, session.analysis, splits, data, cfg)
+        metrics = record_evaluation(run_dir, metrics, session.analysis, splits, data, cfg)
     except KeyboardInterrupt:
         run.update(status="interrupted")
         raise
@@ -180,5 +178,8 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         raise
     run.update(status="finished", finished_at=now())
     finish_run(run, console)  # report.html, README.md (model card, last), push_to_hub
+    from tuneforge.runs.report import print_result
+
+    print_result(metrics, console)  # the model beside its baselines, and what to try when it is weak
     console.print(f"run saved to {run_dir}", highlight=False)
     return run
