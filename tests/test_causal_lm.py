@@ -210,6 +210,22 @@ def test_cli_evaluate_a_causal_lm_run_on_a_text_file(memorised_run, capsys):
     assert (memorised_run.path / "eval" / "again" / "error_analysis.json").exists()
 
 
+def test_metric_for_best_model_perplexity_keeps_the_lowest(tiny_gpt2_lm, tmp_path):
+    """The direction comes from the task's declaration (perplexity: lower is better), not from the name."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(LM_CORPUS) + "\n")
+    run = tuneforge.train(None, _cfg(tiny_gpt2_lm, path, tmp_path / "run", validation_file=str(path),
+                                     learning_rate=3e-3, max_steps=30, eval_strategy="steps", eval_steps=10,
+                                     save_strategy="no", block_size=64, metric_for_best_model="perplexity",
+                                     baselines="false"))
+    evals = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval_perplexity"] for r in evals if "eval_perplexity" in r}
+    assert len(set(evals.values())) > 1  # the evaluations differ, so the direction matters
+    best_step = min(evals, key=evals.get)
+    assert run.metrics["best_step"] == best_step != min(evals)  # not the first (highest) one
+    assert run.metrics["eval"]["perplexity"] == pytest.approx(evals[best_step])
+
+
 def test_error_analysis_loss_per_document_matches_a_single_document_pass(tiny_gpt2_lm, tmp_path):
     """Unpacked documents: each row's recorded loss equals the loss of that document evaluated alone."""
     import torch

@@ -33,7 +33,7 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def run(batch_size: int) -> dict[str, Any]:
-        state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg) if hasattr(task, "init_eval_state") else {}
+        state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg)
         if errors is not None:
             errors.reset()  # a retry after out-of-memory must not count the failed pass's rows twice
             state["errors"] = errors

@@ -66,10 +66,12 @@ class _Batches(torch.utils.data.Dataset):
         return len(self.split)
 
 
-def _metric_key(cfg: RunConfig) -> tuple[str, bool]:
+def _metric_key(cfg: RunConfig, spec: Any) -> tuple[str, bool]:
+    """(metric that selects the best model, whether greater is better): the user's greater_is_better when set,
+    else the direction the task declares for that metric (perplexity and loss: lower)."""
     name = (cfg.training.metric_for_best_model or "loss").removeprefix("eval_")
     greater = cfg.training.greater_is_better
-    return name, (not name.endswith("loss")) if greater is None else greater
+    return name, spec.greater_is_better(name) if greater is None else greater
 
 
 def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
@@ -110,7 +112,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     scaler = accelerator.scaler
     ckpt_dir = run_dir / "checkpoints"
     clean_stale(ckpt_dir)
-    metric_name, greater = _metric_key(cfg)
+    metric_name, greater = _metric_key(cfg, task.spec)
     result = FitResult()
     start_epoch, skip_windows, bad_evals, best_path = 0, 0, 0, None
     path = _resolve_resume(t.resume_from_checkpoint, ckpt_dir, tracker) if t.resume_from_checkpoint else None
