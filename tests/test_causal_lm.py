@@ -57,7 +57,12 @@ def test_packing_puts_every_token_in_exactly_one_block_and_trains_eos(tiny_gpt2_
         assert (labels[starts] == -100).all()  # no loss for predicting a document from the previous one
         assert (labels[n_real:] == -100).all()  # padding ignored
         assert (split.position_ids[starts] == 0).all()
-    assert cfg.data.data_format == "text" and cfg.data.packing is True
+    assert data.info["format"] == "text" and cfg.data.packing is None  # found, not written into the config
+    from transformers import AutoModelForCausalLM
+
+    resolved, _ = task.resolve(cfg, AutoModelForCausalLM.from_pretrained(tiny_gpt2_lm), tok, data)
+    assert (resolved.data.data_format, resolved.data.packing, resolved.data.block_size) == ("text", True, 16)
+    assert cfg.data.data_format == "auto"  # resolution returns a new config
 
 
 def test_documents_longer_than_the_position_table_pack_and_train(tiny_gpt2_lm, tmp_path):

@@ -95,11 +95,17 @@ def test_adapters_merge_without_tf32(tmp_path):
 def test_lora_head_is_trained_and_learning_rate_defaults(tiny_bert, toy_data, tmp_path):
     from safetensors.torch import load_file
 
+    from tuneforge.engine.lora import resolve_learning_rate
+
     cfg = load_config(None, ["task=classification", "model_name_or_path=m", "train_file=t.csv", "lora.enabled=true"])
-    assert cfg.training.learning_rate == 2e-4  # LoRA default when no rate is given
+    assert cfg.training.learning_rate is None  # not the task's full fine-tuning default
+    assert resolve_learning_rate(cfg).training.learning_rate == 2e-4  # LoRA default when no rate is given
+    assert cfg.training.learning_rate is None  # resolution returns a new config
     cfg = load_config(None, ["task=classification", "model_name_or_path=m", "train_file=t.csv",
                              "lora.enabled=true", "learning_rate=1e-3"])
-    assert cfg.training.learning_rate == 1e-3
+    assert resolve_learning_rate(cfg).training.learning_rate == 1e-3
+    cfg = load_config(None, ["task=classification", "model_name_or_path=m", "train_file=t.csv"])
+    assert resolve_learning_rate(cfg).training.learning_rate == 2e-5  # full fine-tuning: the task's default
     run = tuneforge.train(None, [
         "task=classification", f"model_name_or_path={tiny_bert}", f"train_file={toy_data['train']}",
         f"validation_file={toy_data['validation']}", f"output_dir={tmp_path / 'run'}", "lora.enabled=true",

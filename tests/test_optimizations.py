@@ -112,7 +112,7 @@ def test_other_errors_are_not_taken_for_oom():
 
 
 def test_eval_oom_halves_only_the_eval_batch(tiny_bert, toy_data, tmp_path):
-    from tuneforge.engine.evaluation import evaluate
+    from tuneforge.engine.evaluation import EvalBatch, evaluate
 
     task, p = _prepared(tiny_bert, toy_data, tmp_path, "per_device_eval_batch_size=32")
     device = p.session.accelerator.device
@@ -127,8 +127,11 @@ def test_eval_oom_halves_only_the_eval_batch(tiny_bert, toy_data, tmp_path):
 
     data = PreparedData({}, None, ["neg", "pos"])
     task.eval_step = eval_step
-    metrics = evaluate(p.model, p.tokenizer, task, p.splits["validation"], data, p.cfg, device)
-    assert p.cfg.training.per_device_eval_batch_size == 8 and p.cfg.training.per_device_train_batch_size == 16
+    batch = EvalBatch(p.cfg.training.per_device_eval_batch_size)
+    metrics = evaluate(p.model, p.tokenizer, task, p.splits["validation"], data, p.cfg, device, batch=batch)
+    assert batch.size == 8  # the run's evaluation batch (engine state), halved twice
+    # the config is never changed in place: it still says what was asked for
+    assert p.cfg.training.per_device_eval_batch_size == 32 and p.cfg.training.per_device_train_batch_size == 16
     task.eval_step = real_step
     expected = evaluate(p.model, p.tokenizer, task, p.splits["validation"], data, p.cfg, device)
     assert metrics["loss"] == pytest.approx(expected["loss"]) and metrics["accuracy"] == expected["accuracy"]

@@ -168,7 +168,7 @@ def test_generation_defaults_follow_the_model_preferences(tiny_t5):
     model.generation_config.length_penalty = 2.0
     cfg = load_config(None, ["task=seq2seq", f"model_name_or_path={tiny_t5}", "train_file=t.jsonl",
                              "no_repeat_ngram_size=2"])
-    resolved, _ = get_task("seq2seq").resolve(cfg, model)
+    resolved, _ = get_task("seq2seq").resolve(cfg, model, None, None)
     g = resolved.generation
     assert (g.num_beams, g.length_penalty, g.no_repeat_ngram_size, g.early_stopping) == (6, 2.0, 2, True)
     assert model.generation_config.num_beams == 6 and model.generation_config.max_new_tokens == 128

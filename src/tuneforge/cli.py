@@ -81,8 +81,7 @@ def _read_inputs(path: str, column: str, pair_column: str | None) -> tuple[list[
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     if not args.text and not args.input:
-        raise UserError(f"{args.command}: give --{'prompt' if args.command == 'generate' else 'text'} \"...\" "
-                        "(repeatable) or --input FILE")
+        raise UserError(f"{args.command}: give --{args.input_flag} \"...\" (repeatable) or --input FILE")
     from tuneforge.deploy.artifacts import resolve_artifact
 
     run = resolve_artifact(args.run)
@@ -207,7 +206,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tuneforge.tasks import task_names
+    from tuneforge.tasks import Verb, all_specs, task_names
 
     parser = _OneLineParser(prog="tuneforge", description="Fine-tune pretrained transformers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
@@ -236,20 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", choices=task_names())
     commands["config"] = _cmd_config
 
-    for name, help_text, flag, what, batch, task in (
-            ("predict", "predict with a finished run (labels, or generated text)", "--text", "a text", 64, None),
-            ("summarize", "summarize (generate) with a finished seq2seq run", "--text", "a text", 16, "seq2seq"),
-            ("generate", "generate text with a finished causal_lm run", "--prompt", "a prompt", 8, "causal_lm")):
-        p = sub.add_parser(name, help=help_text)
+    # `predict` for every task, then each task's own verb that declares a command (summarize, generate)
+    predict = Verb("predict", "predict with a finished run (labels, or generated text)", batch_size=64)
+    for verb, task in [(predict, None)] + [(s.verb, s.name) for s in all_specs() if s.verb and s.verb.help]:
+        p = sub.add_parser(verb.name, help=verb.help)
         p.add_argument("run", help="run folder (or run id under ./runs)")
-        p.add_argument(flag, dest="text", action="append", help=f"{what} (repeatable)")
-        if name == "predict":
+        p.add_argument(f"--{verb.input}", dest="text", action="append", help=f"a {verb.input} (repeatable)")
+        if task is None:
             p.add_argument("--text-pair", action="append", help="second text, for models trained on pairs")
         p.add_argument("--input", help="file of inputs: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
         p.add_argument("--output", help="write results to .csv/.tsv/.jsonl instead of printing")
-        p.add_argument("--batch-size", type=int, default=batch)
-        p.set_defaults(require_task=task, **({} if name == "predict" else {"text_pair": None}))
-        commands[name] = _cmd_predict
+        p.add_argument("--batch-size", type=int, default=verb.batch_size)
+        p.set_defaults(require_task=task, input_flag=verb.input, **({} if task is None else {"text_pair": None}))
+        commands[verb.name] = _cmd_predict
 
     p = sub.add_parser("evaluate", help="evaluate a finished run on labelled data")
     p.add_argument("run", help="run folder (or run id under ./runs)")
@@ -327,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "all-MiniLM-L6-v2 to tell the intent; seq2seq: warm-start a bert2bert "
                                    "encoder-decoder from it and fine-tune it to summarize each ticket in one "
                                    "sentence (not T5: no pretrained seq2seq model is available offline).")
-    p.add_argument("--task", choices=["classification", "seq2seq", "causal_lm"], default="classification",
-                   help="which demo to run (default: classification)")
+    from tuneforge.demo.runner import TASKS as DEMO_TASKS
+
+    p.add_argument("--task", choices=DEMO_TASKS, default=DEMO_TASKS[0],
+                   help=f"which demo to run (default: {DEMO_TASKS[0]})")
     p.add_argument("--output-dir", default=None, help="run folder (default: runs/<id>)")
     p.add_argument("--quick", action="store_true", help="one short epoch on fewer rows (smoke test)")
     commands["demo"] = _cmd_demo

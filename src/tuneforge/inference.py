@@ -18,7 +18,7 @@ from typing import Any
 
 from tuneforge.errors import UserError
 from tuneforge.runs.record import Run, resolve, write_json
-from tuneforge.tasks import get_task
+from tuneforge.tasks import get_task, spec_with_verb
 
 
 class LoadedModel:
@@ -56,7 +56,7 @@ class LoadedModel:
 
     @property
     def labels(self) -> list[str]:
-        if self.config.task != "classification":
+        if not self.task.spec.predicts_labels:
             return []
         id2label = self.model.config.id2label
         return [id2label[i] for i in range(len(id2label))]
@@ -70,9 +70,11 @@ class LoadedModel:
                 "version": art.run_id, "source": art.kind, "format": art.format, "quantize": art.quantize,
                 "max_length": self.max_length, "tuneforge_version": __version__}
 
-    def _require(self, task: str, what: str) -> None:
-        if self.config.task != task:
-            raise UserError(f"{self.path} is a {self.config.task} model; {what} needs a {task} model")
+    def _require(self, verb: str) -> None:
+        """`verb` (classify, summarize, generate) is the own verb of one task: refuse a model of another."""
+        spec = spec_with_verb(verb)
+        if spec is not None and spec.name != self.config.task:
+            raise UserError(f"RUN: {self.path} is a {self.config.task} run; {verb} needs a {spec.name} run")
 
     def predict(self, texts: list[str] | str, pairs: list[str] | None = None, batch_size: int = 32,
                 max_new_tokens: int | None = None, max_length: int | None = None) -> list[dict[str, Any]]:
@@ -82,25 +84,22 @@ class LoadedModel:
             texts = [texts]
         limits = [v for v in (max_length, self.max_length) if v]
         limit = min(limits) if limits else None
-        extra = {"max_new_tokens": max_new_tokens} if self.config.task != "classification" else {}
         return self.task.predict(self.model, self.tokenizer, list(texts), self.config, pairs=pairs,
-                                 batch_size=batch_size, max_length=limit, **extra)
+                                 batch_size=batch_size, max_length=limit, max_new_tokens=max_new_tokens)
 
     def classify(self, texts: list[str] | str, pairs: list[str] | None = None, batch_size: int = 32
                  ) -> list[dict[str, Any]]:
-        self._require("classification", "classify")
+        self._require("classify")
         return self.predict(texts, pairs, batch_size=batch_size)
 
     def summarize(self, texts: list[str] | str, batch_size: int = 16, max_new_tokens: int | None = None
                   ) -> list[str]:
-        if self.config.task != "seq2seq":
-            raise UserError(f"RUN: {self.path} is a {self.config.task} run; summarize needs a seq2seq run")
+        self._require("summarize")
         return [r["generated_text"] for r in self.predict(texts, batch_size=batch_size, max_new_tokens=max_new_tokens)]
 
     def generate(self, prompts: list[str] | str, batch_size: int = 8, max_new_tokens: int | None = None
                  ) -> list[str]:
-        if self.config.task != "causal_lm":
-            raise UserError(f"RUN: {self.path} is a {self.config.task} run; generate needs a causal_lm run")
+        self._require("generate")
         return [r["generated_text"] for r in self.predict(prompts, batch_size=batch_size,
                                                           max_new_tokens=max_new_tokens)]
 
@@ -116,7 +115,7 @@ class LoadedModel:
 
     def token_counts(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
         """Tokens per input as the model sees it: special tokens, the text pair and the seq2seq prefix included."""
-        prefix = (self.config.data.source_prefix or "") if self.config.task == "seq2seq" else ""
+        prefix = self.config.data.source_prefix or ""  # set only for tasks that declare the key
         texts = [prefix + t for t in texts]
         tokenizer = self.counting_tokenizer
         enc = tokenizer(texts, pairs) if pairs else tokenizer(texts)
@@ -131,7 +130,8 @@ class LoadedModel:
         limit = model_max_length(self.tokenizer, config, cap=4096)
         for key in ("n_positions", "max_sequence_length"):
             limit = min(limit, getattr(config, key, None) or limit)
-        return min(limit, self.max_length) if self.max_length and self.config.task != "causal_lm" else limit
+        shared = self.task.spec.prompt_shares_context  # prompt + new tokens get the whole context, not max_length
+        return min(limit, self.max_length) if self.max_length and not shared else limit
 
     def truncate(self, texts: list[str], max_tokens: int) -> list[str]:
         """Cut each text after its first tokens so that it fits `max_tokens` in all (special tokens included)."""

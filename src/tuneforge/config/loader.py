@@ -48,7 +48,6 @@ ALIASES = {
 _FIELD_SECTION = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
 _FIELDS = {section: {f.name: f for f in fields(cls)} for section, cls in SECTIONS.items()}
 _TRUE = {"true", "yes", "on", "1"}
-LORA_LEARNING_RATE = 2e-4
 _FALSE = {"false", "no", "off", "0"}
 
 
@@ -247,7 +246,8 @@ def load_config(path: str | os.PathLike | dict[str, Any] | None = None,
 
     lora_on = str(merged["lora"].get("enabled", False)).lower() in _TRUE
     if lora_on and "training.learning_rate" not in entries:
-        merged["training"]["learning_rate"] = LORA_LEARNING_RATE  # adapters want ~10x full fine-tuning's rate
+        # the task's default rate is for full fine-tuning: a LoRA run's stays null, engine/lora.py resolves it
+        merged["training"].pop("learning_rate", None)
     built = {}
     for name, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)

@@ -11,6 +11,7 @@ evaluate/errors.py; this module only runs the model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,11 +24,23 @@ from tuneforge.engine.compiling import eager
 from tuneforge.engine.step import to_device
 
 
+@dataclass
+class EvalBatch:
+    """The evaluation batch size of one run: per_device_eval_batch_size at first; an out-of-memory error halves
+    it for that evaluation and every later one. Engine state (the session owns it), never written into the
+    config; a run records a halved size in run.json (eval_batch_size)."""
+
+    size: int
+
+
 @torch.inference_mode()
 def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
-             device: torch.device, multiple: int | None = None, errors: Any = None) -> dict[str, Any]:
+             device: torch.device, multiple: int | None = None, errors: Any = None,
+             batch: EvalBatch | None = None) -> dict[str, Any]:
     """Streaming evaluation: per batch the task folds predictions into a small state, never all logits.
-    `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis."""
+    `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis; `batch` is
+    the run's evaluation batch (a fresh one at per_device_eval_batch_size when not given)."""
+    batch = batch if batch is not None else EvalBatch(cfg.training.per_device_eval_batch_size)
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -42,20 +55,21 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
             task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
         return state
 
-    # out of memory here halves the evaluation batch only (and later evaluations start from it); a compiled
-    # model evaluates uncompiled (engine/compiling.py)
+    # out of memory here halves the evaluation batch only (and later evaluations with the same `batch` start
+    # from it); a compiled model evaluates uncompiled (engine/compiling.py)
     with eager():
-        state, cfg.training.per_device_eval_batch_size = run_with_backoff(run, cfg.training.per_device_eval_batch_size)
+        state, batch.size = run_with_backoff(run, batch.size)
     model.train(was_training)
     return task.eval_metrics(state, data)
 
 
 def evaluate_with_analysis(model: Any, tokenizer: Any, task: Any, split: Any, data: Any, split_name: str, cfg: Any,
-                           device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+                           device: Any, batch: EvalBatch | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """One evaluation pass that also collects the error analysis: (metrics, error_analysis document)."""
     from tuneforge.evaluate.errors import analysis_result, build_collector
 
-    collector = build_collector(cfg.task, split, data.splits.get(split_name), cfg, data.label_names,
-                                data.report.max_length, tokenizer)
-    metrics = evaluate(model, tokenizer, task, split, data, cfg, device, errors=collector)
-    return metrics, analysis_result(cfg.task, split_name, collector, metrics, data.label_names)
+    table = data.splits.get(split_name)
+    collector = build_collector(task.spec, split, data.report.max_length,
+                                lambda row: task.error_row(cfg, split, table, tokenizer, row))
+    metrics = evaluate(model, tokenizer, task, split, data, cfg, device, errors=collector, batch=batch)
+    return metrics, analysis_result(task.spec, split_name, collector, metrics, data.label_names)

@@ -33,7 +33,7 @@ from tuneforge.engine.checkpoint import (
     save_checkpoint,
 )
 from tuneforge.engine.compiling import compile_for_training, resolve_compile
-from tuneforge.engine.evaluation import evaluate
+from tuneforge.engine.evaluation import EvalBatch, evaluate
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.step import forward_backward
@@ -75,8 +75,12 @@ def _metric_key(cfg: RunConfig, spec: Any) -> tuple[str, bool]:
 
 
 def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
-        data: PreparedData, run_dir: Path, tracker: Tracker, accelerator: Any) -> FitResult:
+        data: PreparedData, run_dir: Path, tracker: Tracker, accelerator: Any, eval_batch: EvalBatch | None = None
+        ) -> FitResult:
+    """Train `model` as `cfg` says; `eval_batch` (engine/evaluation.py EvalBatch) is the run's evaluation batch,
+    shared with the evaluations before and after the loop."""
     t = cfg.training
+    eval_batch = eval_batch if eval_batch is not None else EvalBatch(t.per_device_eval_batch_size)
     train = splits["train"]
     val = splits.get("validation") if t.eval_strategy != "no" else None
     device = accelerator.device
@@ -162,7 +166,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     def run_eval(epoch_float: float) -> bool:
         """Evaluate, track the best; return True when this evaluation improved the best metric."""
         nonlocal bad_evals
-        metrics = evaluate(model, tokenizer, task, val, data, cfg, device, multiple)
+        metrics = evaluate(model, tokenizer, task, val, data, cfg, device, multiple, batch=eval_batch)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         tracker.log(result.global_step, scalars, epoch_float)
         shown = [k for k in ("loss", "accuracy", "perplexity", metric_name) if k in metrics]

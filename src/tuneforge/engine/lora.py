@@ -13,8 +13,19 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from tuneforge.config.schema import LoraConfig
+from tuneforge.config.schema import LoraConfig, RunConfig
 from tuneforge.tasks import get_spec
+
+LORA_LEARNING_RATE = 2e-4  # adapters want about 10x the learning rate of full fine-tuning
+
+
+def resolve_learning_rate(cfg: RunConfig) -> RunConfig:
+    """A LoRA run without an explicit learning_rate trains at LORA_LEARNING_RATE (the loader leaves a LoRA run's
+    rate null instead of filling in the task's full-fine-tuning default). Runs before the task's own resolve,
+    so this default also wins over seq2seq's model-family rate, as an explicit rate does."""
+    if not cfg.lora.enabled or cfg.training.learning_rate is not None:
+        return cfg
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, learning_rate=LORA_LEARNING_RATE))
 
 
 def new_module_names(new_keys: list[str]) -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any
 
 def preflight(cfg: Any, session: Any, task: Any, model: Any, tokenizer: Any, splits: dict[str, Any],
               run_dir: Path, console: Any, previous: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """(config with what was chosen, what to record); `previous`: the choices recorded by an earlier attempt."""
+    """(a new config with what was chosen: the one that trains and is written, what to record in run.json);
+    `previous`: the choices recorded by an earlier attempt."""
     from tuneforge.engine.memory import available_memory, estimate_for_model, report_memory
 
     t = cfg.training
@@ -58,5 +59,4 @@ def preflight(cfg: Any, session: Any, task: Any, model: Any, tokenizer: Any, spl
 
             cfg, found = choose_learning_rate(cfg, session, task, model, tokenizer, split, run_dir, console)
         chosen["lr_find"] = found
-    session.cfg = cfg
     return cfg, chosen

@@ -1,7 +1,10 @@
 """A training session: device and precision chosen once, seed set, then fit, test evaluation and save.
 
 >>> session = start_session(cfg, console)                        # doctest: +SKIP
->>> metrics = session.fit(task, model, tokenizer, splits, data, run_dir)  # doctest: +SKIP
+>>> metrics = session.fit(cfg, task, model, tokenizer, splits, data, run_dir)  # doctest: +SKIP
+
+The session holds what the engine chose (device, precision) and what it changes during a run (the evaluation
+batch after an out-of-memory error), never a config: the one resolved config is passed to each call.
 """
 
 from __future__ import annotations
@@ -17,17 +20,20 @@ from tuneforge.engine.precision import cpu_has_native_bf16, explain_precision, r
 
 @dataclass
 class Session:
-    cfg: RunConfig
     accelerator: Any
     mixed_precision: str
     device_description: str
     console: Any
     analysis: dict[str, Any] | None = None  # error analysis of the final model (set by fit)
+    eval_batch: Any = None  # the run's evaluation batch (engine/evaluation.py EvalBatch; set by fit)
 
-    def fit(self, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
+    def fit(self, cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
             data: PreparedData, run_dir: Path) -> dict[str, Any]:
+        from tuneforge.engine.evaluation import EvalBatch
         from tuneforge.engine.loop import fit
         from tuneforge.engine.tracking import Tracker
+
+        self.eval_batch = EvalBatch(cfg.training.per_device_eval_batch_size)
 
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -35,17 +41,18 @@ class Session:
                            f"parameters {_count(total)}, trainable {_count(trainable)}", highlight=False)
         # the held-out split: test when given (else validation); the best model is evaluated on it at the end
         target = "test" if "test" in splits else "validation" if "validation" in splits else None
-        before = self.base_model_baseline(task, model, tokenizer, splits, data, target)
-        tracker = Tracker(run_dir, 0, self.cfg.training.report_to, self.console, config=self.cfg.to_dict())
+        before = self.base_model_baseline(cfg, task, model, tokenizer, splits, data, target)
+        tracker = Tracker(run_dir, 0, cfg.training.report_to, self.console, config=cfg.to_dict())
         try:
-            result = fit(self.cfg, task, model, tokenizer, splits, data, run_dir, tracker, self.accelerator)
+            result = fit(cfg, task, model, tokenizer, splits, data, run_dir, tracker, self.accelerator,
+                         self.eval_batch)
         finally:
             tracker.close()
         metrics: dict[str, Any] = {
             "train": {"global_step": result.global_step, "epoch": round(result.epoch, 4),
                       "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early},
-            "best_step": result.best_step, "metric_for_best_model": self.cfg.training.metric_for_best_model,
-            "eval": result.best_metrics if self.cfg.training.load_best_model_at_end else result.last_metrics}
+            "best_step": result.best_step, "metric_for_best_model": cfg.training.metric_for_best_model,
+            "eval": result.best_metrics if cfg.training.load_best_model_at_end else result.last_metrics}
         if before:
             metrics["baselines"] = {"split": target, "base_model": before}
         # the best model, once more on the held-out data, with error analysis
@@ -53,18 +60,19 @@ class Session:
             from tuneforge.engine.evaluation import evaluate_with_analysis
 
             result, self.analysis = evaluate_with_analysis(model, tokenizer, task, splits[target], data, target,
-                                                           self.cfg, self.accelerator.device)
+                                                           cfg, self.accelerator.device, self.eval_batch)
             if target == "test":
                 metrics["test"] = result
         return metrics
 
-    def base_model_baseline(self, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
-                            data: PreparedData, target: str | None) -> dict[str, Any] | None:
+    def base_model_baseline(self, cfg: RunConfig, task: Any, model: Any, tokenizer: Any,
+                            splits: dict[str, TokenizedSplit], data: PreparedData, target: str | None
+                            ) -> dict[str, Any] | None:
         """The model before fine-tuning, scored on the held-out split (tasks declaring base_model_baseline).
         Skipped on resume (the weights are no longer the base model's), when the checkpoint lacked weights
         (new cross-attention or head) and for an untrained model (perplexity above half the vocabulary size:
         a model trained from scratch has no base to compare with)."""
-        t = self.cfg.training
+        t = cfg.training
         if (target is None or not t.baselines or not task.spec.base_model_baseline or t.resume_from_checkpoint
                 or getattr(model, "tuneforge_new_keys", None)):
             return None
@@ -72,7 +80,8 @@ class Session:
 
         self.console.print(f"scoring the base model on the {target} split (baseline; baselines=false skips it)",
                            highlight=False)
-        metrics = evaluate(model, tokenizer, task, splits[target], data, self.cfg, self.accelerator.device)
+        metrics = evaluate(model, tokenizer, task, splits[target], data, cfg, self.accelerator.device,
+                           batch=self.eval_batch)
         vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
         if metrics.get("perplexity", 0) > vocab / 2:
             self.console.print("the base model is untrained (perplexity near a uniform guess): no base-model "
@@ -80,12 +89,12 @@ class Session:
             return None
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
-    def save_final(self, model: Any, tokenizer: Any, run_dir: Path) -> None:
+    def save_final(self, cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path) -> None:
         from tuneforge.engine.lora import is_peft, save_lora
 
         unwrapped = self.accelerator.unwrap_model(model)
         if is_peft(unwrapped):
-            save_lora(unwrapped, run_dir, self.cfg.lora.merge_weights)
+            save_lora(unwrapped, run_dir, cfg.lora.merge_weights)
         else:
             unwrapped.save_pretrained(run_dir)
         tokenizer.save_pretrained(run_dir)
@@ -126,4 +135,4 @@ def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Sessi
     else:
         name = f"CPU ({torch.get_num_threads()} threads)"
     precision = {"no": "fp32", "fp16": "fp16 (loss scaling)", "bf16": "bf16"}[mixed]
-    return Session(cfg, accelerator, precision, name, console)
+    return Session(accelerator, precision, name, console)

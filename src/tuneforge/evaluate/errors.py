@@ -12,9 +12,11 @@ bucket, so truncation and long-input failures show up instead of hiding in an av
 
 Tasks call `state["errors"].add(rows, values=..., badness=...)` from `eval_step` when an analysis is
 requested (the engine puts the row indices of the batch in `state["rows"]`). Only the top-k worst rows are
-kept; the text they quote is looked up at the end. Classification adds the most confused label pairs and
-per-class precision/recall/F1 from the metrics; seq2seq ranks by ROUGE-L; causal LM by per-document loss.
-Pure code, no model: the pass that runs the model is engine/evaluation.py `evaluate_with_analysis`.
+kept; what they quote is looked up at the end (the task's `error_row`). The task's spec names the metric per
+length bucket (`analysis_metric`) and the key of the worst examples (`analysis_worst`: classification's
+most_confident_errors, seq2seq's lowest_rouge, causal LM's highest_loss); metrics with a confusion matrix add
+the most confused label pairs and per-class precision/recall/F1. Pure code, no model: the pass that runs the
+model is engine/evaluation.py `evaluate_with_analysis`.
 """
 
 from __future__ import annotations
@@ -106,19 +108,17 @@ def confused_pairs(confusion: list[list[int]], label_names: list[str], k: int = 
     return sorted(pairs, key=lambda p: -p["count"])[:k]
 
 
-def analysis_result(task: str, split_name: str, collector: ErrorCollector, metrics: dict[str, Any],
+def analysis_result(spec: Any, split_name: str, collector: ErrorCollector, metrics: dict[str, Any],
                     label_names: list[str]) -> dict[str, Any]:
-    """The error_analysis.json document."""
-    worst_kind = {"classification": "most_confident_errors", "seq2seq": "lowest_rouge",
-                  "causal_lm": "highest_loss"}[task]
+    """The error_analysis.json document for a task (its TaskSpec: name and analysis_worst)."""
     worst = collector.worst()
     for example in worst:
         if "predicted_id" in example:
             example["predicted"] = label_names[example.pop("predicted_id")]
-    out: dict[str, Any] = {"task": task, "split": split_name, "metric": collector.metric,
-                           "max_length": collector.max_length, worst_kind: worst,
+    out: dict[str, Any] = {"task": spec.name, "split": split_name, "metric": collector.metric,
+                           "max_length": collector.max_length, spec.analysis_worst: worst,
                            "length_slices": collector.slices()}
-    if task == "classification":
+    if "confusion_matrix" in metrics:  # a classifier's metrics
         out["per_class"] = metrics.get("per_class", {})
         out["confused_pairs"] = confused_pairs(metrics.get("confusion_matrix", []), label_names)
     return out
@@ -129,28 +129,13 @@ def quote(text: Any) -> str:
     return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + " …"
 
 
-def build_collector(task: str, split: Any, table: Any, cfg: Any, label_names: list[str], max_length: int | None,
-                    tokenizer: Any) -> ErrorCollector:
-    """The collector for one task's evaluation of `split` (tokenized rows of `table`)."""
+def build_collector(spec: Any, split: Any, max_length: int | None, describe: Callable[[int], dict]
+                    ) -> ErrorCollector:
+    """The collector for one task's evaluation of `split`: its spec's analysis_metric, buckets of the rows'
+    lengths before truncation, `describe(row)` for the worst rows (the task's error_row)."""
     lengths = split.full_lengths if split.full_lengths is not None else split.lengths
-    d = cfg.data
-
-    def describe(row: int) -> dict[str, Any]:
-        where = {"where": table.where(row)} if table is not None and row < len(table) else {}
-        if task == "classification":
-            out = {**where, "text": quote(table.columns[d.text_column][row])}
-            if d.text_pair_column:
-                out["text_pair"] = quote(table.columns[d.text_pair_column][row])
-            return {**out, "label": table.columns[d.label_column][row]}
-        if task == "seq2seq":
-            return {**where, "source": quote(table.columns[d.text_column][row]),
-                    "reference": quote(table.columns[d.target_column][row])}
-        # causal LM rows are documents (or packed blocks); the tokens say exactly what the model saw
-        return {"row": row, "text": quote(tokenizer.decode(split.row(row), skip_special_tokens=True))}
-
-    metric = {"classification": "accuracy", "seq2seq": "rougeL", "causal_lm": "loss"}[task]
-    packed = task == "causal_lm" and split.position_ids is not None
-    return ErrorCollector(metric, np.asarray(lengths), None if packed else max_length, describe)
+    packed = split.position_ids is not None  # packed blocks are all one length and nothing is truncated
+    return ErrorCollector(spec.analysis_metric, np.asarray(lengths), None if packed else max_length, describe)
 
 
 def write_analysis(analysis: dict[str, Any], folder: Path) -> None:

@@ -20,10 +20,8 @@ import yaml
 
 from tuneforge.runs.record import is_run, read_info, read_json
 from tuneforge.runs.report import METRIC_ROWS
+from tuneforge.tasks import get_spec
 
-PIPELINE_TAGS = {"classification": "text-classification", "seq2seq": "text2text-generation",
-                 "causal_lm": "text-generation"}
-CARD_METRICS = {"classification": ["accuracy", "f1"], "seq2seq": ["rouge"], "causal_lm": ["perplexity"]}
 HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "warmup_steps", "weight_decay", "lr_scheduler_type",
                    "max_grad_norm", "seed", "metric_for_best_model")
@@ -69,12 +67,13 @@ def render_model_card(run_dir: Path) -> str:
     metrics = read_json(run_dir / "metrics.json") or {}
     report = read_json(run_dir / "data_report.json") or {}
     task = config["task"]
+    spec = get_spec(task)  # pipeline tag, card metrics, intended use and usage example, as the task declares them
     data, training = config.get("data", {}), config.get("training", {})
     base, license_ = hub_base_model(info.get("base_model"))
     card = ModelCardData(base_model=base, license=license_, library_name="transformers",
-                         pipeline_tag=PIPELINE_TAGS.get(task), tags=["tuneforge", task],
+                         pipeline_tag=spec.pipeline_tag or None, tags=["tuneforge", task],
                          datasets=[data["dataset_name"]] if data.get("dataset_name") else None,
-                         metrics=CARD_METRICS.get(task))
+                         metrics=list(spec.card_metrics) or None)
     name = info.get("id") or run_dir.name
     base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{info.get('base_model')}`"
     source = data.get("dataset_name") or data.get("train_file") or "local data"
@@ -82,15 +81,11 @@ def render_model_card(run_dir: Path) -> str:
            f"A {task.replace('_', ' ')} model fine-tuned from {base_text} on `{source}` with tuneforge.", ""]
 
     out += ["## Intended use and limitations", ""]
-    if task == "classification":
-        labels = list(report.get("splits", {}).get("train", {}).get("label_counts") or {})
-        out.append(f"Assigns one of {len(labels)} labels ({', '.join(labels)}) to a text"
-                   f"{' pair' if data.get('text_pair_column') else ''}.")
-    elif task == "seq2seq":
-        out.append("Generates a target text (e.g. a summary) from a source text"
-                   f"{' prefixed with ' + repr(data['source_prefix']) if data.get('source_prefix') else ''}.")
-    else:
-        out.append("Continues text (or answers prompts/chats, depending on the training format).")
+    labels = list(report.get("splits", {}).get("train", {}).get("label_counts") or {})
+    if spec.card_use:
+        out.append(spec.card_use.format(
+            n_labels=len(labels), labels=", ".join(labels), pair=" pair" if data.get("text_pair_column") else "",
+            prefix=" prefixed with " + repr(data["source_prefix"]) if data.get("source_prefix") else ""))
     max_len = info.get("max_length")
     out += ["", f"It was trained and evaluated only on the data below; inputs longer than {max_len} tokens are "
             "truncated. Check it on data from your own use before relying on it.", ""]
@@ -134,11 +129,8 @@ def render_model_card(run_dir: Path) -> str:
         out += [f"| {m} | " + " | ".join(_fmt(c.get(m)) for c in columns.values()) + " |" for m in rows]
         out.append("")
 
-    usage = {"classification": 'pipeline("text-classification", model="MODEL")("an example text")',
-             "seq2seq": 'pipeline("text2text-generation", model="MODEL")("an example text")',
-             "causal_lm": 'pipeline("text-generation", model="MODEL")("Once upon a time")'}[task]
-    out += ["## How to use", "", "```python", "from transformers import pipeline", "",
-            usage.replace("MODEL", f"<hub id or path of {name}>"), "```", ""]
+    usage = f'pipeline("{spec.pipeline_tag}", model="<hub id or path of {name}>")("{spec.card_example}")'
+    out += ["## How to use", "", "```python", "from transformers import pipeline", "", usage, "```", ""]
     versions = info.get("versions") or {}
     if versions:
         out += ["## Framework versions", ""] + [f"- {k} {v}" for k, v in versions.items()] + [""]

@@ -87,7 +87,11 @@ def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prep
 
     set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
     model, tokenizer, revision = task.load(cfg, data)
-    cfg, notes = task.resolve(cfg, model)  # defaults that depend on the model (family learning rate, prefix)
+    from tuneforge.engine.lora import resolve_learning_rate
+
+    cfg = resolve_learning_rate(cfg)  # LoRA's default rate, before the task's model-family one
+    # defaults that depend on the model or the data (family learning rate, prefix, data format, block size)
+    cfg, notes = task.resolve(cfg, model, tokenizer, data)
     for note in notes:
         console.print(f"using {note}", highlight=False)
     if cfg.lora.enabled:
@@ -161,9 +165,9 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     (run_dir / "data_report.txt").write_text(data.report.render() + "\n", encoding="utf-8")
     console.print(data.report.render(), highlight=False)
     try:
-        metrics = session.fit(task, model, tokenizer, splits, data, run_dir)
+        metrics = session.fit(cfg, task, model, tokenizer, splits, data, run_dir)  # the config written above
         write_json(run_dir / "metrics.json", metrics)
-        session.save_final(model, tokenizer, run_dir)
+        session.save_final(cfg, model, tokenizer, run_dir)
         from tuneforge.runs.outputs import finish_run, record_evaluation
 
         metrics = record_evaluation(run_dir, metrics, session.analysis, splits, data, cfg)
@@ -176,7 +180,11 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     except BaseException as err:
         run.update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise
-    run.update(status="finished", finished_at=now())
+    # an evaluation that ran out of memory halved the evaluation batch for the rest of the run (the session's
+    # state; the config keeps what was asked for): run.json records the size used
+    used = session.eval_batch.size
+    halved = {"eval_batch_size": used} if used != cfg.training.per_device_eval_batch_size else {}
+    run.update(status="finished", finished_at=now(), **halved)
     finish_run(run, console)  # report.html, README.md (model card, last), push_to_hub
     from tuneforge.runs.report import print_result
 

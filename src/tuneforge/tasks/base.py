@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Verb:
+    """A task's own name for inference beside the generic `predict`: the LoadedModel method of that name
+    (`tuneforge.load(RUN).summarize(...)`) and, when `help` is set, the CLI command `tuneforge NAME RUN`."""
+
+    name: str
+    help: str = ""  # the CLI command's help; empty: a Python method only (the CLI's `predict` covers the task)
+    input: str = "text"  # the CLI command's input flag: --text or --prompt
+    batch_size: int = 32  # the CLI command's default --batch-size
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """Everything about a task that code outside `tasks/` needs, declared once (no torch: read before any
     model loads). Code elsewhere reads these fields instead of comparing task names."""
@@ -45,10 +56,18 @@ class TaskSpec:
     lower_is_better: tuple[str, ...] = ("loss",)  # metrics where smaller is better; every other one: greater
     generated_metrics: tuple[str, ...] = ()  # metrics scored on generated text (need predict_with_generate)
     baseline: str | None = None  # "module:function": fn(data, table, cfg) -> {baseline name: metrics}
+    # the model before fine-tuning is a baseline (scored by the engine at step 0) when it is pretrained as a
+    # whole: never for a new head, skipped when the checkpoint adds weights (a bert2bert's cross-attention)
+    base_model_baseline: bool = False
     lora_task_type: str = ""  # peft TaskType of the adapted model (SEQ_CLS, SEQ_2_SEQ_LM, CAUSAL_LM)
     pipeline_tag: str = ""  # Hugging Face pipeline tag (model card metadata and its usage example)
     card_metrics: tuple[str, ...] = ()  # model-card metadata `metrics` (Hugging Face metric names)
     card_example: str = "an example text"  # the input in the model card's usage example
+    card_use: str = ""  # the model card's intended use; may name {n_labels}, {labels}, {pair} and {prefix}
+    predicts_labels: bool = False  # predicts one of the model's labels (config.id2label): LoadedModel.labels
+    verb: Verb | None = None  # its own inference verb (LoadedModel method, maybe a CLI command)
+    analysis_metric: str = ""  # error analysis: the per-example metric shown per input-length bucket
+    analysis_worst: str = ""  # error analysis: the error_analysis.json key of the worst examples
     generates: bool = False  # outputs generated text: max_new_tokens and generation settings apply
     prompt_shares_context: bool = False  # prompt and generated tokens share one context window (decoder-only)
     verify_measure: str = ""  # export verification: the agreement measure's name in report.json
@@ -93,8 +112,10 @@ class Task(Protocol):
     def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
         """Return (model, tokenizer, hub commit hash or None) ready for training."""
 
-    def resolve(self, config: RunConfig, model: Any) -> tuple[RunConfig, list[str]]:
-        """Fill the defaults that depend on the loaded model; returns a new config and notes to print."""
+    def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
+                ) -> tuple[RunConfig, list[str]]:
+        """Fill the defaults that depend on the loaded model, its tokenizer or the data (never in place): the
+        new config, which trains and is written to run_config.yaml, and notes to print."""
 
     def fp16_safe(self, model_config: Any) -> bool:
         """Whether the automatic precision may choose fp16 for this model (False: it overflows, e.g. T5)."""
@@ -133,6 +154,11 @@ class Task(Protocol):
     def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:
         """Turn the streaming state into metrics; scalar ones are logged, others saved."""
 
+    def error_row(self, config: RunConfig, split: TokenizedSplit, table: Table | None, tokenizer: Any,
+                  row: int) -> dict[str, Any]:
+        """How error_analysis.json shows row `row` of an evaluated split (`table`: its cleaned rows): the texts
+        (cut with evaluate.errors.quote), the reference and where the row is in the data file."""
+
     # ---- inference ---------------------------------------------------------------------------------
     def predict(self, model: Any, tokenizer: Any, texts: list[str], config: RunConfig, *,
                 pairs: list[str] | None = None, batch_size: int = 32, max_length: int | None = None,
@@ -158,6 +184,16 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 def task_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def all_specs() -> list[TaskSpec]:
+    """Every registered spec, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def spec_with_verb(verb: str) -> TaskSpec | None:
+    """The task whose own inference verb is `verb` (e.g. summarize), or None."""
+    return next((s for s in _REGISTRY.values() if s.verb is not None and s.verb.name == verb), None)
 
 
 def tasks_using(section: str, key: str) -> list[str]:
@@ -198,7 +234,8 @@ class TaskBase:
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
 
-    def resolve(self, config: RunConfig, model: Any) -> tuple[RunConfig, list[str]]:
+    def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
+                ) -> tuple[RunConfig, list[str]]:
         return config, []  # nothing depends on the model
 
     def fp16_safe(self, model_config: Any) -> bool:

@@ -39,6 +39,11 @@ def _columns(config: RunConfig, fmt: str) -> list[str]:
             "chat": [d.messages_column]}[fmt]
 
 
+def _packing(config: RunConfig, fmt: str) -> bool:
+    """Packing as configured; by default plain text packs and prompt/completion or chat rows do not."""
+    return config.data.packing if config.data.packing is not None else fmt == "text"
+
+
 class CausalLMTask(TaskBase):
     # ---- data (no torch) -------------------------------------------------------------------------
     def detect_format(self, config: RunConfig, columns: list[str]) -> str:
@@ -58,8 +63,7 @@ class CausalLMTask(TaskBase):
         """Read every split, find the data format, check its columns, drop empty rows, parse chats."""
         d = config.data
         tables = read_splits(d)
-        fmt = self.detect_format(config, list(tables["train"].columns))
-        config.data.data_format = fmt  # resolved: recorded in run_config.yaml, used by generate
+        fmt = self.detect_format(config, list(tables["train"].columns))  # resolve() records it in the config
         columns = _columns(config, fmt)
         keys = {"text": "data.text_column", "prompt_completion": "data.prompt_column", "chat": "data.messages_column"}
         wanted = dict(zip([keys[fmt], "data.completion_column"], columns))
@@ -105,9 +109,15 @@ class CausalLMTask(TaskBase):
         model.config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer, commit
 
-    def resolve(self, config: RunConfig, model: Any) -> tuple[RunConfig, list[str]]:
+    def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
+                ) -> tuple[RunConfig, list[str]]:
+        """The data format found in the data, packing and block size (recorded in run_config.yaml: generate and
+        evaluate read them), generation settings (also written into the model's generation_config)."""
         import dataclasses
 
+        fmt = data.info.get("format") or config.data.data_format
+        resolved_data = dataclasses.replace(config.data, data_format=fmt, packing=_packing(config, fmt),
+                                            block_size=self.max_length(config, tokenizer, model.config))
         g = config.generation
         generation = dataclasses.replace(g, num_beams=g.num_beams or 1, length_penalty=g.length_penalty or 1.0,
                                          no_repeat_ngram_size=g.no_repeat_ngram_size or 0,
@@ -120,7 +130,7 @@ class CausalLMTask(TaskBase):
         gen.max_length = None
         gen.pad_token_id = model.config.pad_token_id
         gen.stop_strings = generation.stop_strings
-        return dataclasses.replace(config, generation=generation), []
+        return dataclasses.replace(config, data=resolved_data, generation=generation), []
 
     def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
         return resolve_length(config.data.block_size, "block_size", tokenizer, model_config, cap=1024)
@@ -131,8 +141,7 @@ class CausalLMTask(TaskBase):
         # prepare_data records the format in data.info; evaluation data read by read_eval_file has it resolved in
         # data.data_format
         fmt = data.info.get("format") or self.detect_format(config, list(next(iter(data.splits.values())).columns))
-        packing = d.packing if d.packing is not None else fmt == "text"
-        d.packing, d.block_size = packing, max_length  # resolved values, recorded with the run
+        packing = _packing(config, fmt)
         columns = _columns(config, fmt)
         parts = {"tokenizer": tokenizer_fingerprint(tokenizer), "format": fmt, "v": 1}
         out = {}
@@ -223,6 +232,13 @@ class CausalLMTask(TaskBase):
     def eval_metrics(self, state: dict[str, Any], data: PreparedData) -> dict[str, Any]:
         loss = state["loss_sum"] / max(1, state["tokens"])  # token-weighted over the whole set
         return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "tokens": state["tokens"]}
+
+    def error_row(self, config: RunConfig, split: TokenizedSplit, table: Any, tokenizer: Any,
+                  row: int) -> dict[str, Any]:
+        """Rows are documents (or packed blocks): the tokens say exactly what the model saw."""
+        from tuneforge.evaluate.errors import quote
+
+        return {"row": row, "text": quote(tokenizer.decode(split.row(row), skip_special_tokens=True))}
 
     # ---- inference ---------------------------------------------------------------------------------
     def serve_schema(self, config: RunConfig, ctx: Any) -> Any:

@@ -192,6 +192,18 @@ class ClassificationTask(TaskBase):
         return {"loss": state["loss_sum"] / max(1, len(y_true)),
                 **classification_metrics(y_true.tolist(), y_pred.tolist(), data.label_names)}
 
+    def error_row(self, config: RunConfig, split: TokenizedSplit, table: Any, tokenizer: Any,
+                  row: int) -> dict[str, Any]:
+        from tuneforge.evaluate.errors import quote
+
+        d = config.data
+        if table is None or row >= len(table):
+            return {}
+        out = {"where": table.where(row), "text": quote(table.columns[d.text_column][row])}
+        if d.text_pair_column:
+            out["text_pair"] = quote(table.columns[d.text_pair_column][row])
+        return {**out, "label": table.columns[d.label_column][row]}
+
     # ---- inference ---------------------------------------------------------------------------------
     def serve_schema(self, config: RunConfig, ctx: Any) -> Any:
         """POST /v1/classify; `text_pairs` only for a run trained with a text_pair_column."""

@@ -72,7 +72,8 @@ class Seq2SeqTask(TaskBase):
         complete_special_tokens(model, tokenizer)
         return model, tokenizer, commit
 
-    def resolve(self, config: RunConfig, model: Any) -> tuple[RunConfig, list[str]]:
+    def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
+                ) -> tuple[RunConfig, list[str]]:
         """Fill defaults that depend on the model (family learning rate, source prefix, generation
         preferences) and make the model's generation_config match the resolved settings."""
         import dataclasses
@@ -193,6 +194,16 @@ class Seq2SeqTask(TaskBase):
         if "rouge" in state:
             out |= state["rouge"].result()
         return out
+
+    def error_row(self, config: RunConfig, split: TokenizedSplit, table: Any, tokenizer: Any,
+                  row: int) -> dict[str, Any]:
+        from tuneforge.evaluate.errors import quote
+
+        d = config.data
+        if table is None or row >= len(table):
+            return {}
+        return {"where": table.where(row), "source": quote(table.columns[d.text_column][row]),
+                "reference": quote(table.columns[d.target_column][row])}
 
     # ---- inference ---------------------------------------------------------------------------------
     def serve_schema(self, config: RunConfig, ctx: Any) -> Any:
