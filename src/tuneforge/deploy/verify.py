@@ -182,7 +182,7 @@ def verify_export(original: Any, exported: Any, min_agreement: float, prepared: 
     column = cfg.data.prompt_column if cfg.data.data_format == "prompt_completion" else cfg.data.text_column
     texts = [str(t) for t in table.columns[column]] if cfg.data.data_format != "chat" else []
     n_latency = min(latency_examples, 20) if spec.generates else latency_examples
-    if spec.prompt_shares_context:  # documents as prompts: their first tokens, so that prompt + output fit the model
+    if spec.prompt_shares_context and texts:  # documents as prompts: their first tokens, so prompt + output fit
         texts = original.truncate(texts[:n_latency], min(64, (original.max_length or 128) // 2))
     gen_tokens = 32 if spec.generates else None
     with _decoding_like(original, exported):
