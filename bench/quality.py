@@ -306,25 +306,6 @@ def split_name(path: Path) -> tuple[str, str]:
     return stem, ext
 
 
-def english_pool() -> list[dict]:
-    rows = []
-    for sec in ENGLISH_SECTIONS:
-        for path in sorted((MAN / f"man{sec}").glob("*.gz")):
-            if path.is_symlink():
-                continue
-            src = read_page(path)
-            if src is None:
-                continue
-            stem, ext = split_name(path)
-            secs = parse_roff(src)
-            ns = name_summary(secs)
-            desc = next((v for k, v in secs.items() if k.startswith("DESCRIPTION")), [])
-            rows.append({"page": path.name, "stem": stem, "section": ext[:1], "group": page_group(stem),
-                         "summary": ns[1] if ns else "", "names": ns[0] if ns else "",
-                         "description": " ".join(desc), "gcloud": stem.startswith("gcloud")})
-    return rows
-
-
 def page_text(secs: dict[str, list[str]]) -> str:
     """DESCRIPTION paragraphs; pages without one fall back to the first section after NAME and SYNOPSIS."""
     desc = next((v for k, v in secs.items() if k.startswith("DESCRIPTION")), None)
@@ -334,7 +315,8 @@ def page_text(secs: dict[str, list[str]]) -> str:
     return " ".join(desc)
 
 
-def english_pool() -> list[dict]:  # noqa: F811 (the final version: with the fallback above)
+def english_pool() -> list[dict]:
+    """One row per English man page file (symlinks and .so redirects skipped): name, summary, text."""
     rows = []
     for sec in ENGLISH_SECTIONS:
         for path in sorted((MAN / f"man{sec}").glob("*.gz")):
