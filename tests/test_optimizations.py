@@ -137,6 +137,30 @@ def test_eval_oom_halves_only_the_eval_batch(tiny_bert, toy_data, tmp_path):
     assert metrics["loss"] == pytest.approx(expected["loss"]) and metrics["accuracy"] == expected["accuracy"]
 
 
+def test_a_run_records_its_halved_eval_batch_and_keeps_its_config(tiny_bert, toy_data, tmp_path, monkeypatch):
+    """The halved evaluation batch is the session's state: run.json records it, run_config.yaml keeps the
+    configured size, and every later evaluation of the run starts from the halved one."""
+    import yaml
+
+    from tuneforge.tasks.classification import ClassificationTask
+
+    real_step, sizes = ClassificationTask.eval_step, []
+
+    def eval_step(self, model, batch, state):
+        sizes.append(batch["input_ids"].shape[0])
+        if batch["input_ids"].shape[0] > 8:
+            raise torch.cuda.OutOfMemoryError(OOM)
+        real_step(self, model, batch, state)
+
+    monkeypatch.setattr(ClassificationTask, "eval_step", eval_step)
+    run = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "run", use_cpu=True,
+                                               num_train_epochs=2, per_device_eval_batch_size=32))
+    assert run.info["eval_batch_size"] == 8
+    saved = yaml.safe_load((run.path / "run_config.yaml").read_text())
+    assert saved["training"]["per_device_eval_batch_size"] == 32
+    assert sizes.count(32) == 1 and sizes.count(16) == 1  # halved once for the whole run, not per evaluation
+
+
 def test_cpu_uses_the_memory_estimate_and_keeps_the_effective_batch(tiny_bert, toy_data, tmp_path, monkeypatch,
                                                                      capsys):
     from tuneforge.engine import memory
