@@ -6,7 +6,8 @@
 >>> run.info["status"], run.metrics["eval"]                       # doctest: +SKIP
 
 A run folder holds: the model and tokenizer (plain `from_pretrained` works), run.json (id, status, task,
-base model and revision, data fingerprint, versions), run_config.yaml (resolved config), metrics.json,
+base model and revision, data fingerprint, versions, the engine's choices: auto batch size, lr_find, an
+evaluation batch halved after out-of-memory), run_config.yaml (resolved config), metrics.json,
 metrics.jsonl, data_report.json/.txt, logs/ (TensorBoard) and checkpoints/. Status goes
 running -> finished only after everything is written; failures leave failed or interrupted.
 
