@@ -6,8 +6,9 @@ True
 
 A task is its module (a class following `Task`, usually derived from `TaskBase`) plus one `register_task` call
 below: its spec declares everything code outside `tasks/` needs to know about it (config keys, metrics and
-their direction, baseline, LoRA task type, model-card metadata, export verification, ONNX class, compile and
-memory rules); nothing outside `tasks/` compares task names.
+their direction, baseline, LoRA task type, model-card metadata, inference verb and CLI command, error-analysis
+metric, export verification, ONNX class, compile and memory rules); nothing outside `tasks/` compares task
+names (tests/test_task_literals.py).
 """
 
 from tuneforge.tasks.base import (
