@@ -1,4 +1,5 @@
-"""docs/ARCHITECTURE.md lists every module under src/tuneforge once, and only modules that exist.
+"""docs/ARCHITECTURE.md lists every module under src/tuneforge once, and only modules that exist; its "How to
+add a task" section names every TaskSpec field.
 
 The list is the "## Modules" section: markdown table rows whose first cell is a module path in backticks,
 relative to src/tuneforge (`engine/loop.py`, `__init__.py`), and whose second cell says what it holds.
@@ -57,3 +58,15 @@ def test_the_parser_reads_the_format():
                       "| `__init__.py` | the face |", "## Decisions", "| `x.py` | not in the list |"])
     assert listed_modules(text) == [("engine/loop.py", "the loop"), ("__init__.py", "the face")]
     assert "engine/loop.py" in tree_modules() and "__init__.py" in tree_modules()
+
+
+def test_how_to_add_a_task_names_every_taskspec_field():
+    from dataclasses import fields
+
+    from tuneforge.tasks import TaskSpec
+
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index("## How to add a task")
+    section = text[start:text.index("\n## ", start + 1)]
+    missing = [f.name for f in fields(TaskSpec) if f"`{f.name}`" not in section]
+    assert not missing, f"TaskSpec fields not described in docs/ARCHITECTURE.md 'How to add a task': {missing}"
