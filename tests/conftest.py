@@ -3,6 +3,7 @@ and a learnable toy classification set. Trained runs are shared per session to k
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -256,6 +257,34 @@ def tiny_llama(tmp_path_factory) -> Path:
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                  bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def serve_in_thread(model, settings):
+    """`tuneforge serve`'s app for `model` (a LoadedModel) in a uvicorn thread on a free loopback port: yields
+    (url, app); the server stops on exit."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tuneforge.deploy.serve import bind_socket, create_app
+
+    app = create_app(model, settings)
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
 
 
 def torch_seed(seed: int = 0) -> None:

@@ -53,7 +53,7 @@ def test_classification_task_defaults():
     cfg = load_config(None, BASE)
     t = cfg.training
     assert cfg.task == "classification"
-    assert t.learning_rate == 2e-5 and isinstance(t.learning_rate, float)
+    assert t.learning_rate is None  # resolved from the model's width when it loads (tests/test_defaults.py)
     assert t.num_train_epochs == 3
     assert t.warmup_steps == 0.1 and isinstance(t.warmup_steps, float)
     assert t.weight_decay == 0.01
@@ -130,19 +130,19 @@ def test_yaml_exponent_without_dot_becomes_float(tmp_path):
 
 def test_null_on_a_task_default_key_means_task_default(tmp_path):
     # The schema documents `None` on a "Task default." field as "the task fills it in".
-    path = write_yaml(tmp_path, "task: classification\ntraining:\n  learning_rate: null\n")
-    assert load_config(path, NEEDED).training.learning_rate == 2e-5
+    path = write_yaml(tmp_path, "task: classification\ntraining:\n  warmup_steps: null\n")
+    assert load_config(path, NEEDED).training.warmup_steps == 0.1
     for spelling in ("null", "none", "~", ""):
-        assert load_config(None, BASE + [f"learning_rate={spelling}"]).training.learning_rate == 2e-5
+        assert load_config(None, BASE + [f"warmup_steps={spelling}"]).training.warmup_steps == 0.1
     # null on a key without a task default is kept
     assert load_config(None, BASE + ["save_total_limit=null"]).training.save_total_limit is None
 
 
 def test_empty_yaml_section_and_empty_file(tmp_path):
     path = write_yaml(tmp_path, "task: classification\ntraining:\n  # learning_rate: 3e-5\nmodel:\n")
-    assert load_config(path, NEEDED).training.learning_rate == 2e-5
+    assert load_config(path, NEEDED).training.warmup_steps == 0.1
     empty = write_yaml(tmp_path, "# nothing yet\n", name="empty.yaml")
-    assert load_config(empty, BASE).training.learning_rate == 2e-5
+    assert load_config(empty, BASE).training.warmup_steps == 0.1
 
 
 def test_section_that_is_not_a_mapping(tmp_path):
@@ -347,7 +347,7 @@ def test_rendered_config_round_trips_to_the_defaults(tmp_path):
     assert from_file.to_dict() == load_config(None, BASE).to_dict()
     t = from_file.training
     assert (t.learning_rate, t.num_train_epochs, t.warmup_steps, t.weight_decay, t.lr_scheduler_type,
-            t.max_grad_norm) == (2e-5, 3.0, 0.1, 0.01, "linear", 1.0)
+            t.max_grad_norm) == (None, 3.0, 0.1, 0.01, "linear", 1.0)
     assert type(t.warmup_steps) is float
 
 

@@ -105,7 +105,7 @@ def test_lora_head_is_trained_and_learning_rate_defaults(tiny_bert, toy_data, tm
                              "lora.enabled=true", "learning_rate=1e-3"])
     assert resolve_learning_rate(cfg).training.learning_rate == 1e-3
     cfg = load_config(None, ["task=classification", "model_name_or_path=m", "train_file=t.csv"])
-    assert resolve_learning_rate(cfg).training.learning_rate == 2e-5  # full fine-tuning: the task's default
+    assert resolve_learning_rate(cfg).training.learning_rate is None  # full fine-tuning: the task resolves it
     run = tuneforge.train(None, [
         "task=classification", f"model_name_or_path={tiny_bert}", f"train_file={toy_data['train']}",
         f"validation_file={toy_data['validation']}", f"output_dir={tmp_path / 'run'}", "lora.enabled=true",

@@ -3,6 +3,8 @@ gradient checkpointing, low-precision frozen weights and the printed precision c
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -47,7 +49,10 @@ def test_imbalance_warning_and_auto_weights(tiny_bert, tmp_path, capsys):
                              "class_weights=auto", f"preprocessing_cache_dir={tmp_path / 'cache'}"])
     task = get_task("classification")
     data = task.prepare_data(cfg)
-    assert any("strong class imbalance" in w and "class_weights=auto" in w for w in data.report.warnings)
+    assert any("strong class imbalance" in w and "class_weights=auto weighs" in w for w in data.report.warnings)
+    unweighted = task.prepare_data(dataclasses.replace(cfg, training=dataclasses.replace(cfg.training,
+                                                                                         class_weights="none")))
+    assert any("consider class_weights=auto" in w for w in unweighted.report.warnings)
     from transformers import AutoTokenizer
 
     task.tokenize(AutoTokenizer.from_pretrained(tiny_bert), data, cfg, 32)

@@ -4,14 +4,11 @@ micro-batching, an ONNX export served, and the `tuneforge serve` command itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,34 +18,19 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from conftest import serve_in_thread  # noqa: E402
+
 import tuneforge  # noqa: E402
 from tuneforge.deploy.batcher import MicroBatcher  # noqa: E402
-from tuneforge.deploy.serve import ServeSettings, bind_socket, create_app  # noqa: E402
+from tuneforge.deploy.serve import ServeSettings  # noqa: E402
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-@contextlib.contextmanager
-def running(model, **settings) -> Iterator[tuple[str, object]]:
-    """Serve `model` (a LoadedModel) with uvicorn in a thread on a free loopback port."""
-    import uvicorn
-
-    app = create_app(model, ServeSettings(**settings))
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+def running(model, **settings):
+    """Serve `model` (a LoadedModel) with uvicorn in a thread on a free loopback port: (url, app)."""
+    return serve_in_thread(model, ServeSettings(**settings))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("schemathesis")
 httpx = pytest.importorskip("httpx")
 
+from conftest import serve_in_thread  # noqa: E402
+
 import tuneforge  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,27 +137,10 @@ def test_schemathesis_finds_nothing(kind, request, tmp_path):
 @contextlib.contextmanager
 def serving_in_process(run_path: Path, **settings: object) -> Iterator[str]:
     """The same app in a uvicorn thread of this process (no second start of torch)."""
-    import threading
+    from tuneforge.deploy.serve import ServeSettings
 
-    import uvicorn
-
-    from tuneforge.deploy.serve import ServeSettings, bind_socket, create_app
-
-    app = create_app(tuneforge.load(run_path), ServeSettings(api_key=KEY, **settings))
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    with serve_in_thread(tuneforge.load(run_path), ServeSettings(api_key=KEY, **settings)) as (url, _):
+        yield url
 
 
 @pytest.mark.parametrize("kind", ["classification", "causal_lm"])

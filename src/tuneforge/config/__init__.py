@@ -1,7 +1,7 @@
 """Run configuration: typed dataclasses (schema) and the YAML/override loader.
 
 >>> from tuneforge.config import render_config
->>> "learning_rate: 2.0e-05" in render_config("classification")
+>>> "warmup_steps: 0.1" in render_config("classification")
 True
 """
 

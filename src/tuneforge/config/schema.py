@@ -160,8 +160,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = opt(
         False, "Recompute activations in the backward pass: much less activation memory, ~30% slower steps.")
     class_weights: Literal["none", "auto"] | dict[str, float] = opt(
-        "none", "Weight the loss per class: none, auto (inverse class frequency, n / (classes x count)), or "
-                "{label: weight} (unlisted labels weigh 1).")
+        "auto", "Weight the loss per class: auto (inverse class frequency, n / (classes x count); about 1 for "
+                "every class of balanced data; the default, docs/QUALITY.md), none, or {label: weight} "
+                "(unlisted labels weigh 1).")
     baselines: bool = opt(
         True, "Score the task's baselines on the held-out split beside the model (classification: majority class "
               "and TF-IDF + logistic regression, seconds; seq2seq: lead-1; causal LM: the base model before "

@@ -73,7 +73,8 @@ def encode_labels(tables: dict[str, Table], column: str) -> tuple[list[str], dic
     return [str(c) for c in classes], {name: [index[v] for v in values] for name, values in parsed.items()}
 
 
-def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float = 0.05) -> str | None:
+def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float = 0.05, weighted: bool = False
+                      ) -> str | None:
     """A warning when the largest class outnumbers the smallest by more than `ratio`, or a class holds under
     `share` of the rows: plain cross-entropy then favours the majority. (2 of 100 rows, 98 in the other class:)
 
@@ -90,7 +91,8 @@ def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float 
         return None
     return (f"strong class imbalance in training data: {big!r} {present[big]} rows vs {small!r} {present[small]} "
             f"({present[big] / present[small]:.0f}x; {small!r} is {100 * present[small] / total:.1f}% of rows); "
-            "accuracy will flatter the model; consider class_weights=auto and watch f1_macro")
+            + ("class_weights=auto weighs the loss against it; accuracy will flatter the model, watch f1_macro"
+               if weighted else "accuracy will flatter the model; consider class_weights=auto and watch f1_macro"))
 
 
 def class_weight_vector(setting: Any, names: list[str], counts: dict[str, int]) -> list[float] | None:

@@ -160,9 +160,9 @@ def create_app(loaded: Any, settings: ServeSettings) -> Any:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from tuneforge import __version__
     from tuneforge.deploy.batcher import MicroBatcher
     from tuneforge.deploy.schemas import ErrorMessage, Health, ModelInfo, ServeContext, Stats
+    from tuneforge.version import __version__
 
     settings.check()
     context = loaded.context_length()

@@ -62,7 +62,7 @@ def below_baseline(metrics: dict[str, Any], greater_is_better: Callable[[str], b
     return None
 
 
-def classes_never_predicted(metrics: dict[str, Any]) -> dict[str, Any] | None:
+def classes_never_predicted(metrics: dict[str, Any], class_weights: Any = None) -> dict[str, Any] | None:
     split, model = _held_out(metrics)
     matrix, labels = model.get("confusion_matrix"), list(model.get("per_class") or {})
     if not matrix or len(labels) != len(matrix):
@@ -75,7 +75,8 @@ def classes_never_predicted(metrics: dict[str, Any]) -> dict[str, Any] | None:
     return {"kind": "classes_never_predicted",
             "message": f"{len(never)} of the {len(present)} classes in the {split} data were never predicted "
                        f"({shown})",
-            "try": "class_weights=auto"}
+            "try": "class_weights=auto" if class_weights in (None, "none") else
+                   "num_train_epochs=10 (with early_stopping_patience=3), or more rows of the rare classes"}
 
 
 def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -135,10 +136,11 @@ def overfit(log: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
             "try": "early_stopping_patience=2, fewer num_train_epochs, or more data"}
 
 
-def diagnose(metrics: dict[str, Any], log: Sequence[dict[str, Any]], greater_is_better: Callable[[str], bool]
-             ) -> list[dict[str, Any]]:
-    """Every note that applies, most important first."""
-    notes = [below_baseline(metrics, greater_is_better), classes_never_predicted(metrics),
+def diagnose(metrics: dict[str, Any], log: Sequence[dict[str, Any]], greater_is_better: Callable[[str], bool],
+             class_weights: Any = None) -> list[dict[str, Any]]:
+    """Every note that applies, most important first (`class_weights`: the run's setting, which decides what
+    to suggest for classes never predicted)."""
+    notes = [below_baseline(metrics, greater_is_better), classes_never_predicted(metrics, class_weights),
              undertrained(log, metrics.get("best_step")), overfit(log)]
     return [n for n in notes if n is not None]
 

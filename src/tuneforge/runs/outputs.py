@@ -46,7 +46,7 @@ def record_evaluation(run_dir: Path, metrics: dict[str, Any], analysis: dict[str
         if found:
             metrics = {**metrics, "baselines": {"split": analysis["split"], **found}}
     metrics = {**metrics, "diagnosis": diagnose(metrics, read_log(run_dir / "metrics.jsonl"),
-                                                get_spec(cfg.task).greater_is_better)}
+                                                get_spec(cfg.task).greater_is_better, cfg.training.class_weights)}
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "lengths.json", {"train": length_histogram(splits["train"], data.report.max_length),
                                            "length_key": data.report.length_key})

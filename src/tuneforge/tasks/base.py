@@ -2,8 +2,8 @@
 metrics and prediction; the engine owns the loop.
 
 >>> from tuneforge.tasks import get_spec
->>> get_spec("classification").defaults["training"]["learning_rate"]
-2e-05
+>>> get_spec("classification").defaults["training"]["warmup_steps"]
+0.1
 
 Specs are light (no torch import) so configs and data are checked in well under a second; the task object
 itself, which needs torch, is imported only by `get_task`.

@@ -28,6 +28,25 @@ from tuneforge.tasks.base import TaskBase, TaskSpec
 from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
 
+# Learning rate by encoder width (hidden size): a small encoder (all-MiniLM-L6-v2, 384) fine-tuned far better at
+# 1e-4 than at the old 2e-5 on every benchmark set measured (docs/QUALITY.md); base (768) and large (1024+) widths
+# follow the published grids, which the benchmark cannot test offline (no such checkpoint here): ELECTRA (Clark
+# et al. 2020) uses 3e-4 / 1e-4 / 5e-5 for small / base / large, BERT (Devlin et al. 2019) searches 2e-5..5e-5
+# for base, RoBERTa (Liu et al. 2019) 1e-5..3e-5. The step between widths is why a rule, not one rate: the old
+# 2e-5 suits a large encoder and starves a small one.
+LEARNING_RATES = ((512, 1e-4, "encoder width <= 512"), (768, 3e-5, "encoder width 513-768"),
+                  (None, 1.5e-5, "encoder width > 768"))
+
+
+def learning_rate_for(model_config: Any) -> tuple[float, str]:
+    width = getattr(model_config, "hidden_size", None) or getattr(model_config, "d_model", None) or \
+        getattr(model_config, "n_embd", None)
+    for limit, lr, why in LEARNING_RATES:
+        if limit is None or (width is not None and width <= limit):
+            return lr, f"{why} (hidden size {width})" if width else why
+    raise AssertionError("unreachable: the last rule has no limit")
+
+
 
 class ClassificationTask(TaskBase):
     def __init__(self, spec: TaskSpec) -> None:
@@ -55,7 +74,8 @@ class ClassificationTask(TaskBase):
             for label in table.columns[d.label_column]:
                 counts[label] += 1
             report.splits[split].label_counts = counts
-        warning = imbalance_warning(report.splits["train"].label_counts)
+        warning = imbalance_warning(report.splits["train"].label_counts,
+                                    weighted=config.training.class_weights == "auto")
         if warning:
             report.warnings.append(warning)
         return PreparedData(tables, report, names,
@@ -103,6 +123,18 @@ class ClassificationTask(TaskBase):
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer, commit
+
+    def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
+                ) -> tuple[RunConfig, list[str]]:
+        """The learning rate, when left null, from the model's width (docs/QUALITY.md has the evidence)."""
+        import dataclasses
+
+        t, notes = config.training, []
+        if t.learning_rate is None:
+            lr, why = learning_rate_for(model.config)
+            t = dataclasses.replace(t, learning_rate=lr)
+            notes.append(f"learning_rate {lr:g} ({why})")
+        return dataclasses.replace(config, training=t), notes
 
     def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
         return resolve_length(config.data.max_length, "max_length", tokenizer, model_config, cap=512)

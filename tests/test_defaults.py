@@ -1,0 +1,55 @@
+"""Classification defaults chosen by evidence (docs/QUALITY.md): rules fill only what the user left unset."""
+
+from __future__ import annotations
+
+import csv
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import base_overrides
+
+import tuneforge
+from tuneforge.tasks.classification import learning_rate_for
+
+
+def test_learning_rate_by_encoder_width():
+    assert learning_rate_for(SimpleNamespace(hidden_size=384))[0] == 1e-4  # MiniLM
+    assert learning_rate_for(SimpleNamespace(hidden_size=768))[0] == 3e-5  # BERT-base
+    assert learning_rate_for(SimpleNamespace(hidden_size=1024))[0] == 1.5e-5  # BERT-large
+    assert learning_rate_for(SimpleNamespace(n_embd=768))[0] == 3e-5  # GPT-2 as a classifier
+    assert learning_rate_for(SimpleNamespace())[0] == 1.5e-5  # unknown width: the cautious rate
+
+
+def _rows(path):
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _without(items, *keys):
+    return [i for i in items if i.split("=", 1)[0] not in keys]
+
+
+def test_unset_values_are_resolved_and_written_explicit_ones_win(tiny_bert, toy_data, tmp_path):
+    from transformers import AutoConfig
+
+    items = _without(base_overrides(tiny_bert, toy_data, tmp_path / "auto", max_steps=2, save_strategy="no"),
+                     "learning_rate")
+    run = tuneforge.train(None, items)
+    written = yaml.safe_load((run.path / "run_config.yaml").read_text())["training"]
+    assert written["learning_rate"] == learning_rate_for(AutoConfig.from_pretrained(tiny_bert))[0]
+    assert written["class_weights"] == "auto"
+    assert run.config.training.learning_rate == written["learning_rate"]  # the run reloads the resolved value
+
+    explicit = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "set", max_steps=2,
+                                                    save_strategy="no", learning_rate=7e-4, class_weights="none"))
+    written = yaml.safe_load((explicit.path / "run_config.yaml").read_text())["training"]
+    assert written["learning_rate"] == 7e-4 and written["class_weights"] == "none"
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])
+def test_tasks_without_the_rules_keep_their_own_defaults(task):
+    from tuneforge.config import load_config
+
+    cfg = load_config(None, [f"task={task}", "model_name_or_path=m", "train_file=x.csv", "num_train_epochs=null"])
+    assert (cfg.training.num_train_epochs == 3.0 and cfg.training.learning_rate is not None) or task == "seq2seq"
