@@ -70,3 +70,15 @@ def test_rules_on_hand_made_logs():
     assert diagnose(tie, flat, lambda k: True) == []
     lm = {"eval": {"perplexity": 12.0}, "baselines": {"base_model": {"perplexity": 10.0}}}
     assert diagnose(lm, flat, lambda k: k != "perplexity")[0]["kind"] == "below_baseline"
+
+
+def test_undertrained_from_validation_when_the_schedule_flattens_the_training_loss():
+    # a linear schedule ends at a small rate: the training loss flattens though the model has far to go
+    train = [{"step": s, "loss": 3.3 - 0.5 * min(s, 300) / 300} for s in range(10, 451, 10)]
+    still_falling = [{"step": 150, "eval_loss": 3.1}, {"step": 300, "eval_loss": 2.84},
+                     {"step": 450, "eval_loss": 2.76}]
+    assert undertrained(train + still_falling, best_step=450)["kind"] == "undertrained"
+    learned = [{"step": s, "loss": 3.3 * (0.3 if s > 300 else 1 - 0.7 * s / 300)} for s in range(10, 451, 10)]
+    assert undertrained(learned + still_falling, best_step=450) is None  # trained loss already below half
+    flat = [{"step": 150, "eval_loss": 3.1}, {"step": 300, "eval_loss": 2.84}, {"step": 450, "eval_loss": 2.83}]
+    assert undertrained(train + flat, best_step=450) is None  # validation stopped improving

@@ -6,8 +6,9 @@
 ['undertrained']
 
 Each rule returns at most one note: {"kind", "message", "try"} where `try` is the config change to try.
-- **below_baseline**: a held-out metric is worse than a baseline's (the first of accuracy/f1_macro/rougeL/
-  perplexity/loss that both report), with a margin of 0.005 (absolute) so that a tie is not flagged.
+- **below_baseline**: a held-out metric is worse than a baseline's: each of f1_macro, accuracy, rougeL and
+  perplexity that both report (loss only when neither reports another), by more than 0.005 (absolute for
+  scores, relative for perplexity and loss) so that a tie is not flagged.
 - **classes_never_predicted**: classes present in the evaluated split that the model never predicted
   (from the confusion matrix's columns).
 - **undertrained**: the training loss was still falling at the end. Window: the last quarter of the logged
@@ -16,6 +17,10 @@ Each rule returns at most one note: {"kind", "message", "try"} where `try` is th
   whole run's fall (first logged loss to the line's end: a straight-line decline puts 25% in the last quarter,
   a converged curve almost none) and by at least 5% of the window's mean loss (a loss near zero that still
   halves is not a problem), and the last validation evaluation was the best one (when there is any).
+  A linear schedule's last quarter runs at a small learning rate and flattens the training loss even when the
+  model has far to go, so the note also fires when the validation loss was still falling at the last
+  evaluation (by at least 2% from the one before, the last being the best) while the training loss has not
+  yet fallen to half its first logged value.
 - **overfit**: the validation loss rose by at least 5% (relative) from its lowest value to the last
   evaluation, while the training loss over the same steps fell. The best checkpoint is what was kept.
 """
@@ -26,12 +31,15 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-COMPARED = ("f1_macro", "accuracy", "rougeL", "perplexity", "loss")  # first one both sides report is compared
+COMPARED = ("f1_macro", "accuracy", "rougeL", "perplexity", "loss")  # each that both sides report (loss last)
+SCORES = ("f1_macro", "accuracy", "rougeL")  # compared with an absolute margin; the others with a relative one
 MARGIN = 0.005
 WINDOW_FRACTION = 0.25
 MIN_WINDOW = 4
 SHARE_OF_FALL = 0.15
 FALLING = 0.05
+VALIDATION_FALLING = 0.02
+HALF = 0.5
 ROSE = 0.05
 
 
@@ -47,18 +55,21 @@ def below_baseline(metrics: dict[str, Any], greater_is_better: Callable[[str], b
     for name, baseline in (metrics.get("baselines") or {}).items():
         if not isinstance(baseline, dict):
             continue
-        for key in COMPARED:
-            if not (isinstance(model.get(key), (int, float)) and isinstance(baseline.get(key), (int, float))):
-                continue
+        shared = [k for k in COMPARED if isinstance(model.get(k), (int, float))
+                  and isinstance(baseline.get(k), (int, float))]
+        if "loss" in shared and len(shared) > 1:
+            shared.remove("loss")  # a score or perplexity says more than a loss (a weighted loss differs, too)
+        worse = []
+        for key in shared:
             ours, theirs = float(model[key]), float(baseline[key])
             sign = 1 if greater_is_better(key) else -1
-            worse = sign * (theirs - ours) > (MARGIN if key in ("f1_macro", "accuracy", "rougeL") else
-                                               MARGIN * abs(theirs))
-            if worse:
-                return {"kind": "below_baseline",
-                        "message": f"{split} {key} {ours:.4g} is worse than the {name} baseline's {theirs:.4g}",
-                        "try": "learning_rate=auto num_train_epochs=10"}
-            break
+            if sign * (theirs - ours) > (MARGIN if key in SCORES else MARGIN * abs(theirs)):
+                worse.append(f"{key} {ours:.4g} (baseline {theirs:.4g})")
+        if worse:
+            return {"kind": "below_baseline",
+                    "message": f"the {split} {' and '.join(worse)} {'is' if len(worse) == 1 else 'are'} worse "
+                               f"than the {name} baseline",
+                    "try": "learning_rate=auto num_train_epochs=10"}
     return None
 
 
@@ -106,15 +117,20 @@ def undertrained(log: Sequence[dict[str, Any]], best_step: int | None = None) ->
     drop = -slope * (xs[-1] - xs[0])
     end = mean + slope * (xs[-1] - sum(xs) / len(xs))  # the fitted line at the last logged step
     fall = points[0][1] - end
-    if mean <= 0 or fall <= 0 or drop < SHARE_OF_FALL * fall or drop < FALLING * mean:
-        return None
     evals = _eval_losses(log)
     if evals and best_step is not None and best_step < evals[-1][0]:
         return None  # validation had already peaked: more steps would not help
-    return {"kind": "undertrained",
-            "message": f"the training loss was still falling at the end ({drop / mean:.0%} over the last "
-                       f"{len(window)} logged steps)",
-            "try": "num_train_epochs=10 (with early_stopping_patience=2), or learning_rate=auto"}
+    if mean > 0 and fall > 0 and drop >= SHARE_OF_FALL * fall and drop >= FALLING * mean:
+        why = f"the training loss was still falling at the end ({drop / mean:.0%} over the last {len(window)} " \
+              "logged steps)"
+    elif (len(evals) >= 2 and evals[-1][1] <= evals[-2][1] * (1 - VALIDATION_FALLING)
+          and evals[-1][1] == min(e[1] for e in evals) and ys[-1] > HALF * points[0][1]):
+        why = (f"the validation loss was still falling at the end ({evals[-2][1]:.4g} -> {evals[-1][1]:.4g}) and "
+               f"the training loss is still {ys[-1] / points[0][1]:.0%} of its start")
+    else:
+        return None
+    return {"kind": "undertrained", "message": why,
+            "try": "num_train_epochs=10 (with early_stopping_patience=3), or learning_rate=auto"}
 
 
 def overfit(log: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
