@@ -733,6 +733,7 @@ CONFIGS: dict[str, dict[str, str]] = {
     "lr1e-4-cw": {"learning_rate": "1e-4", "class_weights": "auto"},
     "lr5e-5-cw": {"learning_rate": "5e-5", "class_weights": "auto"},
     "lr2e-4-cw": {"learning_rate": "2e-4", "class_weights": "auto"},
+    "lr1e-4-cw-ep6": {"learning_rate": "1e-4", "class_weights": "auto", "num_train_epochs": "6"},
     "lr1e-4-cw-ep10": {"learning_rate": "1e-4", "class_weights": "auto", "num_train_epochs": "10",
                        "early_stopping_patience": "2"},
 }
