@@ -26,6 +26,7 @@ def test_undertrained_run_gets_the_note_in_metrics_terminal_and_report(tiny_bert
     printed = capsys.readouterr().out
     assert "still falling" in printed and "tfidf_logreg" in printed
     assert "still falling" in (out / "report.html").read_text(encoding="utf-8")
+    assert "still falling" in (out / "README.md").read_text(encoding="utf-8")  # the model card's limitations
 
 
 def test_converged_run_that_beats_its_baseline_gets_no_note(tiny_gpt2_lm, tmp_path):

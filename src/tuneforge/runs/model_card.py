@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
+from tuneforge.evaluate.diagnosis import render
 from tuneforge.runs.record import is_run, read_info, read_json
-from tuneforge.runs.report import METRIC_ROWS
+from tuneforge.runs.report import METRIC_ROWS, metric_columns
 from tuneforge.tasks import get_spec
 
 HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -89,6 +90,9 @@ def render_model_card(run_dir: Path) -> str:
     max_len = info.get("max_length")
     out += ["", f"It was trained and evaluated only on the data below; inputs longer than {max_len} tokens are "
             "truncated. Check it on data from your own use before relying on it.", ""]
+    notes = render(metrics.get("diagnosis") or [])
+    if notes:
+        out += ["Found at the end of training:", "", *[f"- {n}" for n in notes], ""]
 
     out += ["## Training data", "", "| split | rows | source | tokens p50 / p95 / max | truncated |",
             "|---|---|---|---|---|"]
@@ -118,13 +122,10 @@ def render_model_card(run_dir: Path) -> str:
             f"{info.get('device', '?')}; the model kept is the one of step {metrics.get('best_step', '?')} "
             f"(best {metrics.get('metric_for_best_model') or 'loss'} on validation).", ""]
 
-    columns = {k: metrics[k] for k in ("eval", "test") if isinstance(metrics.get(k), dict)}
-    baselines = metrics.get("baselines") or {}
-    columns |= {f"{k} (baseline, {baselines.get('split')})": v for k, v in baselines.items() if isinstance(v, dict)}
+    columns = metric_columns(metrics)
     if columns:
-        names = {"eval": "validation"}
         rows = [m for m in METRIC_ROWS if any(isinstance(c.get(m), (int, float)) for c in columns.values())]
-        out += ["## Results", "", "| metric | " + " | ".join(names.get(c, c) for c in columns) + " |",
+        out += ["## Results", "", "| metric | " + " | ".join(columns) + " |",
                 "|---|" + "---|" * len(columns)]
         out += [f"| {m} | " + " | ".join(_fmt(c.get(m)) for c in columns.values()) + " |" for m in rows]
         out.append("")
