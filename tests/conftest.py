@@ -287,6 +287,17 @@ def serve_in_thread(model, settings):
         sock.close()
 
 
+def train_tiny_t5(model: Path, data: dict[str, Path], out: Path, max_steps: int):
+    """A short seq2seq run of the tiny T5 on the copy task (serving tests start from it)."""
+    import tuneforge
+
+    items = {"task": "seq2seq", "model_name_or_path": str(model), "train_file": str(data["train"]),
+             "validation_file": str(data["validation"]), "output_dir": str(out), "report_to": "none",
+             "seed": 0, "max_target_length": 16, "preprocessing_cache_dir": str(out.parent / "cache"),
+             "max_steps": max_steps, "num_beams": 1}
+    return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])
+
+
 def torch_seed(seed: int = 0) -> None:
     import torch
 

@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from conftest import serve_in_thread  # noqa: E402
+from conftest import serve_in_thread, train_tiny_t5  # noqa: E402
 
 import tuneforge  # noqa: E402
 from tuneforge.deploy.batcher import MicroBatcher  # noqa: E402
@@ -238,12 +238,7 @@ def test_summarize_route(trained_t5_model):
 
 @pytest.fixture(scope="module")
 def trained_t5_model(tiny_t5, copy_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve_t5") / "run"
-    items = {"task": "seq2seq", "model_name_or_path": str(tiny_t5), "train_file": str(copy_data["train"]),
-             "validation_file": str(copy_data["validation"]), "output_dir": str(out), "report_to": "none",
-             "seed": 0, "max_target_length": 16, "preprocessing_cache_dir": str(out.parent / "cache"),
-             "max_steps": 20, "num_beams": 1}
-    return tuneforge.load(tuneforge.train(None, [f"{k}={v}" for k, v in items.items()]).path)
+    return tuneforge.load(train_tiny_t5(tiny_t5, copy_data, tmp_path_factory.mktemp("serve_t5") / "run", 20).path)
 
 
 def test_serve_command_binds_loopback_and_prints_its_address(trained_run):

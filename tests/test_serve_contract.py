@@ -25,7 +25,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("schemathesis")
 httpx = pytest.importorskip("httpx")
 
-from conftest import serve_in_thread  # noqa: E402
+from conftest import serve_in_thread, train_tiny_t5  # noqa: E402
 
 import tuneforge  # noqa: E402
 
@@ -109,12 +109,7 @@ def lm_run(tiny_gpt2_lm, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seq2seq_run(tiny_t5, copy_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("contract_t5") / "run"
-    items = {"task": "seq2seq", "model_name_or_path": str(tiny_t5), "train_file": str(copy_data["train"]),
-             "validation_file": str(copy_data["validation"]), "output_dir": str(out), "report_to": "none",
-             "seed": 0, "max_target_length": 16, "preprocessing_cache_dir": str(out.parent / "cache"),
-             "max_steps": 2, "num_beams": 1}
-    return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])
+    return train_tiny_t5(tiny_t5, copy_data, tmp_path_factory.mktemp("contract_t5") / "run", max_steps=2)
 
 
 RUNS = {"classification": "trained_run", "classification_pairs": "pair_run", "seq2seq": "seq2seq_run",
