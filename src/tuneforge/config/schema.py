@@ -164,9 +164,8 @@ class TrainingConfig:
                 "every class of balanced data; the default, docs/QUALITY.md), none, or {label: weight} "
                 "(unlisted labels weigh 1).")
     baselines: bool = opt(
-        True, "Score the task's baselines on the held-out split beside the model (classification: majority class "
-              "and TF-IDF + logistic regression, seconds; seq2seq: lead-1; causal LM: the base model before "
-              "fine-tuning). false skips them.")
+        True, "Score the task's baselines on the held-out split beside the model (docs/EVALUATION.md); false "
+              "skips them.")
     seed: int = opt(42, "Random seed for initialisation, data order, dropout and the validation split.")
     eval_strategy: Literal["epoch", "steps", "no"] = opt("epoch", "When to evaluate on the validation data.")
     eval_steps: int | None = opt(None, "Evaluate every N optimizer steps (with eval_strategy=steps).")

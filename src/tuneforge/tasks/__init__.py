@@ -40,7 +40,8 @@ register_task(TaskSpec(
                            "metric_for_best_model": "f1_macro"}},
     notes={"learning_rate": "classification default when null: by encoder width, 1e-4 up to hidden size 512 "
                             "(MiniLM; measured, docs/QUALITY.md), 3e-5 up to 768, 1.5e-5 above (published grids); "
-                            "LoRA runs use 2e-4"},
+                            "LoRA runs use 2e-4",
+           "baselines": "classification: majority class and TF-IDF + logistic regression (seconds)"},
     metrics=("loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
              "precision_weighted", "recall_weighted"),
     config_keys={"data": ("text_pair_column", "label_column", "max_length"), "training": ("class_weights",)},
@@ -81,7 +82,8 @@ register_task(TaskSpec(
     vocab_logits=True,
     notes={"learning_rate": "seq2seq default when null: 3e-4 for T5-family models (t5, mt5, umt5, longt5), "
                             "5e-5 for BART, Pegasus and others",
-           "metric_for_best_model": "seq2seq default: loss; rougeL/rougeLsum select on generated summaries"},
+           "metric_for_best_model": "seq2seq default: loss; rougeL/rougeLsum select on generated summaries",
+           "baselines": "seq2seq: lead-1, and the base model before fine-tuning when it is pretrained as a whole"},
 ))
 
 register_task(TaskSpec(
@@ -108,7 +110,8 @@ register_task(TaskSpec(
     verify_measure="next-token agreement (teacher forcing)", verify_metrics="perplexity",
     onnx_class="tuneforge.deploy.onnx:OnnxCausalLM",
     compile_auto=True, vocab_logits=True,
-    notes={"learning_rate": "causal_lm default for full fine-tuning; LoRA runs use about 2e-4"},
+    notes={"learning_rate": "causal_lm default for full fine-tuning; LoRA runs use about 2e-4",
+           "baselines": "causal_lm: the base model's perplexity before fine-tuning (not for an untrained model)"},
 ))
 
 __all__ = ["GENERATION_KEYS", "Task", "TaskBase", "TaskSpec", "Verb", "all_specs", "get_spec", "get_task",
