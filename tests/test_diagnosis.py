@@ -83,3 +83,10 @@ def test_undertrained_from_validation_when_the_schedule_flattens_the_training_lo
     assert undertrained(learned + still_falling, best_step=450) is None  # trained loss already below half
     flat = [{"step": 150, "eval_loss": 3.1}, {"step": 300, "eval_loss": 2.84}, {"step": 450, "eval_loss": 2.83}]
     assert undertrained(train + flat, best_step=450) is None  # validation stopped improving
+
+
+def test_undertrained_when_validation_still_falls_fast():
+    learned = [{"step": s, "loss": 2.0 * (0.2 if s > 300 else 1 - 0.8 * s / 300)} for s in range(10, 376, 5)]
+    fast = [{"step": 125, "eval_loss": 0.47}, {"step": 250, "eval_loss": 0.39}, {"step": 375, "eval_loss": 0.31}]
+    note = undertrained(learned + fast, best_step=375)
+    assert note and "0.39 -> 0.31" in note["message"] and "of its start" not in note["message"]

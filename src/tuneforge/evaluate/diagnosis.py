@@ -19,8 +19,8 @@ Each rule returns at most one note: {"kind", "message", "try"} where `try` is th
   halves is not a problem), and the last validation evaluation was the best one (when there is any).
   A linear schedule's last quarter runs at a small learning rate and flattens the training loss even when the
   model has far to go, so the note also fires when the validation loss was still falling at the last
-  evaluation (by at least 2% from the one before, the last being the best) while the training loss has not
-  yet fallen to half its first logged value.
+  evaluation (the last being the best) by at least 10% from the one before, or by at least 2% while the
+  training loss has not yet fallen to half its first logged value.
 - **overfit**: the validation loss rose by at least 5% (relative) from its lowest value to the last
   evaluation, while the training loss over the same steps fell. The best checkpoint is what was kept.
 """
@@ -39,6 +39,7 @@ MIN_WINDOW = 4
 SHARE_OF_FALL = 0.15
 FALLING = 0.05
 VALIDATION_FALLING = 0.02
+VALIDATION_FALLING_FAST = 0.10
 HALF = 0.5
 ROSE = 0.05
 
@@ -123,10 +124,12 @@ def undertrained(log: Sequence[dict[str, Any]], best_step: int | None = None) ->
     if mean > 0 and fall > 0 and drop >= SHARE_OF_FALL * fall and drop >= FALLING * mean:
         why = f"the training loss was still falling at the end ({drop / mean:.0%} over the last {len(window)} " \
               "logged steps)"
-    elif (len(evals) >= 2 and evals[-1][1] <= evals[-2][1] * (1 - VALIDATION_FALLING)
-          and evals[-1][1] == min(e[1] for e in evals) and ys[-1] > HALF * points[0][1]):
-        why = (f"the validation loss was still falling at the end ({evals[-2][1]:.4g} -> {evals[-1][1]:.4g}) and "
-               f"the training loss is still {ys[-1] / points[0][1]:.0%} of its start")
+    elif (len(evals) >= 2 and evals[-1][1] == min(e[1] for e in evals) and (
+            evals[-1][1] <= evals[-2][1] * (1 - VALIDATION_FALLING_FAST)
+            or (evals[-1][1] <= evals[-2][1] * (1 - VALIDATION_FALLING) and ys[-1] > HALF * points[0][1]))):
+        why = f"the validation loss was still falling at the end ({evals[-2][1]:.4g} -> {evals[-1][1]:.4g})"
+        if ys[-1] > HALF * points[0][1]:
+            why += f" and the training loss is still {ys[-1] / points[0][1]:.0%} of its start"
     else:
         return None
     return {"kind": "undertrained", "message": why,
