@@ -54,7 +54,7 @@ def test_classification_task_defaults():
     t = cfg.training
     assert cfg.task == "classification"
     assert t.learning_rate is None  # resolved from the model's width when it loads (tests/test_defaults.py)
-    assert t.num_train_epochs == 3
+    assert t.num_train_epochs is None  # resolved from the training rows (tests/test_defaults.py)
     assert t.warmup_steps == 0.1 and isinstance(t.warmup_steps, float)
     assert t.weight_decay == 0.01
     assert t.lr_scheduler_type == "linear"
@@ -347,7 +347,7 @@ def test_rendered_config_round_trips_to_the_defaults(tmp_path):
     assert from_file.to_dict() == load_config(None, BASE).to_dict()
     t = from_file.training
     assert (t.learning_rate, t.num_train_epochs, t.warmup_steps, t.weight_decay, t.lr_scheduler_type,
-            t.max_grad_norm) == (None, 3.0, 0.1, 0.01, "linear", 1.0)
+            t.max_grad_norm) == (None, None, 0.1, 0.01, "linear", 1.0)
     assert type(t.warmup_steps) is float
 
 

@@ -10,7 +10,7 @@ import yaml
 from conftest import base_overrides
 
 import tuneforge
-from tuneforge.tasks.classification import learning_rate_for
+from tuneforge.tasks.classification import MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, learning_rate_for, training_budget
 
 
 def test_learning_rate_by_encoder_width():
@@ -19,6 +19,14 @@ def test_learning_rate_by_encoder_width():
     assert learning_rate_for(SimpleNamespace(hidden_size=1024))[0] == 1.5e-5  # BERT-large
     assert learning_rate_for(SimpleNamespace(n_embd=768))[0] == 3e-5  # GPT-2 as a classifier
     assert learning_rate_for(SimpleNamespace())[0] == 1.5e-5  # unknown width: the cautious rate
+
+
+def test_budget_reaches_min_steps_within_the_epoch_bounds():
+    epochs, _ = training_budget(1651, 16)  # 104 steps per epoch (man-name)
+    assert epochs * 104 >= MIN_STEPS and (epochs - 1) * 104 < MIN_STEPS
+    assert training_budget(10_000, 16)[0] == MIN_EPOCHS  # 3 epochs already give enough steps
+    assert training_budget(100, 16)[0] == MAX_EPOCHS
+    assert training_budget(1651, 64)[0] == MAX_EPOCHS  # counted in optimizer steps: batch x accumulation
 
 
 def _rows(path):
@@ -34,17 +42,20 @@ def test_unset_values_are_resolved_and_written_explicit_ones_win(tiny_bert, toy_
     from transformers import AutoConfig
 
     items = _without(base_overrides(tiny_bert, toy_data, tmp_path / "auto", max_steps=2, save_strategy="no"),
-                     "learning_rate")
+                     "learning_rate", "num_train_epochs")
     run = tuneforge.train(None, items)
     written = yaml.safe_load((run.path / "run_config.yaml").read_text())["training"]
     assert written["learning_rate"] == learning_rate_for(AutoConfig.from_pretrained(tiny_bert))[0]
     assert written["class_weights"] == "auto"
+    assert written["num_train_epochs"] == training_budget(len(_rows(toy_data["train"])), 16)[0]
     assert run.config.training.learning_rate == written["learning_rate"]  # the run reloads the resolved value
 
     explicit = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "set", max_steps=2,
-                                                    save_strategy="no", learning_rate=7e-4, class_weights="none"))
+                                                    save_strategy="no", learning_rate=7e-4, class_weights="none",
+                                                    num_train_epochs=2))
     written = yaml.safe_load((explicit.path / "run_config.yaml").read_text())["training"]
     assert written["learning_rate"] == 7e-4 and written["class_weights"] == "none"
+    assert written["num_train_epochs"] == 2
 
 
 @pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])

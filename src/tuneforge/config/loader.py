@@ -3,8 +3,8 @@
 >>> from tuneforge.config import load_config
 >>> cfg = load_config(None, ["task=classification", "model_name_or_path=bert-base-uncased",
 ...                          "train_file=train.csv", "learning_rate=3e-5"])
->>> cfg.training.learning_rate, cfg.training.num_train_epochs
-(3e-05, 3.0)
+>>> cfg.training.learning_rate, cfg.training.warmup_steps
+(3e-05, 0.1)
 
 Keys may be written nested (`training: {learning_rate: ...}`, `training.learning_rate=...`) or flat
 (`learning_rate=...`): every field name is unique across sections. Unknown keys and wrong types raise

@@ -133,7 +133,8 @@ class TrainingConfig:
                                      "loss diverges).")
     lr_find_num_steps: int = opt(100, "LR range test: optimizer steps over which the rate grows exponentially "
                                       "from lr_find_min_lr to lr_find_max_lr.")
-    num_train_epochs: float = opt(3.0, "Passes over the training data (ignored when max_steps > 0).")
+    num_train_epochs: float | None = opt(
+        3.0, "Passes over the training data (ignored when max_steps > 0); null: the task's budget rule.")
     max_steps: int = opt(-1, "Total optimizer steps; overrides num_train_epochs when > 0.")
     per_device_train_batch_size: int = opt(16, "Examples per forward pass during training.")
     per_device_eval_batch_size: int = opt(64, "Examples per forward pass during evaluation.")
@@ -230,7 +231,7 @@ class TrainingConfig:
                     "logging_steps"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
-        if not self.num_train_epochs > 0 and self.max_steps <= 0:
+        if self.num_train_epochs is not None and not self.num_train_epochs > 0 and self.max_steps <= 0:
             raise bad("num_train_epochs", "must be positive (or set max_steps)")
         if isinstance(self.warmup_steps, float) and not 0 <= self.warmup_steps < 1:
             raise bad("warmup_steps", "a float is a fraction of all steps and must be in [0, 1); "

@@ -35,13 +35,15 @@ register_task(TaskSpec(
     name="classification",
     summary="Text (or text-pair) classification with any AutoModelForSequenceClassification (BERT family).",
     factory="tuneforge.tasks.classification:ClassificationTask",
-    defaults={"training": {"learning_rate": None, "num_train_epochs": 3.0, "warmup_steps": 0.1,
+    defaults={"training": {"learning_rate": None, "num_train_epochs": None, "warmup_steps": 0.1,
                            "weight_decay": 0.01, "lr_scheduler_type": "linear", "max_grad_norm": 1.0,
                            "metric_for_best_model": "f1_macro"}},
     notes={"learning_rate": "classification default when null: by encoder width, 1e-4 up to hidden size 512 "
                             "(MiniLM; measured, docs/QUALITY.md), 3e-5 up to 768, 1.5e-5 above (published grids); "
                             "LoRA runs use 2e-4",
-           "baselines": "classification: majority class and TF-IDF + logistic regression (seconds)"},
+           "baselines": "classification: majority class and TF-IDF + logistic regression (seconds)",
+           "num_train_epochs": "classification default when null: enough epochs for 600 optimizer steps, 3 to 6 "
+                               "(docs/QUALITY.md)"},
     metrics=("loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
              "precision_weighted", "recall_weighted"),
     config_keys={"data": ("text_pair_column", "label_column", "max_length"), "training": ("class_weights",)},

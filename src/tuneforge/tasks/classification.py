@@ -38,6 +38,21 @@ LEARNING_RATES = ((512, 1e-4, "encoder width <= 512"), (768, 3e-5, "encoder widt
                   (None, 1.5e-5, "encoder width > 768"))
 
 
+# Training budget: small data needs more optimizer steps than 3 epochs give (Mosbach et al. 2021, "On the
+# stability of fine-tuning BERT"; Zhang et al. 2021, "Revisiting few-sample BERT fine-tuning"): enough epochs
+# for MIN_STEPS optimizer steps, between MIN_EPOCHS and MAX_EPOCHS, over a full schedule (stopping a long linear
+# schedule early leaves the learning rate high: docs/QUALITY.md); the best validation checkpoint is the one kept.
+MIN_EPOCHS, MAX_EPOCHS, MIN_STEPS = 3, 6, 600
+
+
+def training_budget(rows: int, rows_per_step: int) -> tuple[float, str]:
+    """(epochs, why) for `rows` training rows at `rows_per_step` rows per optimizer step."""
+    per_epoch = max(1, -(-rows // max(1, rows_per_step)))
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, -(-MIN_STEPS // per_epoch)))
+    return float(epochs), (f"{per_epoch} steps per epoch: at least {MIN_STEPS} steps, {MIN_EPOCHS} to {MAX_EPOCHS} "
+                           "epochs")
+
+
 def learning_rate_for(model_config: Any) -> tuple[float, str]:
     width = getattr(model_config, "hidden_size", None) or getattr(model_config, "d_model", None) or \
         getattr(model_config, "n_embd", None)
@@ -126,7 +141,8 @@ class ClassificationTask(TaskBase):
 
     def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
                 ) -> tuple[RunConfig, list[str]]:
-        """The learning rate, when left null, from the model's width (docs/QUALITY.md has the evidence)."""
+        """Defaults left null (docs/QUALITY.md has the evidence): the learning rate from the model's width, the
+        number of epochs from the training rows."""
         import dataclasses
 
         t, notes = config.training, []
@@ -134,6 +150,11 @@ class ClassificationTask(TaskBase):
             lr, why = learning_rate_for(model.config)
             t = dataclasses.replace(t, learning_rate=lr)
             notes.append(f"learning_rate {lr:g} ({why})")
+        if t.num_train_epochs is None:
+            epochs, why = training_budget(len(data.splits["train"]),
+                                          t.per_device_train_batch_size * t.gradient_accumulation_steps)
+            t = dataclasses.replace(t, num_train_epochs=epochs)
+            notes.append(f"num_train_epochs {epochs:g} ({why})")
         return dataclasses.replace(config, training=t), notes
 
     def max_length(self, config: RunConfig, tokenizer: Any, model_config: Any) -> int:
