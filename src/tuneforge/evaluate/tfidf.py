@@ -46,13 +46,13 @@ def unspaced(texts: Sequence[str], sample: int = 500) -> bool:
     return chars > 0 and spaces * 15 < chars
 
 
-def _vectorizer(texts: Sequence[str]) -> Any:
+def _vectorizer(texts: Sequence[str], chars: bool) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 
     word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2 if len(texts) >= 1000 else 1,
                            max_features=200_000)
-    if not unspaced(texts):
+    if not chars:
         return word
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2,
                            max_features=200_000)
@@ -79,7 +79,8 @@ def tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[int], eval_t
 
     start = time.perf_counter()
     texts, labels = _cap([str(t) for t in train_texts], list(train_labels), max_rows, seed)
-    vectorizer = _vectorizer(texts)
+    chars = unspaced(texts)
+    vectorizer = _vectorizer(texts, chars)
     x_train = vectorizer.fit_transform(texts)
 
     def fit(c: float, weight: str | None) -> Any:
@@ -108,5 +109,5 @@ def tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[int], eval_t
         predictions = model.predict(vectorizer.transform([str(t) for t in eval_texts])).tolist()
     metrics = classification_metrics(list(eval_labels), predictions, label_names)
     return {**metrics, "train_rows": len(texts), "C": chosen[0], "class_weight": chosen[1] or "none",
-            "features": "word+char" if unspaced(texts) else "word",
+            "features": "word+char" if chars else "word",
             "seconds": round(time.perf_counter() - start, 2)}
