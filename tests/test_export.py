@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import shutil
@@ -206,8 +207,17 @@ def test_onnx_causal_lm_export_and_generate(lm_run, tmp_path):
     assert report["passed"] and report["agreement"]["value"] == 1.0
     assert abs(report["metrics"]["change"]["perplexity"]) < 1e-3
     prompts = ["the quick brown", "all that"]
-    assert tuneforge.load(out).generate(prompts) == tuneforge.load(lm_run.path).generate(prompts)
-    assert json.loads((out / "export.json").read_text())["generation"] == "greedy, no KV cache"
+    exported, run = tuneforge.load(out), tuneforge.load(lm_run.path)
+    assert exported.generate(prompts) == run.generate(prompts)
+    assert json.loads((out / "export.json").read_text())["generation"] == "greedy, KV cache"
+    # token for token: the export's cache decoding and the run's own greedy generate, on a left-padded batch
+    assert exported.model.past  # the graph takes past_key_values.* (a KV cache)
+    enc = run.tokenizer(prompts + ["a"], return_tensors="pt", padding=True, padding_side="left")
+    gen = copy.deepcopy(run.model.generation_config)
+    gen.update(do_sample=False, num_beams=1)
+    with torch.no_grad():
+        expected = run.model.generate(**enc, generation_config=gen)
+    assert torch.equal(exported.model.generate(**enc, generation_config=gen), expected)
     int8 = export_run(lm_run.path, "onnx", quantize="int8", output=tmp_path / "lm8", min_agreement=0.5,
                       latency_examples=2)
     assert int8["passed"] and int8["agreement"]["tokens"] > 0

@@ -122,7 +122,7 @@ def export_run(ref: str | os.PathLike, fmt: str, quantize: str | None = None, ou
                 "model_revision": info.get("model_revision"), "max_length": info.get("max_length"),
                 "lora": "merged weights" if source.config.lora.enabled else None,
                 "runtime": "onnxruntime (CPU)" if fmt == "onnx" else "pytorch" + (" (CPU, int8)" if quantize else ""),
-                "generation": ("greedy, no KV cache" if fmt == "onnx" and get_spec(source.task).generates else None),
+                "generation": ("greedy, KV cache" if fmt == "onnx" and get_spec(source.task).generates else None),
                 "created_at": _now(), "tuneforge_version": __version__}
     _write_json(out / MANIFEST, manifest)
     exported = LoadedModel(Artifact(out, "export", source.config, manifest, fmt, quantize, files), device=device)
