@@ -12,7 +12,7 @@ from conftest import LM_CORPUS, one_line_error, write_jsonl
 import tuneforge
 from tuneforge.cli import main
 from tuneforge.config import load_config
-from tuneforge.data.packing import pack_documents
+from tuneforge.data.packing import packed_split
 from tuneforge.data.prepared import TokenizedSplit
 from tuneforge.tasks import get_task
 
@@ -48,15 +48,16 @@ def test_packing_puts_every_token_in_exactly_one_block_and_trains_eos(tiny_gpt2_
         docs = [tok(t)["input_ids"] + [eos] for t in data.splits[name].columns["text"]]
         flat = [x for d in docs for x in d]
         n_real = len(flat)
-        assert split.input_ids[:n_real].tolist() == flat  # in order, once each
-        assert (split.input_ids[n_real:] == tok.pad_token_id).all() and len(split.input_ids) - n_real < 16
-        labels = split.token_labels
+        batch = task.collate(split, np.arange(len(split)), tok.pad_token_id)  # every block, in order
+        ids, labels, positions = (batch[k].reshape(-1) for k in ("input_ids", "labels", "position_ids"))
+        assert ids[:n_real].tolist() == flat  # in order, once each
+        assert (ids[n_real:] == tok.pad_token_id).all() and len(ids) - n_real < 16
         ends = np.cumsum([len(d) for d in docs]) - 1
         assert (labels[ends] == eos).all()  # EOS is a training target (pad == eos must not mask it)
         starts = ends[:-1] + 1
         assert (labels[starts] == -100).all()  # no loss for predicting a document from the previous one
         assert (labels[n_real:] == -100).all()  # padding ignored
-        assert (split.position_ids[starts] == 0).all()
+        assert (positions[starts] == 0).all()
     assert data.info["format"] == "text" and cfg.data.packing is None  # found, not written into the config
     from transformers import AutoModelForCausalLM
 
@@ -75,7 +76,7 @@ def test_documents_longer_than_the_position_table_pack_and_train(tiny_gpt2_lm, t
     task, cfg, data, tok = _prepared(tiny_gpt2_lm, path, validation_split_percentage=20, block_size=64)
     split = task.tokenize(tok, data, cfg, 64)["train"]
     assert split.offsets[1] - split.offsets[0] == 64 and len(tok(long_doc)["input_ids"]) > 2 * 64
-    positions = split.position_ids.reshape(-1, 64)
+    positions = task.collate(split, np.arange(len(split)), tok.pad_token_id)["position_ids"].numpy()
     assert positions.max() == 63 and (positions[:, 0] == 0).all()
     run = tuneforge.train(None, _cfg(tiny_gpt2_lm, path, tmp_path / "run", block_size=64, max_steps=2,
                                      validation_split_percentage=20, per_device_train_batch_size=2))
@@ -92,10 +93,8 @@ def test_packed_logits_equal_per_document_logits(family, request):
     tok = AutoTokenizer.from_pretrained(path)
     docs = [tok(t)["input_ids"] + [tok.eos_token_id] for t in LM_CORPUS[:3]]
     split = TokenizedSplit.from_lists(docs)
-    blocks = pack_documents(split, block_size=sum(map(len, docs)), pad_id=0)
     task = get_task("causal_lm")
-    packed = TokenizedSplit(blocks.input_ids.reshape(-1), np.array([0, blocks.input_ids.size]),
-                            token_labels=blocks.labels.reshape(-1), position_ids=blocks.positions.reshape(-1))
+    packed = packed_split(split, block_size=sum(map(len, docs)))
     batch = task.collate(packed, np.array([0]), 0)
     assert "attention_mask" not in batch
     with torch.no_grad():
@@ -118,7 +117,7 @@ def test_prompt_tokens_get_no_loss(tiny_gpt2_lm, tmp_path):
     task, cfg, data, tok = _prepared(tiny_gpt2_lm, path, validation_file=str(path))
     assert data.info["format"] == "prompt_completion"
     split = task.tokenize(tok, data, cfg, 64)["train"]
-    assert split.position_ids is None  # prompt/completion: dynamic padding, not packing, by default
+    assert not split.packed  # prompt/completion: dynamic padding, not packing, by default
     for i in range(len(split)):
         ids = split.row(i).tolist()
         labels = split.token_labels[split.offsets[i]:split.offsets[i + 1]].tolist()

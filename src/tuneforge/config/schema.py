@@ -92,13 +92,17 @@ class DataConfig:
                          "source_prefix (e.g. translation_en_to_de).")
     validation_split_percentage: float = opt(
         10.0, "Percent of training rows held out for validation when no validation data is given (stratified).")
+    validation_split_max_rows: int | None = opt(
+        5000, "At most this many rows held out by validation_split_percentage (a big corpus is not evaluated "
+              "at 10%: 5,000 rows put a standard error of about 0.7 points on an accuracy). null: no cap.")
     max_length: int | None = opt(
         None, "Maximum tokens per example; longer inputs are truncated. Default: the model's limit, at most 512.")
     max_source_length: int | None = opt(
         None, "Maximum source tokens; longer sources are truncated. Default: the model's limit, at most 1024.")
     max_target_length: int = opt(128, "Maximum target tokens; longer targets are truncated.")
-    max_train_samples: int | None = opt(None, "Use only the first N training rows (for quick experiments).")
-    max_eval_samples: int | None = opt(None, "Use only the first N validation rows.")
+    max_train_samples: int | None = opt(None, "Train on N training rows drawn at random (seeded; quick experiments).")
+    max_eval_samples: int | None = opt(None, "Evaluate on the first N validation rows only (smoke runs on big data: "
+                                             "every evaluation, and the final one, cost at most N rows).")
     preprocessing_cache_dir: str | None = opt(
         None, "Where tokenized data is cached (default: $TUNEFORGE_CACHE or ~/.cache/tuneforge).")
 
@@ -110,7 +114,7 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and value < 2:
                 raise ConfigError(f"data.{key}: must be at least 2, got {value}")
-        for key in ("max_train_samples", "max_eval_samples"):
+        for key in ("max_train_samples", "max_eval_samples", "validation_split_max_rows"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"data.{key}: must be a positive number of rows, got {value}")

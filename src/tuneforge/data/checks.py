@@ -18,6 +18,9 @@ import random
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
+from tuneforge.data.columns import FileColumn, text_digests
 from tuneforge.data.table import Table
 from tuneforge.errors import DataError
 
@@ -41,8 +44,10 @@ def is_blank(value: Any) -> bool:
 
 
 def drop_empty_text(table: Table, text_columns: list[str]) -> tuple[Table, list[int]]:
-    """Drop rows whose text (any of `text_columns`) is empty or null; return kept table and dropped rows."""
-    dropped = [i for i in range(len(table)) if any(is_blank(table.columns[c][i]) for c in text_columns)]
+    """Drop rows whose text (any of `text_columns`) is empty or null; return kept table and dropped rows.
+    A FileColumn holds no blank rows (the scan skips them), so it is not read here."""
+    columns = [table.columns[c] for c in text_columns if not isinstance(table.columns[c], FileColumn)]
+    dropped = [i for i in range(len(table)) if any(is_blank(col[i]) for col in columns)] if columns else []
     if not dropped:
         return table, []
     gone = set(dropped)
@@ -51,46 +56,56 @@ def drop_empty_text(table: Table, text_columns: list[str]) -> tuple[Table, list[
 
 def check_text_types(table: Table, text_columns: list[str]) -> None:
     for column in text_columns:
-        for i, value in enumerate(table.columns[column]):
+        values = table.columns[column]
+        if isinstance(values, FileColumn):  # decoded text by construction
+            continue
+        for i, value in enumerate(values):
             if not isinstance(value, str):
                 raise DataError(f"{table.where(i)}: column {column!r} holds {type(value).__name__} "
                                 f"{str(value)[:40]!r}, expected text")
 
 
-def row_keys(table: Table, columns: list[str]) -> list[tuple]:
-    return list(zip(*(table.columns[c] for c in columns)))
+def row_digests(table: Table, columns: list[str]) -> np.ndarray:
+    """One uint64 per row standing for the values of `columns` (data/columns.py digests, combined): every
+    global check compares these, never the texts, so it costs 8 bytes a row whatever the text length."""
+    out = text_digests(table.columns[columns[0]]).copy()
+    with np.errstate(over="ignore"):
+        for name in columns[1:]:
+            d = text_digests(table.columns[name])
+            out ^= d + np.uint64(0x9E3779B97F4A7C15) + (out << np.uint64(6)) + (out >> np.uint64(2))
+    return out
 
 
 def drop_duplicates(table: Table, columns: list[str]) -> tuple[Table, int]:
     """Drop exact duplicates over `columns`, keeping the first occurrence."""
-    seen: set[tuple] = set()
-    keep = []
-    for i, key in enumerate(row_keys(table, columns)):
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
-    return (table.select(keep) if len(keep) < len(table) else table), len(table) - len(keep)
+    _, first = np.unique(row_digests(table, columns), return_index=True)
+    if len(first) == len(table):
+        return table, 0
+    return table.select(np.sort(first)), len(table) - len(first)
 
 
 def conflicting_labels(table: Table, text_columns: list[str], label_column: str) -> str | None:
     """Warning text when identical inputs carry different labels, else None."""
-    labels_by_text: dict[tuple, set] = defaultdict(set)
-    first: dict[tuple, int] = {}
-    for i, (key, label) in enumerate(zip(row_keys(table, text_columns), table.columns[label_column])):
-        labels_by_text[key].add(label)
-        first.setdefault(key, i)
-    conflicts = [k for k, v in labels_by_text.items() if len(v) > 1]
-    if not conflicts:
+    texts = row_digests(table, text_columns)
+    labels = text_digests(table.columns[label_column])
+    order = np.lexsort((labels, texts))
+    t, lab = texts[order], labels[order]
+    clash = (t[1:] == t[:-1]) & (lab[1:] != lab[:-1])
+    if not clash.any():
         return None
-    example = conflicts[0]
-    return (f"{len(conflicts)} texts in {table.source} appear with different labels, e.g. "
-            f"{str(example[0])[:60]!r} ({table.loc(first[example])}) labelled "
-            f"{', '.join(map(str, sorted(labels_by_text[example], key=str)))}")
+    conflicted = np.unique(t[1:][clash])
+    rows = np.flatnonzero(np.isin(texts, conflicted))
+    first = int(rows[0])  # the conflicting text seen first in the file
+    same = rows[texts[rows] == texts[first]]
+    values = table.columns[label_column]
+    example = table.columns[text_columns[0]][first]
+    names = sorted({values[int(i)] for i in same}, key=str)
+    return (f"{len(conflicted)} texts in {table.source} appear with different labels, e.g. "
+            f"{str(example)[:60]!r} ({table.loc(first)}) labelled {', '.join(map(str, names))}")
 
 
 def overlap_warning(train: Table, other: Table, text_columns: list[str]) -> str | None:
-    train_keys = set(row_keys(train, text_columns))
-    hits = [i for i, k in enumerate(row_keys(other, text_columns)) if k in train_keys]
+    hits = np.flatnonzero(np.isin(row_digests(other, text_columns), row_digests(train, text_columns))).tolist()
     if not hits:
         return None
     return (f"{len(hits)} of {len(other)} {other.name or 'evaluation'} rows also appear in training "
@@ -119,10 +134,11 @@ def stratified_split(labels: list[Any], percent: float, seed: int) -> tuple[list
 
 
 def fingerprint(tables: list[Table], columns: list[str]) -> str:
-    """A short hash of `columns` of every table (the data a run or a cache entry depends on)."""
+    """A short hash of `columns` of every table (the data a run or a cache entry depends on), from the row
+    digests: the same rows in the same order give the same fingerprint, whether on disk or in memory."""
     h = hashlib.sha256(json.dumps(columns).encode())
     for table in tables:
         for name in columns:
             h.update(name.encode())
-            h.update(json.dumps(table.columns[name], default=str, ensure_ascii=False).encode())
+            h.update(text_digests(table.columns[name]).tobytes())
     return h.hexdigest()[:16]

@@ -59,3 +59,31 @@ def pack_documents(docs: TokenizedSplit, block_size: int, pad_id: int) -> Packed
     positions[:total] = index - np.maximum(starts[doc_of_token], index - index % block_size)
     shape = (n_blocks, block_size)
     return PackedBlocks(ids.reshape(shape), labels.reshape(shape), positions.reshape(shape))
+
+
+def packed_split(docs: TokenizedSplit, block_size: int) -> TokenizedSplit:
+    """The blocks `pack_documents` makes, without making them: rows are views into the documents' own token
+    stream (memory-mapped when cached), and `packed_batch` builds a batch's labels and positions from the
+    document offsets. Costs nothing per token, so a corpus larger than memory packs instantly."""
+    n_blocks = max(1, -(-len(docs.input_ids) // block_size))
+    return TokenizedSplit(docs.input_ids, np.arange(n_blocks + 1, dtype=np.int64) * block_size,
+                          token_labels=docs.token_labels, doc_offsets=docs.offsets)
+
+
+def packed_batch(split: TokenizedSplit, indices: np.ndarray, pad_id: int) -> tuple[np.ndarray, ...]:
+    """(input_ids, labels, position_ids) of blocks `indices` of a `packed_split`, int64, exactly as
+    `pack_documents` lays them out (the last block padded with pad_id, labels -100 and positions 0)."""
+    width = int(split.offsets[1] - split.offsets[0]) if len(split) else 0
+    total = len(split.input_ids)
+    index = split.offsets[np.asarray(indices)][:, None] + np.arange(width)[None, :]
+    valid = index < total
+    safe = np.minimum(index, max(total - 1, 0))
+    flat = np.asarray(split.input_ids[safe.ravel()], dtype=np.int64).reshape(index.shape)
+    ids = np.where(valid, flat, pad_id)
+    source = split.token_labels if split.token_labels is not None else split.input_ids
+    labels = np.where(valid, np.asarray(source[safe.ravel()], dtype=np.int64).reshape(index.shape), -100)
+    starts = split.doc_offsets[:-1]
+    doc_start = starts[np.searchsorted(starts, safe, side="right") - 1]
+    labels[valid & (index == doc_start) & (index > 0)] = -100  # a document's first token: no target
+    positions = np.where(valid, index - np.maximum(doc_start, index - index % width), 0)
+    return ids, labels, positions

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from tuneforge.config.schema import DataConfig
 from tuneforge.data.checks import (
     check_text_types,
@@ -75,6 +77,20 @@ def clean_tables(tables: dict[str, Table], wanted: dict[str, str | None], text_c
     return report
 
 
+def held_out_percent(rows: int, data: DataConfig) -> tuple[float, bool]:
+    """(percent of `rows` to hold out, whether validation_split_max_rows lowered it).
+
+    >>> from tuneforge.config.schema import DataConfig
+    >>> held_out_percent(2_000, DataConfig()), held_out_percent(1_000_000, DataConfig())
+    ((10.0, False), (0.5, True))
+    """
+    percent = data.validation_split_percentage
+    cap = data.validation_split_max_rows
+    if cap and rows * percent / 100 > cap:
+        return 100.0 * cap / rows, True
+    return percent, False
+
+
 def finish_splits(tables: dict[str, Table], report: DataReport, data: DataConfig, seed: int,
                   text_columns: list[str], target_column: str | None, stratify: bool) -> dict[str, Table]:
     """Dedupe training, make a validation split when none was given, warn on conflicts and overlap, and
@@ -87,19 +103,21 @@ def finish_splits(tables: dict[str, Table], report: DataReport, data: DataConfig
         if conflict:
             report.warnings.append(conflict)
     if "validation" not in tables:
+        percent, capped = held_out_percent(len(train), data)
         if stratify and target_column:
-            train_idx, val_idx, notes = stratified_split(train.columns[target_column],
-                                                         data.validation_split_percentage, seed)
+            train_idx, val_idx, notes = stratified_split(train.columns[target_column], percent, seed)
             report.warnings += notes
         else:
-            order = list(range(len(train)))
-            random.Random(seed).shuffle(order)
-            n_val = max(1, round(len(order) * data.validation_split_percentage / 100))
-            train_idx, val_idx = sorted(order[n_val:]), sorted(order[:n_val])
-        if not val_idx or not train_idx:
+            order = np.random.default_rng(seed).permutation(len(train))
+            n_val = max(1, round(len(order) * percent / 100))
+            train_idx, val_idx = np.sort(order[n_val:]), np.sort(order[:n_val])
+        if not len(val_idx) or not len(train_idx):
             raise DataError(f"{train.source}: {len(train)} rows are too few to hold out a validation split; "
                             "add data or give data.validation_file")
-        source = f"{train.source} ({data.validation_split_percentage:g}% held out, seed {seed})"
+        held = f"{data.validation_split_percentage:g}% held out" if not capped else (
+            f"{percent:.3g}% held out: {data.validation_split_percentage:g}% capped at "
+            f"data.validation_split_max_rows={data.validation_split_max_rows}")
+        source = f"{train.source} ({held}, seed {seed})"
         validation = train.select(val_idx)
         validation.name, validation.source = "validation", source
         report.splits["validation"] = SplitReport(source=source, rows_read=len(val_idx))

@@ -39,7 +39,8 @@ class TokenizedSplit:
     full_lengths: np.ndarray | None = None  # token counts before truncation (for the data report)
     targets: TokenizedSplit | None = None  # seq2seq: the target token rows, aligned with these rows
     token_labels: np.ndarray | None = None  # causal LM: per-token labels aligned with input_ids (-100: no loss)
-    position_ids: np.ndarray | None = None  # packed causal LM: position within each document
+    doc_offsets: np.ndarray | None = None  # packed causal LM: documents in input_ids; rows are fixed-size blocks
+    #                                        of the token stream, labels and positions made per batch (packing.py)
 
     def attach_targets(self, targets: TokenizedSplit) -> None:
         assert len(targets) == len(self), "targets must align with sources"
@@ -47,6 +48,11 @@ class TokenizedSplit:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def packed(self) -> bool:
+        """Rows are packed blocks of documents (all one length, nothing truncated)."""
+        return self.doc_offsets is not None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -75,7 +81,7 @@ class TokenizedSplit:
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"input_ids": self.input_ids, "offsets": self.offsets}
-        for name in ("token_type_ids", "labels", "full_lengths", "token_labels", "position_ids"):
+        for name in ("token_type_ids", "labels", "full_lengths", "token_labels"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
@@ -83,4 +89,4 @@ class TokenizedSplit:
     @classmethod
     def from_arrays(cls, arrays: dict[str, Any]) -> TokenizedSplit:
         return cls(**{k: arrays.get(k) for k in ("input_ids", "offsets", "token_type_ids", "labels",
-                                                  "full_lengths", "token_labels", "position_ids")})
+                                                  "full_lengths", "token_labels")})

@@ -7,7 +7,8 @@
 
 Formats by extension: .csv, .tsv, .json (a list of records or a dict of columns; JSON Lines also
 accepted), .jsonl/.ndjson, .parquet, .txt (one example per non-empty line, column `text`). Empty cells
-read as None.
+read as None. A .txt file is scanned, not loaded: its rows are read back from disk when used (data/columns.py),
+so a corpus larger than memory can be trained on; the other formats are read into memory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.columns import scan_text_file
 from tuneforge.data.table import Table
 from tuneforge.errors import DataError
 
@@ -131,24 +133,13 @@ def _read_parquet(path: Path) -> Table:
     return Table(str(path), table.to_pydict())
 
 
-def _read_text(path: Path, text: str, documents: str) -> Table:
-    """.txt: one example per non-empty line, or (documents="blank_line") per blank-line-separated block."""
-    lines = text.splitlines()
-    if documents == "line":
-        kept = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-        return Table(str(path), {"text": [line for _, line in kept]}, [n for n, _ in kept])
-    docs: list[str] = []
-    starts: list[int] = []
-    current: list[str] = []
-    for n, line in enumerate(lines + [""], start=1):
-        if line.strip():
-            if not current:
-                starts.append(n)
-            current.append(line)
-        elif current:
-            docs.append("\n".join(current))
-            current = []
-    return Table(str(path), {"text": docs}, starts)
+def _read_text(path: Path, documents: str) -> Table:
+    """.txt: one example per non-empty line, or (documents="blank_line") per blank-line-separated block. The
+    text stays in the file (data/columns.py): a corpus of any size costs a few tens of bytes a row."""
+    column, lines = scan_text_file(path, documents)
+    if len(column) == 0:
+        raise DataError(f"{path}: the file is empty")
+    return Table(str(path), {"text": column}, lines)
 
 
 def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: str = "line") -> Table:
@@ -165,6 +156,8 @@ def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: 
         raise DataError(f"{key}: {str(p)!r} is a folder; give a data file")
     if fmt == "parquet":
         table = _read_parquet(p)
+    elif fmt == "text":
+        table = _read_text(p, documents)
     else:
         text = _decode(p, p.read_bytes())
         if not text.strip():
@@ -173,10 +166,8 @@ def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: 
             table = _read_delimited(p, text, "," if fmt == "csv" else "\t")
         elif fmt == "jsonl":
             table = _read_jsonl(p, text)
-        elif fmt == "json":
-            table = _read_json(p, text)
         else:
-            table = _read_text(p, text, documents)
+            table = _read_json(p, text)
     if len(table) == 0:
         raise DataError(f"{p}: no data rows (only a header or nothing at all)")
     return table

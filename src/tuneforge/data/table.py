@@ -11,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from tuneforge.data.columns import FileColumn
+
 
 @dataclass
 class Table:
     source: str  # file path, or "hub dataset <id> [split]"
-    columns: dict[str, list[Any]]
-    lines: list[int] | None = None  # 1-based line in the file per row (text formats); else "row N"
+    columns: dict[str, Any]  # name -> list of values, or a FileColumn (a .txt file's rows, kept on disk)
+    lines: Any = None  # 1-based line in the file per row (text formats; a list or an int array); else "row N"
     name: str = ""  # split name when known: train / validation / test
 
     def __len__(self) -> int:
@@ -28,9 +32,15 @@ class Table:
     def where(self, i: int) -> str:
         return f"{self.source}, {self.loc(i)}"
 
-    def select(self, keep: list[int]) -> Table:
-        return Table(self.source, {k: [v[i] for i in keep] for k, v in self.columns.items()},
-                     [self.lines[i] for i in keep] if self.lines is not None else None, self.name)
+    def select(self, keep: Any) -> Table:
+        """The rows `keep` (a list or an integer array), in that order."""
+        def pick(values: Any) -> Any:
+            if isinstance(values, (FileColumn, np.ndarray)):
+                return values.select(keep) if isinstance(values, FileColumn) else values[np.asarray(keep, np.int64)]
+            return [values[i] for i in keep]
+
+        return Table(self.source, {k: pick(v) for k, v in self.columns.items()},
+                     pick(self.lines) if self.lines is not None else None, self.name)
 
     def concat_locations(self, indices: list[int], limit: int = 5) -> str:
         shown = ", ".join(self.loc(i) for i in indices[:limit])

@@ -64,12 +64,13 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
 
 
 def evaluate_with_analysis(model: Any, tokenizer: Any, task: Any, split: Any, data: Any, split_name: str, cfg: Any,
-                           device: Any, batch: EvalBatch | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                           device: Any, batch: EvalBatch | None = None, multiple: int | None = None
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One evaluation pass that also collects the error analysis: (metrics, error_analysis document)."""
     from tuneforge.evaluate.errors import analysis_result, build_collector
 
     table = data.splits.get(split_name)
     collector = build_collector(task.spec, split, data.report.max_length,
                                 lambda row: task.error_row(cfg, split, table, tokenizer, row))
-    metrics = evaluate(model, tokenizer, task, split, data, cfg, device, errors=collector, batch=batch)
+    metrics = evaluate(model, tokenizer, task, split, data, cfg, device, multiple, errors=collector, batch=batch)
     return metrics, analysis_result(task.spec, split_name, collector, metrics, data.label_names)

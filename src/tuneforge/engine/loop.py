@@ -33,7 +33,7 @@ from tuneforge.engine.checkpoint import (
     save_checkpoint,
 )
 from tuneforge.engine.compiling import compile_for_training, resolve_compile
-from tuneforge.engine.evaluation import EvalBatch, evaluate
+from tuneforge.engine.evaluation import EvalBatch, evaluate, evaluate_with_analysis
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.step import forward_backward
@@ -51,6 +51,8 @@ class FitResult:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False
     train_seconds: float = 0.0
+    best_analysis: dict[str, Any] | None = None  # error analysis of the best evaluation (when collected)
+    last_analysis: dict[str, Any] | None = None  # ... and of the last one
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -75,10 +77,12 @@ def _metric_key(cfg: RunConfig, spec: Any) -> tuple[str, bool]:
 
 
 def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
-        data: PreparedData, run_dir: Path, tracker: Tracker, accelerator: Any, eval_batch: EvalBatch | None = None
-        ) -> FitResult:
+        data: PreparedData, run_dir: Path, tracker: Tracker, accelerator: Any, eval_batch: EvalBatch | None = None,
+        analyse: bool = False) -> FitResult:
     """Train `model` as `cfg` says; `eval_batch` (engine/evaluation.py EvalBatch) is the run's evaluation batch,
-    shared with the evaluations before and after the loop."""
+    shared with the evaluations before and after the loop. `analyse`: every evaluation also collects the error
+    analysis (kept for the best and the last), so a run whose held-out split is the validation split needs no
+    extra pass over it at the end."""
     t = cfg.training
     eval_batch = eval_batch if eval_batch is not None else EvalBatch(t.per_device_eval_batch_size)
     train = splits["train"]
@@ -166,7 +170,11 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     def run_eval(epoch_float: float) -> bool:
         """Evaluate, track the best; return True when this evaluation improved the best metric."""
         nonlocal bad_evals
-        metrics = evaluate(model, tokenizer, task, val, data, cfg, device, multiple, batch=eval_batch)
+        if analyse:
+            metrics, result.last_analysis = evaluate_with_analysis(model, tokenizer, task, val, data, "validation",
+                                                                   cfg, device, eval_batch, multiple)
+        else:
+            metrics = evaluate(model, tokenizer, task, val, data, cfg, device, multiple, batch=eval_batch)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         tracker.log(result.global_step, scalars, epoch_float)
         shown = [k for k in ("loss", "accuracy", "perplexity", metric_name) if k in metrics]
@@ -182,6 +190,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
             else value < result.best_metric - t.early_stopping_threshold))
         if improved:
             result.best_metric, result.best_step, result.best_metrics, bad_evals = value, result.global_step, metrics, 0
+            result.best_analysis = result.last_analysis
         else:
             bad_evals += 1
         return improved

@@ -45,7 +45,7 @@ class Session:
         tracker = Tracker(run_dir, 0, cfg.training.report_to, self.console, config=cfg.to_dict())
         try:
             result = fit(cfg, task, model, tokenizer, splits, data, run_dir, tracker, self.accelerator,
-                         self.eval_batch)
+                         self.eval_batch, analyse=target == "validation")
         finally:
             tracker.close()
         metrics: dict[str, Any] = {
@@ -55,14 +55,18 @@ class Session:
             "eval": result.best_metrics if cfg.training.load_best_model_at_end else result.last_metrics}
         if before:
             metrics["baselines"] = {"split": target, "base_model": before}
-        # the best model, once more on the held-out data, with error analysis
-        if target is not None:
+        # the error analysis of the model kept: collected during its validation pass when validation is the
+        # held-out split (so no pass is repeated); else the kept model once more on the test split
+        kept = result.best_analysis if cfg.training.load_best_model_at_end else result.last_analysis
+        if target == "validation" and kept is not None:
+            self.analysis = kept
+        elif target is not None:
             from tuneforge.engine.evaluation import evaluate_with_analysis
 
-            result, self.analysis = evaluate_with_analysis(model, tokenizer, task, splits[target], data, target,
+            scores, self.analysis = evaluate_with_analysis(model, tokenizer, task, splits[target], data, target,
                                                            cfg, self.accelerator.device, self.eval_batch)
             if target == "test":
-                metrics["test"] = result
+                metrics["test"] = scores
         return metrics
 
     def base_model_baseline(self, cfg: RunConfig, task: Any, model: Any, tokenizer: Any,

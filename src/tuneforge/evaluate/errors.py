@@ -134,7 +134,7 @@ def build_collector(spec: Any, split: Any, max_length: int | None, describe: Cal
     """The collector for one task's evaluation of `split`: its spec's analysis_metric, buckets of the rows'
     lengths before truncation, `describe(row)` for the worst rows (the task's error_row)."""
     lengths = split.full_lengths if split.full_lengths is not None else split.lengths
-    packed = split.position_ids is not None  # packed blocks are all one length and nothing is truncated
+    packed = split.packed  # packed blocks are all one length and nothing is truncated
     return ErrorCollector(spec.analysis_metric, np.asarray(lengths), None if packed else max_length, describe)
 
 

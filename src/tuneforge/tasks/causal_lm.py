@@ -23,14 +23,14 @@ from tuneforge.config.schema import RunConfig
 from tuneforge.data.batching import gather, row_layout
 from tuneforge.data.cache import cache_root, cached_tokenize
 from tuneforge.data.checks import fingerprint
-from tuneforge.data.packing import pack_documents
+from tuneforge.data.packing import packed_batch, packed_split
 from tuneforge.data.pipeline import clean_tables, finish_splits, read_splits
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.errors import DataError
 from tuneforge.tasks.base import TaskBase
 from tuneforge.tasks.chat import check_template, parse_conversations, render_conversation
 from tuneforge.tasks.loading import load_model, load_tokenizer, pin_revision, resolve_length
-from tuneforge.tasks.tokenize import length_stats, tokenizer_fingerprint
+from tuneforge.tasks.tokenize import chunks, length_stats, progress, tokenizer_fingerprint
 
 
 def _columns(config: RunConfig, fmt: str) -> list[str]:
@@ -143,7 +143,7 @@ class CausalLMTask(TaskBase):
         fmt = data.info.get("format") or self.detect_format(config, list(next(iter(data.splits.values())).columns))
         packing = _packing(config, fmt)
         columns = _columns(config, fmt)
-        parts = {"tokenizer": tokenizer_fingerprint(tokenizer), "format": fmt, "v": 1}
+        parts = {"tokenizer": tokenizer_fingerprint(tokenizer), "format": fmt, "v": 2}
         out = {}
         for name, table in data.splits.items():
             docs = cached_tokenize(cache_root(d.preprocessing_cache_dir),
@@ -151,11 +151,7 @@ class CausalLMTask(TaskBase):
                                    partial(tokenize_documents, tokenizer, table, columns, fmt))
             rep = data.report.splits[name]
             if packing:
-                blocks = pack_documents(docs, max_length, tokenizer.pad_token_id)
-                n, width = blocks.input_ids.shape
-                split = TokenizedSplit(blocks.input_ids.reshape(-1), np.arange(n + 1) * width,
-                                       token_labels=blocks.labels.reshape(-1),
-                                       position_ids=blocks.positions.reshape(-1))
+                split = packed_split(docs, max_length)
                 rep.token_lengths, rep.truncated_percent = length_stats(docs, 10**9)  # packing cuts nothing
             else:
                 split, rep.dropped_no_target = truncate_rows(docs, max_length)
@@ -173,17 +169,17 @@ class CausalLMTask(TaskBase):
                 pad_to_multiple_of: int | None = None) -> dict[str, Any]:
         import torch
 
-        layout = row_layout(split, indices, pad_to_multiple_of)
-        labels = gather(split.token_labels, layout, -100)
-        batch: dict[str, Any] = {"input_ids": torch.from_numpy(gather(split.input_ids, layout, pad_id)),
-                                 "labels": torch.from_numpy(labels),
-                                 "num_items": int((labels[:, 1:] != -100).sum())}
-        if split.position_ids is not None:
+        if split.packed:
             # packed: no attention mask, so the model separates documents by their restarting position ids
-            batch["position_ids"] = torch.from_numpy(gather(split.position_ids, layout, 0))
-        else:
-            batch["attention_mask"] = torch.from_numpy(layout[1].astype(np.int64))
-        return batch
+            ids, labels, positions = packed_batch(split, indices, pad_id)
+            return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+                    "position_ids": torch.from_numpy(positions), "num_items": int((labels[:, 1:] != -100).sum())}
+        layout = row_layout(split, indices, pad_to_multiple_of)
+        source = split.token_labels if split.token_labels is not None else split.input_ids
+        labels = gather(source, layout, -100)
+        return {"input_ids": torch.from_numpy(gather(split.input_ids, layout, pad_id)),
+                "labels": torch.from_numpy(labels), "attention_mask": torch.from_numpy(layout[1].astype(np.int64)),
+                "num_items": int((labels[:, 1:] != -100).sum())}
 
     def num_items(self, batch: dict[str, Any]) -> int:
         return batch["num_items"]
@@ -285,33 +281,44 @@ def _cut_at_stop(text: str, stops: list[str]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
-def tokenize_documents(tokenizer: Any, table: Any, columns: list[str], fmt: str) -> TokenizedSplit:
-    """One row per example, ending with EOS; token_labels -100 where no loss (prompt, non-assistant turns)."""
+def tokenize_documents(tokenizer: Any, table: Any, columns: list[str], fmt: str, writer: Any,
+                       chunk: int = 2048) -> None:
+    """One row per example, ending with EOS, written chunk by chunk into `writer` (data/cache.py); token_labels
+    (-100 where no loss: prompt, non-assistant turns) only for the formats that have them: for raw text every
+    token is a target and the labels are the ids themselves."""
     eos = tokenizer.eos_token_id
-    rows: list[list[int]] = []
-    labels: list[list[int]] = []
-    if fmt == "chat":
-        for value in table.columns[columns[0]]:
-            ids, lab = render_conversation(tokenizer, json.loads(value))
-            if all(x == -100 for x in lab):
-                raise DataError(f"{table.source}: a conversation's assistant turns render to no tokens with this "
-                                "chat template; check the template or the data")
-            rows.append(ids)
-            labels.append(lab)
-    elif fmt == "prompt_completion":
-        prompts = tokenizer(table.columns[columns[0]])["input_ids"]
-        completions = tokenizer(table.columns[columns[1]], add_special_tokens=False)["input_ids"]
-        for p, c in zip(prompts, completions):
-            rows.append(p + c + [eos])
-            labels.append([-100] * len(p) + c + [eos])  # the EOS is a target: the model learns to stop
-    else:
-        for ids in tokenizer(table.columns[columns[0]])["input_ids"]:
-            row = ids if ids and ids[-1] == eos else ids + [eos]
-            rows.append(row)
-            labels.append(row)
-    split = TokenizedSplit.from_lists(rows, full_lengths=[len(r) for r in rows])
-    split.token_labels = np.fromiter((x for r in labels for x in r), dtype=np.int64, count=len(split.input_ids))
-    return split
+    bar = progress(len(table), "tokenizing")
+    try:
+        if fmt == "chat":
+            for values in chunks(table.columns[columns[0]], chunk):
+                rows, labels = [], []
+                for value in values:
+                    ids, lab = render_conversation(tokenizer, json.loads(value))
+                    if all(x == -100 for x in lab):
+                        raise DataError(f"{table.source}: a conversation's assistant turns render to no tokens "
+                                        "with this chat template; check the template or the data")
+                    rows.append(ids)
+                    labels.append(lab)
+                writer.add(rows, token_labels=labels, full_lengths=[len(r) for r in rows])
+                bar.update(len(values))
+        elif fmt == "prompt_completion":
+            for p_chunk, c_chunk in zip(chunks(table.columns[columns[0]], chunk),
+                                        chunks(table.columns[columns[1]], chunk)):
+                prompts = tokenizer(p_chunk)["input_ids"]
+                completions = tokenizer(c_chunk, add_special_tokens=False)["input_ids"]
+                rows = [p + c + [eos] for p, c in zip(prompts, completions)]
+                # the EOS is a target: the model learns to stop
+                labels = [[-100] * len(p) + c + [eos] for p, c in zip(prompts, completions)]
+                writer.add(rows, token_labels=labels, full_lengths=[len(r) for r in rows])
+                bar.update(len(p_chunk))
+        else:
+            for texts in chunks(table.columns[columns[0]], chunk):
+                rows = [ids if ids and ids[-1] == eos else ids + [eos]
+                        for ids in tokenizer(texts, return_attention_mask=False)["input_ids"]]
+                writer.add(rows, full_lengths=[len(r) for r in rows])
+                bar.update(len(texts))
+    finally:
+        bar.close()
 
 
 def truncate_rows(docs: TokenizedSplit, max_length: int) -> tuple[TokenizedSplit, int]:
@@ -320,7 +327,8 @@ def truncate_rows(docs: TokenizedSplit, max_length: int) -> tuple[TokenizedSplit
     they cost compute, teach nothing, and a batch of only such rows has no loss to normalise."""
     cut = np.minimum(docs.lengths, max_length)
     starts = docs.offsets[:-1]
-    trained = np.array([(docs.token_labels[s + 1:s + n] != -100).any() for s, n in zip(starts, cut)], dtype=bool)
+    source = docs.token_labels if docs.token_labels is not None else docs.input_ids
+    trained = np.array([(source[s + 1:s + n] != -100).any() for s, n in zip(starts, cut)], dtype=bool)
     rows = np.flatnonzero(trained)
     lengths = cut[rows]
     keep = np.concatenate([np.arange(starts[r], starts[r] + cut[r]) for r in rows]) \
@@ -328,5 +336,6 @@ def truncate_rows(docs: TokenizedSplit, max_length: int) -> tuple[TokenizedSplit
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     full = docs.full_lengths[rows] if docs.full_lengths is not None else None
-    return TokenizedSplit(docs.input_ids[keep], offsets, full_lengths=full,
-                          token_labels=docs.token_labels[keep]), int(len(cut) - len(rows))
+    labels = docs.token_labels[keep] if docs.token_labels is not None else None
+    return TokenizedSplit(np.asarray(docs.input_ids[keep]), offsets, full_lengths=full,
+                          token_labels=labels), int(len(cut) - len(rows))

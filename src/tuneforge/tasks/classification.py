@@ -19,7 +19,7 @@ import numpy as np
 
 from tuneforge.config.schema import RunConfig
 from tuneforge.data.batching import pad_rows
-from tuneforge.data.cache import cache_root, cached_tokenize
+from tuneforge.data.cache import cache_root, cached_tokenize, tokenize_in_memory
 from tuneforge.data.checks import fingerprint
 from tuneforge.data.labels import class_weight_vector, encode_labels, imbalance_warning
 from tuneforge.data.pipeline import finish_splits, read_and_clean
@@ -273,7 +273,7 @@ class ClassificationTask(TaskBase):
         import torch
 
         limit = max_length or model_max_length(tokenizer, model.config)
-        split = tokenize_texts(tokenizer, texts, pairs, limit)
+        split = tokenize_in_memory(partial(tokenize_texts, tokenizer, texts, pairs, limit))
         device = model.device
         id2label = model.config.id2label
         results: list[dict[str, Any] | None] = [None] * len(texts)

@@ -11,6 +11,7 @@ loss sums and ROUGE scores of its generated texts to small running totals.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from tuneforge.config.schema import RunConfig
 from tuneforge.data.batching import pad_rows
-from tuneforge.data.cache import cache_root, cached_tokenize
+from tuneforge.data.cache import cache_root, cached_tokenize, tokenize_in_memory
 from tuneforge.data.checks import fingerprint
 from tuneforge.data.pipeline import finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
@@ -112,7 +113,8 @@ class Seq2SeqTask(TaskBase):
         root = cache_root(d.preprocessing_cache_dir)
         out = {}
         for name, table in data.splits.items():
-            sources = [prefix + s for s in table.columns[d.text_column]]
+            column = table.columns[d.text_column]
+            sources = column if not prefix else _Prefixed(prefix, column)
             targets = table.columns[d.target_column]
             base = {"tokenizer": tokenizer_hash, "v": 1}
             src = cached_tokenize(root, {**base, "data": fingerprint([table], [d.text_column]), "prefix": prefix,
@@ -222,7 +224,7 @@ class Seq2SeqTask(TaskBase):
 
         limit = max_length or model_max_length(tokenizer, _encoder_config(model.config), cap=1024)
         prefix = config.data.source_prefix or ""
-        split = tokenize_texts(tokenizer, [prefix + t for t in texts], None, limit)
+        split = tokenize_in_memory(partial(tokenize_texts, tokenizer, [prefix + t for t in texts], None, limit))
         gen = model.generation_config
         if max_new_tokens:  # a per-call limit (the server's cap) on a copy: the model's own stays as saved
             gen = copy.deepcopy(gen)
@@ -307,3 +309,19 @@ def complete_special_tokens(model: Any, tokenizer: Any) -> None:
         target.decoder_start_token_id = start
         target.eos_token_id = eos
         target.pad_token_id = pad
+
+
+class _Prefixed(Sequence):
+    """The source column with source_prefix in front of each text, made row by row as the tokenizer reads."""
+
+    def __init__(self, prefix: str, values: Sequence[str]) -> None:
+        self.prefix, self.values = prefix, values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: Any) -> Any:
+        return [self.prefix + v for v in self.values[i]] if isinstance(i, slice) else self.prefix + self.values[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.prefix + v for v in self.values)

@@ -1,11 +1,14 @@
 """Batch tokenization into flat arrays, with untruncated lengths kept for the data report.
 
->>> split = tokenize_texts(tokenizer, ["a short text", "another"], None, max_length=128)  # doctest: +SKIP
->>> split.lengths, split.full_lengths                                                     # doctest: +SKIP
+>>> split = cached_tokenize(root, parts, partial(tokenize_texts, tokenizer, ["a text", "another"], None, 128))
+...                                                                                      # doctest: +SKIP
+>>> split.lengths, split.full_lengths                                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -13,10 +16,25 @@ import numpy as np
 from tuneforge.data.prepared import TokenizedSplit
 
 
-def tokenize_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int,
-                   target: bool = False, chunk: int = 4096) -> TokenizedSplit:
-    """Tokenize in one pass without truncation (to record full lengths), then re-tokenize only the rows
-    that exceed `max_length` with the tokenizer's own truncation (it knows where special tokens go).
+def chunks(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of `size` values (a FileColumn iterates its file in sorted reads)."""
+    it = iter(values)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def progress(rows: int, what: str) -> Any:
+    """A progress bar on stderr for big inputs (none under 20,000 rows: small runs print nothing)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=rows, unit=" rows", desc=what, disable=rows < 20_000, mininterval=2.0, leave=False)
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str] | Iterable[str], pairs: Iterable[str] | None,
+                   max_length: int, writer: Any, target: bool = False, chunk: int = 2048) -> None:
+    """Tokenize chunk by chunk into `writer` (data/cache.py SplitWriter): each chunk once without truncation
+    (to record full lengths), then only its rows over `max_length` again with the tokenizer's own truncation
+    (it knows where special tokens go). A fast tokenizer encodes each chunk on all cores (Rust threads).
     `target=True` tokenizes decoder targets (`text_target=`), which some tokenizers treat differently."""
     from transformers.utils import logging as hf_logging
 
@@ -26,31 +44,32 @@ def tokenize_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, ma
     else:
         call = tokenizer
     want_types = pairs is not None and "token_type_ids" in tokenizer.model_input_names
-    ids: list[list[int]] = []
-    types: list[list[int]] = []
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "sequence longer than the maximum" is expected here
+    total = len(texts) if isinstance(texts, Sequence) else 0
+    bar = progress(total, "tokenizing")
+    pair_chunks = chunks(pairs, chunk) if pairs is not None else None
     try:
-        for start in range(0, len(texts), chunk):
-            a = texts[start:start + chunk]
-            b = pairs[start:start + chunk] if pairs is not None else None
+        for a in chunks(texts, chunk):
+            b = next(pair_chunks) if pair_chunks is not None else None
             enc = call(a, b, truncation=False, return_attention_mask=False, return_token_type_ids=want_types)
-            ids += enc["input_ids"]
-            if want_types:
-                types += enc["token_type_ids"]
+            ids = enc["input_ids"]
+            types = enc["token_type_ids"] if want_types else None
+            full = [len(r) for r in ids]
+            long_rows = [i for i, n in enumerate(full) if n > max_length]
+            if long_rows:
+                cut = call([a[i] for i in long_rows], [b[i] for i in long_rows] if b is not None else None,
+                           truncation=True, max_length=max_length, return_attention_mask=False,
+                           return_token_type_ids=want_types)
+                for j, i in enumerate(long_rows):
+                    ids[i] = cut["input_ids"][j]
+                    if want_types:
+                        types[i] = cut["token_type_ids"][j]
+            writer.add(ids, token_type_ids=types, full_lengths=full)
+            bar.update(len(a))
     finally:
+        bar.close()
         hf_logging.set_verbosity(verbosity)
-    full = [len(r) for r in ids]
-    long_rows = [i for i, n in enumerate(full) if n > max_length]
-    if long_rows:
-        enc = call([texts[i] for i in long_rows], [pairs[i] for i in long_rows] if pairs else None,
-                   truncation=True, max_length=max_length, return_attention_mask=False,
-                   return_token_type_ids=want_types)
-        for j, i in enumerate(long_rows):
-            ids[i] = enc["input_ids"][j]
-            if want_types:
-                types[i] = enc["token_type_ids"][j]
-    return TokenizedSplit.from_lists(ids, types if want_types else None, None, full)
 
 
 def length_stats(split: TokenizedSplit, max_length: int) -> tuple[dict[str, float], float]:

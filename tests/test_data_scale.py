@@ -1,0 +1,180 @@
+"""The data path for corpora larger than memory (issue 21): .txt rows stay on disk, checks compare digests,
+token arrays are memory-mapped, packing is computed per batch. Each is checked against the in-memory path
+it replaces: same rows, same blocks, same batches, same data report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import LM_CORPUS, one_line_error
+
+from tuneforge.config import load_config
+from tuneforge.data.batching import batch_order
+from tuneforge.data.cache import cached_tokenize, open_entry
+from tuneforge.data.columns import FileColumn, scan_text_file, text_digests
+from tuneforge.data.packing import pack_documents, packed_batch, packed_split
+from tuneforge.data.prepared import TokenizedSplit
+from tuneforge.data.readers import read_file
+from tuneforge.errors import DataError
+from tuneforge.tasks import get_task
+
+
+def _old_text_rows(text: str, documents: str) -> list[str]:
+    """What the reader returned before rows stayed on disk (lines split at \\n)."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if documents == "line":
+        return [line for line in lines if line.strip()]
+    docs, current = [], []
+    for line in lines + [""]:
+        if line.strip():
+            current.append(line)
+        elif current:
+            docs.append("\n".join(current))
+            current = []
+    return docs
+
+
+@pytest.mark.parametrize("documents", ["line", "blank_line"])
+def test_scanned_rows_equal_the_text_and_the_lines(tmp_path, documents, monkeypatch):
+    import tuneforge.data.columns as columns
+
+    monkeypatch.setattr(columns, "SCAN_CHUNK", 64)  # many chunk edges, lines longer than a chunk
+    monkeypatch.setattr(columns, "ITER_CHUNK", 50)
+    text = ("\ufeffcafé au lait\r\n\nsecond\nthird line with more words than one chunk holds, "
+            + "x" * 150 + "\n  \n\n" + "\n".join(f"row {i} ünïcode" for i in range(40)) + "\nlast without newline")
+    path = tmp_path / "c.txt"
+    path.write_bytes(text.encode())
+    table = read_file(path, documents=documents)
+    expected = _old_text_rows(text.removeprefix("\ufeff"), documents)
+    column = table.columns["text"]
+    assert isinstance(column, FileColumn)
+    assert list(column) == expected and [column[i] for i in range(len(column))] == expected
+    assert column[-1] == expected[-1] and column[1:3] == expected[1:3]
+    assert text_digests(column).tolist() == text_digests(expected).tolist()  # same digests as in memory
+    first = table.lines[0]
+    assert first == 1 and table.where(1) == f"{path}, line {3}"
+    picked = table.select(np.array([2, 0]))
+    assert list(picked.columns["text"]) == [expected[2], expected[0]] and picked.lines.tolist()[1] == 1
+
+
+def test_invalid_utf8_in_a_scanned_file_names_the_line(tmp_path, monkeypatch):
+    import tuneforge.data.columns as columns
+
+    monkeypatch.setattr(columns, "SCAN_CHUNK", 16)
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"fine\nalso fine\nthird\n\xff broken\n")
+    with pytest.raises(DataError, match=r"bad.txt: line 4: not valid UTF-8 \(byte 0xff\)"):
+        scan_text_file(path, "line")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n")
+    with pytest.raises(DataError, match="the file is empty"):
+        read_file(empty)
+
+
+def test_lazy_packing_equals_materialised_blocks():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        docs = [list(rng.integers(3, 50, rng.integers(1, 40))) + [2] for _ in range(rng.integers(1, 12))]
+        labels = [[x if rng.random() > 0.3 else -100 for x in d] for d in docs] if trial % 2 else None
+        split = TokenizedSplit.from_lists(docs)
+        if labels is not None:
+            split.token_labels = np.array([x for r in labels for x in r], dtype=np.int64)
+        for block in (1, 4, 7, 64):
+            want = pack_documents(split, block, pad_id=0)
+            lazy = packed_split(split, block)
+            assert len(lazy) == len(want)
+            order = rng.permutation(len(lazy))
+            ids, lab, pos = packed_batch(lazy, order, pad_id=0)
+            assert (ids == want.input_ids[order]).all() and (lab == want.labels[order]).all()
+            assert (pos == want.positions[order]).all()
+            assert (lazy.lengths == block).all()  # every block one length: batches are ordered as before
+            assert [b.tolist() for b in batch_order(lazy.lengths, 3, 1, 0)] == \
+                [b.tolist() for b in batch_order(np.full(len(want), block), 3, 1, 0)]
+
+
+def test_cache_entries_are_memory_maps_that_reload(tmp_path):
+    calls = []
+
+    def build(writer):
+        calls.append(1)
+        writer.add([[1, 2, 3], [4]], full_lengths=[3, 9])
+        writer.add([[5, 6]], full_lengths=[2])
+
+    first = cached_tokenize(tmp_path, {"k": 1}, build)
+    again = cached_tokenize(tmp_path, {"k": 1}, build)
+    assert calls == [1]  # the second call read the entry
+    assert isinstance(again.input_ids, np.memmap) and not again.input_ids.flags.writeable
+    for split in (first, again):
+        assert [split.row(i).tolist() for i in range(len(split))] == [[1, 2, 3], [4], [5, 6]]
+        assert split.full_lengths.tolist() == [3, 9, 2]
+    entry = next(p for p in tmp_path.iterdir() if p.is_dir())
+    (entry / "input_ids.bin").write_bytes(b"\x00" * 3)  # truncated: rebuilt, not misread
+    rebuilt = cached_tokenize(tmp_path, {"k": 1}, build)
+    assert calls == [1, 1] and rebuilt.row(0).tolist() == [1, 2, 3]
+    assert open_entry(entry).row(2).tolist() == [5, 6]
+
+
+def _lm_run_data(model, train, tmp_path, **extra):
+    from transformers import AutoTokenizer
+
+    overrides = {"task": "causal_lm", "model": {"model_name_or_path": str(model)},
+                 "data": {"train_file": str(train), "block_size": 16, "document_separator": "line",
+                          "preprocessing_cache_dir": str(tmp_path / "cache"), **extra},
+                 "training": {"output_dir": str(tmp_path / "out")}}
+    task = get_task("causal_lm")
+    cfg = load_config(None, overrides)
+    data = task.prepare_data(cfg)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return task, cfg, data, tok, task.tokenize(tok, data, cfg, 16)
+
+
+def test_text_file_on_disk_gives_the_same_blocks_batches_and_report_as_the_same_rows_in_memory(tiny_gpt2_lm,
+                                                                                                 tmp_path):
+    """The .txt path (rows on disk, digests, mapped tokens, lazy packing) against the same rows read into memory
+    from JSON Lines, tokenized in one call and packed by pack_documents: identical in every respect."""
+    rows = [f"{i} {t}" for i in range(4) for t in LM_CORPUS] + [LM_CORPUS[0]] * 2  # with duplicates
+    txt = tmp_path / "corpus.txt"
+    txt.write_text("\n".join(rows) + "\n")
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    task, _, on_disk, tok, disk_splits = _lm_run_data(tiny_gpt2_lm, txt, tmp_path)
+    _, _, in_memory, _, memory_splits = _lm_run_data(tiny_gpt2_lm, jsonl, tmp_path / "m")
+    assert isinstance(on_disk.splits["train"].columns["text"], FileColumn)
+    assert isinstance(in_memory.splits["train"].columns["text"], list)
+    disk_report, memory_report = on_disk.report.to_dict(), in_memory.report.to_dict()
+    for report in (disk_report, memory_report):
+        for split in report["splits"].values():
+            split["source"] = split["source"].replace(".jsonl", ".txt")
+    assert disk_report == memory_report and disk_report["splits"]["train"]["dropped_duplicates"] == 1
+    assert on_disk.fingerprint == in_memory.fingerprint
+    eos = tok.eos_token_id
+    for name in ("train", "validation"):
+        texts = list(in_memory.splits[name].columns["text"])
+        docs = TokenizedSplit.from_lists([ids + [eos] for ids in tok(texts)["input_ids"]])
+        want = pack_documents(docs, 16, tok.pad_token_id)
+        for split in (disk_splits[name], memory_splits[name]):
+            batch = task.collate(split, np.arange(len(split)), tok.pad_token_id)
+            assert (batch["input_ids"].numpy() == want.input_ids).all()
+            assert (batch["labels"].numpy() == want.labels).all()
+            assert (batch["position_ids"].numpy() == want.positions).all()
+            assert isinstance(split.input_ids, np.memmap)
+
+
+def test_automatic_validation_split_is_capped_and_says_so(tiny_gpt2_lm, tmp_path):
+    txt = tmp_path / "corpus.txt"
+    txt.write_text("\n".join(f"{i} {t}" for i in range(40) for t in LM_CORPUS) + "\n")
+    _, _, data, _, _ = _lm_run_data(tiny_gpt2_lm, txt, tmp_path, validation_split_max_rows=7)
+    assert data.report.splits["validation"].rows_kept == 7
+    rendered = data.report.render()
+    assert "capped at data.validation_split_max_rows=7" in rendered
+    _, _, uncapped, _, _ = _lm_run_data(tiny_gpt2_lm, txt, tmp_path / "u", validation_split_max_rows=None)
+    assert uncapped.report.splits["validation"].rows_kept == round(0.1 * 40 * len(LM_CORPUS))
+
+
+def test_bad_cap_is_one_clear_line(tmp_path, capsys):
+    line = one_line_error(capsys, ["train", "task=causal_lm", f"train_file={tmp_path / 'x.txt'}",
+                                   "validation_split_max_rows=0"])
+    assert "data.validation_split_max_rows: must be a positive number of rows, got 0" in line
