@@ -4,6 +4,7 @@ grouping into blocks) on the same file and cores.
 
     python bench/data_scale.py corpus --mb 40          # bench/data_scale/corpus-40mb.txt from real text
     python bench/data_scale.py run --mb 40 --which tuneforge,recipe
+    python bench/data_scale.py run --mb 40 --which tuneforge --rev f5c25bb   # the path before issue 21
     python bench/data_scale.py table                  # markdown from bench/data_scale/results.jsonl
 
 The corpus: every text of the quality benchmark's sets (man pages and Python docstrings, bench/quality.py build;
@@ -114,10 +115,22 @@ def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
             "peak_rss_mb": round(rss[-1] / 1024) if rss else None, "stdout_tail": proc.stdout[-400:]}
 
 
-def run(mb: int, which: list[str], code: str) -> None:
+def _source(rev: str | None) -> Path:
+    """src/ as it is now, or the tuneforge source of git revision `rev` (exported once)."""
+    if rev is None:
+        return ROOT / "src"
+    folder = OUT / f"code-{rev}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder / "src"
+
+
+def run(mb: int, which: list[str], code: str, rev: str | None = None) -> None:
     path = corpus(mb)
     lm = model(path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TUNEFORGE_CACHE": str(OUT / "cache"),
+    env = {**os.environ, "PYTHONPATH": str(_source(rev)), "TUNEFORGE_CACHE": str(OUT / "cache"),
            "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
     for name in which:
         work = OUT / f"work-{name}-{mb}mb"
@@ -155,15 +168,15 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--mb", type=int, required=True)
     r.add_argument("--which", default="tuneforge,recipe")
-    r.add_argument("--code", default=None, help="label for the code measured (default: git HEAD, + when dirty)")
+    r.add_argument("--rev", default=None, help="measure tuneforge at this git revision (default: src/ as it is)")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.cmd == "corpus":
         print(corpus(args.mb))
     elif args.cmd == "run":
-        code = args.code or subprocess.run(["git", "describe", "--always", "--dirty=+"], cwd=ROOT,
-                                           capture_output=True, text=True).stdout.strip()
-        run(args.mb, args.which.split(","), code)
+        code = args.rev or subprocess.run(["git", "describe", "--always", "--dirty=+"], cwd=ROOT,
+                                          capture_output=True, text=True).stdout.strip()
+        run(args.mb, args.which.split(","), code, args.rev)
     else:
         table()
 

@@ -178,3 +178,29 @@ def test_bad_cap_is_one_clear_line(tmp_path, capsys):
     line = one_line_error(capsys, ["train", "task=causal_lm", f"train_file={tmp_path / 'x.txt'}",
                                    "validation_split_max_rows=0"])
     assert "data.validation_split_max_rows: must be a positive number of rows, got 0" in line
+
+
+def test_an_untrained_base_model_is_found_on_a_probe_not_a_full_pass(tiny_gpt2_lm, tmp_path, monkeypatch):
+    """The base-model baseline scores the first rows first: a model trained from scratch (the tiny fixture,
+    random init) is found there, and the held-out split is not evaluated in full before training starts."""
+    import tuneforge
+    import tuneforge.engine.evaluation as evaluation
+    from tuneforge.engine.session import BASELINE_PROBE_ROWS
+
+    seen = []
+    real = evaluation.evaluate
+
+    def spy(model, tokenizer, task, split, *args, **kwargs):
+        seen.append(len(split))
+        return real(model, tokenizer, task, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", spy)
+    txt = tmp_path / "corpus.txt"
+    txt.write_text("\n".join(f"{i} {t}" for i in range(30) for t in LM_CORPUS) + "\n")
+    run = tuneforge.train(None, {"task": "causal_lm", "model": {"model_name_or_path": str(tiny_gpt2_lm)},
+                                 "data": {"train_file": str(txt), "validation_file": str(txt), "block_size": 16,
+                                          "document_separator": "line"},
+                                 "training": {"output_dir": str(tmp_path / "run"), "max_steps": 1,
+                                              "report_to": "none"}})
+    assert seen[0] == BASELINE_PROBE_ROWS < seen[1]  # the probe, then the evaluation after training
+    assert "base_model" not in json.loads((run.path / "metrics.json").read_text()).get("baselines", {})

@@ -63,6 +63,15 @@ class TokenizedSplit:
         """What a row costs in a batch: its length, plus its target's for encoder-decoders."""
         return self.lengths + (self.targets.lengths if self.targets is not None else 0)
 
+    def head(self, n: int) -> TokenizedSplit:
+        """The first `n` rows, as views of these arrays (nothing copied)."""
+        n = min(n, len(self))
+        return TokenizedSplit(self.input_ids, self.offsets[:n + 1], self.token_type_ids,
+                              self.labels[:n] if self.labels is not None else None,
+                              self.full_lengths[:n] if self.full_lengths is not None else None,
+                              self.targets.head(n) if self.targets is not None else None,
+                              self.token_labels, self.doc_offsets)
+
     def row(self, i: int) -> np.ndarray:
         return self.input_ids[self.offsets[i]: self.offsets[i + 1]]
 

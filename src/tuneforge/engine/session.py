@@ -18,6 +18,9 @@ from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.engine.precision import cpu_has_native_bf16, explain_precision, resolve_mixed_precision
 
 
+BASELINE_PROBE_ROWS = 64  # rows scored first to tell an untrained base model from a pretrained one
+
+
 @dataclass
 class Session:
     accelerator: Any
@@ -82,16 +85,23 @@ class Session:
             return None
         from tuneforge.engine.evaluation import evaluate
 
+        vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
+        split = splits[target]
+
+        def score(rows: TokenizedSplit) -> dict[str, Any] | None:
+            metrics = evaluate(model, tokenizer, task, rows, data, cfg, self.accelerator.device, batch=self.eval_batch)
+            if metrics.get("perplexity", 0) > vocab / 2:
+                self.console.print("the base model is untrained (perplexity near a uniform guess): no base-model "
+                                   "baseline", highlight=False)
+                return None
+            return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+        # a probe on the first rows finds a model trained from scratch for the cost of a few batches
+        if len(split) > BASELINE_PROBE_ROWS and score(split.head(BASELINE_PROBE_ROWS)) is None:
+            return None
         self.console.print(f"scoring the base model on the {target} split (baseline; baselines=false skips it)",
                            highlight=False)
-        metrics = evaluate(model, tokenizer, task, splits[target], data, cfg, self.accelerator.device,
-                           batch=self.eval_batch)
-        vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
-        if metrics.get("perplexity", 0) > vocab / 2:
-            self.console.print("the base model is untrained (perplexity near a uniform guess): no base-model "
-                               "baseline", highlight=False)
-            return None
-        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        return score(split)
 
     def save_final(self, cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path) -> None:
         from tuneforge.engine.lora import is_peft, save_lora

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from tuneforge.config import RunConfig, load_config
+from tuneforge.data.cache import cache_root
 from tuneforge.errors import Interrupted, UserError
 from tuneforge.runs.record import RUNS_ROOT, Run, is_run, now, read_info, write_info, write_json
 from tuneforge.tasks import get_task
@@ -114,7 +116,12 @@ def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prep
     for note in filter(None, notes):
         console.print(note, highlight=False)
     max_length = task.max_length(cfg, tokenizer, model.config)
+    started = time.perf_counter()
     splits = task.tokenize(tokenizer, data, cfg, max_length)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(s.input_ids) for s in splits.values())
+    console.print(f"tokenized {sum(len(t) for t in data.splits.values())} rows into {tokens} tokens in {seconds:.1f} s "
+                  f"(cache: {cache_root(cfg.data.preprocessing_cache_dir)})", highlight=False)
     return Prepared(cfg, model, tokenizer, revision, session, splits, max_length)
 
 
