@@ -477,7 +477,7 @@ def _check_records(data, dropped=0):
     report = data.report.splits["train"]
     assert report.rows_read == len(RECORDS) + dropped and report.dropped_empty == dropped
     assert report.rows_kept + data.report.splits["validation"].rows_kept == len(RECORDS)
-    texts = data.splits["train"].columns["text"] + data.splits["validation"].columns["text"]
+    texts = list(data.splits["train"].columns["text"]) + list(data.splits["validation"].columns["text"])
     assert sorted(texts) == sorted(r["text"] for r in RECORDS)
 
 
@@ -491,7 +491,7 @@ def test_reads_csv_with_commas_quotes_and_bom(tmp_path):
                                                                              for r in RECORDS])
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     data = prepare("train_file=train.csv", "validation_split_percentage=20")
-    texts = data.splits["train"].columns["text"] + data.splits["validation"].columns["text"]
+    texts = list(data.splits["train"].columns["text"]) + list(data.splits["validation"].columns["text"])
     assert 'hello, "world"' in texts
 
 

@@ -204,3 +204,41 @@ def test_an_untrained_base_model_is_found_on_a_probe_not_a_full_pass(tiny_gpt2_l
                                               "report_to": "none"}})
     assert seen[0] == BASELINE_PROBE_ROWS < seen[1]  # the probe, then the evaluation after training
     assert "base_model" not in json.loads((run.path / "metrics.json").read_text()).get("baselines", {})
+
+
+def test_parquet_text_stays_in_arrow_and_prepares_like_the_same_csv(tiny_bert, tmp_path):
+    """Parquet text columns are ArrowColumns (no Python string a row); the classification data path gives the
+    same report, fingerprint and token arrays as the same rows read from CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import toy_rows, write_csv
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.columns import ArrowColumn
+
+    rows = toy_rows(60, 3) + toy_rows(5, 3)  # the repeated rows are duplicates
+    write_csv(tmp_path / "train.csv", rows)
+    pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [lab for _, lab in rows]}),
+                   tmp_path / "train.parquet")
+    task = get_task("classification")
+    prepared = {}
+    for ext in ("csv", "parquet"):
+        cfg = load_config(None, {"task": "classification", "model": {"model_name_or_path": str(tiny_bert)},
+                                 "data": {"train_file": str(tmp_path / f"train.{ext}"),
+                                          "preprocessing_cache_dir": str(tmp_path / f"cache-{ext}")},
+                                 "training": {"output_dir": str(tmp_path / "out")}})
+        data = task.prepare_data(cfg)
+        tok = AutoTokenizer.from_pretrained(tiny_bert)
+        prepared[ext] = (data, task.tokenize(tok, data, cfg, 32))
+    (csv_data, csv_splits), (pq_data, pq_splits) = prepared["csv"], prepared["parquet"]
+    assert isinstance(pq_data.splits["train"].columns["text"], ArrowColumn)
+    assert csv_data.fingerprint == pq_data.fingerprint and csv_data.label_names == pq_data.label_names
+    reports = [d.report.to_dict() for d in (csv_data, pq_data)]
+    for report in reports:
+        for split in report["splits"].values():
+            split["source"] = split["source"].replace(".parquet", ".csv")
+    assert reports[0] == reports[1] and reports[0]["splits"]["train"]["dropped_duplicates"] == 5
+    for name in ("train", "validation"):
+        a, b = csv_splits[name], pq_splits[name]
+        assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.offsets, b.offsets)
+        assert np.array_equal(a.labels, b.labels)

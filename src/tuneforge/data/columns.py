@@ -10,7 +10,8 @@
 >>> list(docs), starts.tolist()
 (['first line', 'second line\\nthird'], [1, 3])
 
-A corpus of any size costs 24 bytes a row in memory (start, end, digest) instead of its text: the rows are
+(ArrowColumn does the same for the text columns of Parquet files and hub datasets: Arrow buffers, not a
+Python string a row.) A corpus of any size costs 24 bytes a row in memory (start, end, digest) instead of its text: the rows are
 read back from the file when a check, the tokenizer or the error analysis asks for them, in sorted chunks
 when iterated. The digests stand in for the texts in every global check (duplicates, train/validation
 overlap, conflicting labels, fingerprints); `text_digests` gives the same digests for in-memory columns.
@@ -42,10 +43,57 @@ def digest(value: Any) -> int:
 
 
 def text_digests(values: Sequence[Any]) -> np.ndarray:
-    """One uint64 digest per value; a FileColumn's were computed while scanning its file."""
-    if isinstance(values, FileColumn):
+    """One uint64 digest per value; a FileColumn's were computed while scanning its file, an ArrowColumn's
+    once on first use."""
+    if isinstance(values, (FileColumn, ArrowColumn)):
         return values.digests
     return np.fromiter((digest(v) for v in values), dtype=np.uint64, count=len(values))
+
+
+class ArrowColumn(Sequence):
+    """A text column of a Parquet file or a hub dataset, kept as Arrow buffers (the text bytes and offsets, memory-
+    mapped for datasets' cache files) instead of a Python string per row; `rows` selects and orders rows."""
+
+    BATCH = 4096
+
+    def __init__(self, array: Any, rows: np.ndarray | None = None, digests: np.ndarray | None = None) -> None:
+        self.array = array.combine_chunks() if hasattr(array, "combine_chunks") else array
+        self.rows = rows
+        self._digests = digests
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.rows is not None else len(self.array)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(self.select(np.arange(len(self))[index]))
+        i = int(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(index)
+        return self.array[int(self.rows[i]) if self.rows is not None else i].as_py()
+
+    def __iter__(self) -> Iterator[Any]:
+        import pyarrow as pa
+
+        for start in range(0, len(self), self.BATCH):
+            if self.rows is None:
+                part = self.array.slice(start, self.BATCH)
+            else:
+                part = self.array.take(pa.array(self.rows[start:start + self.BATCH]))
+            yield from part.to_pylist()
+
+    @property
+    def digests(self) -> np.ndarray:
+        if self._digests is None:
+            self._digests = np.fromiter((digest(v) for v in self), dtype=np.uint64, count=len(self))
+        return self._digests
+
+    def select(self, keep: Any) -> ArrowColumn:
+        keep = np.asarray(keep, dtype=np.int64)
+        rows = self.rows[keep] if self.rows is not None else keep
+        return ArrowColumn(self.array, rows, self._digests[keep] if self._digests is not None else None)
 
 
 class FileColumn(Sequence):

@@ -8,7 +8,8 @@
 Formats by extension: .csv, .tsv, .json (a list of records or a dict of columns; JSON Lines also
 accepted), .jsonl/.ndjson, .parquet, .txt (one example per non-empty line, column `text`). Empty cells
 read as None. A .txt file is scanned, not loaded: its rows are read back from disk when used (data/columns.py),
-so a corpus larger than memory can be trained on; the other formats are read into memory.
+so a corpus larger than memory can be trained on. Parquet and hub text columns stay in Arrow buffers (memory-
+mapped for hub datasets); CSV, TSV and JSON are read into memory.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.columns import scan_text_file
+from tuneforge.data.columns import ArrowColumn, scan_text_file
 from tuneforge.data.table import Table
 from tuneforge.errors import DataError
 
@@ -130,7 +131,7 @@ def _read_parquet(path: Path) -> Table:
         table = pq.read_table(path)
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types for corrupt files
         raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
-    return Table(str(path), table.to_pydict())
+    return Table(str(path), arrow_columns(table))
 
 
 def _read_text(path: Path, documents: str) -> Table:
@@ -192,9 +193,27 @@ def read_hub(name: str, config_name: str | None, splits: tuple[str, ...] = ("tra
         raise DataError(f"data.dataset_name: {name!r}: {str(err).splitlines()[0][:300]}") from None
     out: dict[str, Table] = {}
     for split, ds in loaded.items():
-        columns = ds.to_dict()
+        if ds._indices is not None:  # a view with an index mapping: materialise it (load_dataset gives none)
+            ds = ds.flatten_indices()
+        columns = arrow_columns(ds.data.table)  # datasets memory-maps its Arrow cache files
         for col, feature in ds.features.items():
             if isinstance(feature, datasets.ClassLabel):
                 columns[col] = [feature.int2str(v) if v is not None and v >= 0 else None for v in columns[col]]
         out[split] = Table(f"hub dataset {name}[{split}]", columns, None, split)
+    return out
+
+
+def arrow_columns(table: Any) -> dict[str, Any]:
+    """Columns of a pyarrow Table: text stays in Arrow buffers (ArrowColumn), anything else (labels, ids, nested
+    values such as chat messages) becomes a Python list."""
+    import pyarrow as pa
+
+    out: dict[str, Any] = {}
+    for name in table.column_names:
+        column = table.column(name)
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+            out[str(name)] = ArrowColumn(column)
+        else:
+            out[str(name)] = column.to_pylist()
     return out

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.data.columns import FileColumn
+from tuneforge.data.columns import ArrowColumn, FileColumn
 
 
 @dataclass
 class Table:
     source: str  # file path, or "hub dataset <id> [split]"
-    columns: dict[str, Any]  # name -> list of values, or a FileColumn (a .txt file's rows, kept on disk)
+    columns: dict[str, Any]  # name -> list of values, a FileColumn (a .txt file's rows, kept on disk) or an
+    #                          ArrowColumn (Parquet / hub text as Arrow buffers)
     lines: Any = None  # 1-based line in the file per row (text formats; a list or an int array); else "row N"
     name: str = ""  # split name when known: train / validation / test
 
@@ -35,8 +36,10 @@ class Table:
     def select(self, keep: Any) -> Table:
         """The rows `keep` (a list or an integer array), in that order."""
         def pick(values: Any) -> Any:
-            if isinstance(values, (FileColumn, np.ndarray)):
-                return values.select(keep) if isinstance(values, FileColumn) else values[np.asarray(keep, np.int64)]
+            if isinstance(values, (FileColumn, ArrowColumn)):
+                return values.select(keep)
+            if isinstance(values, np.ndarray):
+                return values[np.asarray(keep, np.int64)]
             return [values[i] for i in keep]
 
         return Table(self.source, {k: pick(v) for k, v in self.columns.items()},

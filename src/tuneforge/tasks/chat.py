@@ -23,8 +23,8 @@ ROLES = ("system", "user", "assistant", "tool")
 def parse_conversations(table: Table, column: str) -> None:
     """Check every row holds a list of {role, content} messages; store each as canonical JSON text (so rows
     can be deduplicated and hashed like any other column)."""
-    values = table.columns[column]
-    for i, value in enumerate(values):
+    canonical = []
+    for i, value in enumerate(table.columns[column]):
         messages = json.loads(value) if isinstance(value, str) and value.lstrip().startswith("[") else value
         if not isinstance(messages, list) or not messages:
             raise DataError(f"{table.where(i)}: column {column!r} must hold a non-empty list of messages like "
@@ -36,7 +36,8 @@ def parse_conversations(table: Table, column: str) -> None:
         if not any(m["role"] == "assistant" for m in messages):
             raise DataError(f"{table.where(i)}: column {column!r}: the conversation has no assistant turn, so "
                             "nothing would be learned from it")
-        values[i] = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+        canonical.append(json.dumps(messages, ensure_ascii=False, sort_keys=True))
+    table.columns[column] = canonical
 
 
 def _ids(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> list[int]:
