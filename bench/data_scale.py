@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,8 +112,15 @@ def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
     rss = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("MAXRSS ")]
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-    return {"rc": proc.returncode, "wall_seconds": round(wall, 1),
-            "peak_rss_mb": round(rss[-1] / 1024) if rss else None, "stdout_tail": proc.stdout[-400:]}
+    out = {"rc": proc.returncode, "wall_seconds": round(wall, 1),
+           "peak_rss_mb": round(rss[-1] / 1024) if rss else None, "stdout_tail": proc.stdout[-400:]}
+    # the data step's own seconds: tuneforge prints "tokenized R rows into T tokens in S s" (tokenization and
+    # packing: packing is per batch); the recipe prints "blocks B seconds S" (load, tokenize, group)
+    found = re.search(r"tokenized (\d+) rows into (\d+) tokens in ([\d.]+) s", proc.stdout) or \
+        re.search(r"blocks (\d+) seconds ([\d.]+)", proc.stdout)
+    if found:
+        out["data_seconds"] = float(found.groups()[-1])
+    return out
 
 
 def _source(rev: str | None) -> Path:
@@ -154,10 +162,12 @@ def run(mb: int, which: list[str], code: str, rev: str | None = None) -> None:
 
 def table() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
-    print("| corpus | command | code | peak RSS | wall |")
-    print("|---|---|---|---|---|")
+    print("| corpus | command | code | peak RSS | whole command | data step |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['corpus_mb']} MB | {r['which']} | {r['code']} | {r['peak_rss_mb']} MB | {r['wall_seconds']} s |")
+        data = f"{r['data_seconds']} s" if r.get("data_seconds") is not None else "-"
+        print(f"| {r['corpus_mb']} MB | {r['which']} | {r['code']} | {r['peak_rss_mb']} MB | {r['wall_seconds']} s "
+              f"| {data} |")
 
 
 def main() -> None:
