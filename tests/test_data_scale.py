@@ -242,3 +242,50 @@ def test_parquet_text_stays_in_arrow_and_prepares_like_the_same_csv(tiny_bert, t
         a, b = csv_splits[name], pq_splits[name]
         assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.offsets, b.offsets)
         assert np.array_equal(a.labels, b.labels)
+
+
+def test_jsonl_long_text_stays_in_the_file_and_prepares_like_the_same_json(tiny_bert, tmp_path, monkeypatch):
+    """JSON Lines: long-text fields become JsonFields (chosen after the first LAZY_SAMPLE rows), labels lists;
+    empty and null texts are dropped and counted, and the prepared data and tokens equal those of the same
+    records read from a .json file into memory."""
+    import tuneforge.data.columns as columns
+    from conftest import toy_rows
+    from transformers import AutoTokenizer
+
+    monkeypatch.setattr(columns, "LAZY_SAMPLE", 7)
+    records = [{"text": f"{t} and a longer tail that makes every text over sixty-four characters", "label": lab}
+               for t, lab in toy_rows(60, 5)]
+    records[3]["text"], records[20]["text"] = None, "   "  # before and after the switch: dropped, counted
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    task = get_task("classification")
+    prepared = {}
+    for ext in ("jsonl", "json"):
+        cfg = load_config(None, {"task": "classification", "model": {"model_name_or_path": str(tiny_bert)},
+                                 "data": {"train_file": str(tmp_path / f"train.{ext}"),
+                                          "preprocessing_cache_dir": str(tmp_path / f"cache-{ext}")},
+                                 "training": {"output_dir": str(tmp_path / "out")}})
+        data = task.prepare_data(cfg)
+        prepared[ext] = (data, task.tokenize(AutoTokenizer.from_pretrained(tiny_bert), data, cfg, 32))
+    (lazy, lazy_splits), (eager, eager_splits) = prepared["jsonl"], prepared["json"]
+    assert isinstance(lazy.splits["train"].columns["text"], columns.JsonField)
+    assert isinstance(lazy.splits["train"].columns["label"], list)
+    assert lazy.report.splits["train"].dropped_empty == 2 == eager.report.splits["train"].dropped_empty
+    assert lazy.report.splits["train"].dropped_empty_where == "line 4, line 21"
+    assert lazy.fingerprint == eager.fingerprint
+    assert list(lazy.splits["validation"].columns["text"]) == list(eager.splits["validation"].columns["text"])
+    for name in ("train", "validation"):
+        assert np.array_equal(lazy_splits[name].input_ids, eager_splits[name].input_ids)
+        assert np.array_equal(lazy_splits[name].labels, eager_splits[name].labels)
+
+
+def test_jsonl_number_in_a_long_text_field_names_its_line(tmp_path, capsys, monkeypatch):
+    import tuneforge.data.columns as columns
+
+    monkeypatch.setattr(columns, "LAZY_SAMPLE", 3)
+    rows = [{"text": "x" * 80 + str(i), "label": "a" if i % 2 else "b"} for i in range(10)]
+    rows[6]["text"] = 12345
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = one_line_error(capsys, ["train", "task=classification", f"train_file={tmp_path / 'train.jsonl'}",
+                                   "model_name_or_path=m"])
+    assert "train.jsonl, line 7: column 'text' holds int '12345', expected text" in line

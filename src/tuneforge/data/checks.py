@@ -45,9 +45,14 @@ def is_blank(value: Any) -> bool:
 
 def drop_empty_text(table: Table, text_columns: list[str]) -> tuple[Table, list[int]]:
     """Drop rows whose text (any of `text_columns`) is empty or null; return kept table and dropped rows.
-    A FileColumn holds no blank rows (the scan skips them), so it is not read here."""
+    A FileColumn is not read here beyond the rows its scan marked irregular."""
     columns = [table.columns[c] for c in text_columns if not isinstance(table.columns[c], FileColumn)]
-    dropped = [i for i in range(len(table)) if any(is_blank(col[i]) for col in columns)] if columns else []
+    dropped = {i for i in range(len(table)) if any(is_blank(col[i]) for col in columns)} if columns else set()
+    for name in text_columns:  # a FileColumn knows the only rows that can be blank
+        values = table.columns[name]
+        if isinstance(values, FileColumn):
+            dropped.update(int(i) for i in values.irregular if is_blank(values[int(i)]))
+    dropped = sorted(dropped)
     if not dropped:
         return table, []
     gone = set(dropped)
@@ -57,9 +62,9 @@ def drop_empty_text(table: Table, text_columns: list[str]) -> tuple[Table, list[
 def check_text_types(table: Table, text_columns: list[str]) -> None:
     for column in text_columns:
         values = table.columns[column]
-        if isinstance(values, FileColumn):  # decoded text by construction
-            continue
-        for i, value in enumerate(values):
+        rows = ((int(i), values[int(i)]) for i in values.irregular) if isinstance(values, FileColumn) \
+            else enumerate(values)  # a FileColumn's other rows are text by construction
+        for i, value in rows:
             if not isinstance(value, str):
                 raise DataError(f"{table.where(i)}: column {column!r} holds {type(value).__name__} "
                                 f"{str(value)[:40]!r}, expected text")

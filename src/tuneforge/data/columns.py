@@ -10,11 +10,13 @@
 >>> list(docs), starts.tolist()
 (['first line', 'second line\\nthird'], [1, 3])
 
-(ArrowColumn does the same for the text columns of Parquet files and hub datasets: Arrow buffers, not a
-Python string a row.) A corpus of any size costs 24 bytes a row in memory (start, end, digest) instead of its text: the rows are
+A corpus of any size costs 24 bytes a row in memory (start, end, digest) instead of its text: the rows are
 read back from the file when a check, the tokenizer or the error analysis asks for them, in sorted chunks
-when iterated. The digests stand in for the texts in every global check (duplicates, train/validation
-overlap, conflicting labels, fingerprints); `text_digests` gives the same digests for in-memory columns.
+when iterated. JsonField does the same for the long-text fields of a JSON Lines file (short fields such as
+labels are read into lists), ArrowColumn for the text columns of Parquet files and hub datasets (Arrow
+buffers, not a Python string a row). The digests stand in for the texts in every global check (duplicates,
+train/validation overlap, conflicting labels, fingerprints); `text_digests` gives the same digests for
+in-memory columns.
 
 Lines end at "\\n" (a trailing "\\r" is dropped), as editors and `grep -n` count them; a UTF-8 byte-order mark
 at the start of the file is skipped.
@@ -23,7 +25,9 @@ at the start of the file is skipped.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,14 +104,17 @@ class FileColumn(Sequence):
     """The rows of one text file, read back on demand. Row i is the bytes [starts[i], ends[i]) decoded, with
     "\\r\\n" line ends read as "\\n"."""
 
-    def __init__(self, path: Path, starts: np.ndarray, ends: np.ndarray, digests: np.ndarray) -> None:
+    def __init__(self, path: Path, starts: np.ndarray, ends: np.ndarray, digests: np.ndarray,
+                 irregular: np.ndarray | None = None) -> None:
         self.path, self.starts, self.ends, self.digests = Path(path), starts, ends, digests
+        # rows whose value is not a non-blank string (a JsonField's nulls, numbers, missing keys): the only rows
+        # the empty-text and text-type checks need to read
+        self.irregular = irregular if irregular is not None else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.starts)
 
-    @staticmethod
-    def _decode(raw: bytes) -> str:
+    def _decode(self, raw: bytes) -> Any:
         text = raw.decode("utf-8")
         return text.replace("\r\n", "\n") if "\r" in text else text
 
@@ -147,9 +154,32 @@ class FileColumn(Sequence):
         finally:
             os.close(fd)
 
+    def _irregular_after(self, keep: np.ndarray) -> np.ndarray:
+        if not len(self.irregular):
+            return self.irregular
+        return np.flatnonzero(np.isin(keep, self.irregular))
+
     def select(self, keep: Any) -> FileColumn:
         keep = np.asarray(keep, dtype=np.int64)
-        return FileColumn(self.path, self.starts[keep], self.ends[keep], self.digests[keep])
+        return FileColumn(self.path, self.starts[keep], self.ends[keep], self.digests[keep],
+                          self._irregular_after(keep))
+
+
+class JsonField(FileColumn):
+    """One key of a JSON Lines file's records, read back from the file: row i is json.loads(line i)[key]."""
+
+    def __init__(self, path: Path, starts: np.ndarray, ends: np.ndarray, digests: np.ndarray,
+                 irregular: np.ndarray | None, key: str) -> None:
+        super().__init__(path, starts, ends, digests, irregular)
+        self.key = key
+
+    def _decode(self, raw: bytes) -> Any:
+        return json.loads(raw).get(self.key)
+
+    def select(self, keep: Any) -> JsonField:
+        keep = np.asarray(keep, dtype=np.int64)
+        return JsonField(self.path, self.starts[keep], self.ends[keep], self.digests[keep],
+                         self._irregular_after(keep), self.key)
 
 
 def scan_text_file(path: Path, documents: str) -> tuple[FileColumn, np.ndarray]:
@@ -235,3 +265,55 @@ def scan_text_file(path: Path, documents: str) -> tuple[FileColumn, np.ndarray]:
 
     column = FileColumn(path, cat(starts), cat(ends), np.asarray(digests, dtype=np.uint64))
     return column, cat(numbers)
+
+
+LAZY_SAMPLE = 1000  # JSON Lines rows looked at before a column is chosen to stay in the file
+LAZY_MEAN_CHARS = 64  # ... when its values are text this long on average
+
+
+def scan_jsonl_file(path: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """(columns, 1-based line of each record) of a JSON Lines file, one json.loads per line. Columns of long text
+    (strings averaging LAZY_MEAN_CHARS or more over the first LAZY_SAMPLE rows) stay in the file as JsonFields;
+    the rest (labels, ids, short text, nested values) are Python lists. Invalid JSON and records that are not
+    objects are DataErrors naming the line."""
+    lines_column, numbers = scan_text_file(path, "line")
+    columns: dict[str, list[Any]] = {}  # values kept in memory
+    lazy: dict[str, tuple[Any, list[int]]] = {}  # key -> (digests, irregular rows)
+    for i, raw in enumerate(lines_column):
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {numbers[i]}: invalid JSON ({err.msg} at column {err.colno}); "
+                            "each line must be one JSON object") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {numbers[i]}: expected a JSON object like "
+                            f'{{"text": "...", "label": "..."}}, got {type(record).__name__}')
+        for key in record:
+            if str(key) not in columns and str(key) not in lazy:
+                columns[str(key)] = [None] * i  # a key first seen late: earlier rows lack it
+        for key, values in lazy.items():
+            value = record.get(key)
+            values[0].append(digest(value))
+            if not isinstance(value, str) or not value.strip():
+                values[1].append(i)
+        for key, values in columns.items():
+            values.append(record.get(key))
+        if i + 1 == LAZY_SAMPLE:
+            for key in [k for k, v in columns.items() if _long_text(v)]:
+                values = columns.pop(key)
+                lazy[key] = (array("Q", (digest(v) for v in values)),
+                             [j for j, v in enumerate(values) if not isinstance(v, str) or not v.strip()])
+    out: dict[str, Any] = {}
+    for key in list(columns) + list(lazy):
+        if key in lazy:
+            digests, irregular = lazy[key]
+            out[key] = JsonField(path, lines_column.starts, lines_column.ends, np.frombuffer(digests, np.uint64),
+                                 np.asarray(irregular, dtype=np.int64), key)
+        else:
+            out[key] = columns[key]
+    return out, numbers
+
+
+def _long_text(values: list[Any]) -> bool:
+    text = [v for v in values if isinstance(v, str)]
+    return len(text) >= len(values) / 2 and sum(map(len, text)) >= LAZY_MEAN_CHARS * len(text)

@@ -9,7 +9,8 @@ Formats by extension: .csv, .tsv, .json (a list of records or a dict of columns;
 accepted), .jsonl/.ndjson, .parquet, .txt (one example per non-empty line, column `text`). Empty cells
 read as None. A .txt file is scanned, not loaded: its rows are read back from disk when used (data/columns.py),
 so a corpus larger than memory can be trained on. Parquet and hub text columns stay in Arrow buffers (memory-
-mapped for hub datasets); CSV, TSV and JSON are read into memory.
+mapped for hub datasets); JSON Lines fields of long text stay in the file (JsonField) while short fields
+(labels) are read; CSV, TSV and JSON are read into memory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.columns import ArrowColumn, scan_text_file
+from tuneforge.data.columns import ArrowColumn, scan_jsonl_file, scan_text_file
 from tuneforge.data.table import Table
 from tuneforge.errors import DataError
 
@@ -159,14 +160,17 @@ def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: 
         table = _read_parquet(p)
     elif fmt == "text":
         table = _read_text(p, documents)
+    elif fmt == "jsonl":
+        columns, lines = scan_jsonl_file(p)
+        if not columns and len(lines) == 0:
+            raise DataError(f"{p}: the file is empty")
+        table = Table(str(p), columns, lines)
     else:
         text = _decode(p, p.read_bytes())
         if not text.strip():
             raise DataError(f"{p}: the file is empty")
         if fmt in ("csv", "tsv"):
             table = _read_delimited(p, text, "," if fmt == "csv" else "\t")
-        elif fmt == "jsonl":
-            table = _read_jsonl(p, text)
         else:
             table = _read_json(p, text)
     if len(table) == 0:
