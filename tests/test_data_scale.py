@@ -206,13 +206,25 @@ def test_an_untrained_base_model_is_found_on_a_probe_not_a_full_pass(tiny_gpt2_l
     assert "base_model" not in json.loads((run.path / "metrics.json").read_text()).get("baselines", {})
 
 
+def _classification_data(model, folder, name):
+    """(prepared data, tokenized splits) of classification on folder/name, cached in its own folder."""
+    from transformers import AutoTokenizer
+
+    task = get_task("classification")
+    cfg = load_config(None, {"task": "classification", "model": {"model_name_or_path": str(model)},
+                             "data": {"train_file": str(folder / name),
+                                      "preprocessing_cache_dir": str(folder / f"cache-{name}")},
+                             "training": {"output_dir": str(folder / "out")}})
+    data = task.prepare_data(cfg)
+    return data, task.tokenize(AutoTokenizer.from_pretrained(model), data, cfg, 32)
+
+
 def test_parquet_text_stays_in_arrow_and_prepares_like_the_same_csv(tiny_bert, tmp_path):
     """Parquet text columns are ArrowColumns (no Python string a row); the classification data path gives the
     same report, fingerprint and token arrays as the same rows read from CSV."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from conftest import toy_rows, write_csv
-    from transformers import AutoTokenizer
 
     from tuneforge.data.columns import ArrowColumn
 
@@ -220,17 +232,8 @@ def test_parquet_text_stays_in_arrow_and_prepares_like_the_same_csv(tiny_bert, t
     write_csv(tmp_path / "train.csv", rows)
     pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [lab for _, lab in rows]}),
                    tmp_path / "train.parquet")
-    task = get_task("classification")
-    prepared = {}
-    for ext in ("csv", "parquet"):
-        cfg = load_config(None, {"task": "classification", "model": {"model_name_or_path": str(tiny_bert)},
-                                 "data": {"train_file": str(tmp_path / f"train.{ext}"),
-                                          "preprocessing_cache_dir": str(tmp_path / f"cache-{ext}")},
-                                 "training": {"output_dir": str(tmp_path / "out")}})
-        data = task.prepare_data(cfg)
-        tok = AutoTokenizer.from_pretrained(tiny_bert)
-        prepared[ext] = (data, task.tokenize(tok, data, cfg, 32))
-    (csv_data, csv_splits), (pq_data, pq_splits) = prepared["csv"], prepared["parquet"]
+    (csv_data, csv_splits), (pq_data, pq_splits) = (_classification_data(tiny_bert, tmp_path, f"train.{ext}")
+                                                    for ext in ("csv", "parquet"))
     assert isinstance(pq_data.splits["train"].columns["text"], ArrowColumn)
     assert csv_data.fingerprint == pq_data.fingerprint and csv_data.label_names == pq_data.label_names
     reports = [d.report.to_dict() for d in (csv_data, pq_data)]
@@ -248,9 +251,9 @@ def test_jsonl_long_text_stays_in_the_file_and_prepares_like_the_same_json(tiny_
     """JSON Lines: long-text fields become JsonFields (chosen after the first LAZY_SAMPLE rows), labels lists;
     empty and null texts are dropped and counted, and the prepared data and tokens equal those of the same
     records read from a .json file into memory."""
-    import tuneforge.data.columns as columns
     from conftest import toy_rows
-    from transformers import AutoTokenizer
+
+    import tuneforge.data.columns as columns
 
     monkeypatch.setattr(columns, "LAZY_SAMPLE", 7)
     records = [{"text": f"{t} and a longer tail that makes every text over sixty-four characters", "label": lab}
@@ -258,16 +261,8 @@ def test_jsonl_long_text_stays_in_the_file_and_prepares_like_the_same_json(tiny_
     records[3]["text"], records[20]["text"] = None, "   "  # before and after the switch: dropped, counted
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "train.json").write_text(json.dumps(records))
-    task = get_task("classification")
-    prepared = {}
-    for ext in ("jsonl", "json"):
-        cfg = load_config(None, {"task": "classification", "model": {"model_name_or_path": str(tiny_bert)},
-                                 "data": {"train_file": str(tmp_path / f"train.{ext}"),
-                                          "preprocessing_cache_dir": str(tmp_path / f"cache-{ext}")},
-                                 "training": {"output_dir": str(tmp_path / "out")}})
-        data = task.prepare_data(cfg)
-        prepared[ext] = (data, task.tokenize(AutoTokenizer.from_pretrained(tiny_bert), data, cfg, 32))
-    (lazy, lazy_splits), (eager, eager_splits) = prepared["jsonl"], prepared["json"]
+    (lazy, lazy_splits), (eager, eager_splits) = (_classification_data(tiny_bert, tmp_path, f"train.{ext}")
+                                                  for ext in ("jsonl", "json"))
     assert isinstance(lazy.splits["train"].columns["text"], columns.JsonField)
     assert isinstance(lazy.splits["train"].columns["label"], list)
     assert lazy.report.splits["train"].dropped_empty == 2 == eager.report.splits["train"].dropped_empty

@@ -54,6 +54,18 @@ def text_digests(values: Sequence[Any]) -> np.ndarray:
     return np.fromiter((digest(v) for v in values), dtype=np.uint64, count=len(values))
 
 
+def _position(column: Sequence, index: Any) -> int | None:
+    """The row a Sequence index names (negative counts from the end), or None for a slice."""
+    if isinstance(index, slice):
+        return None
+    i = int(index)
+    if i < 0:
+        i += len(column)
+    if not 0 <= i < len(column):
+        raise IndexError(index)
+    return i
+
+
 class ArrowColumn(Sequence):
     """A text column of a Parquet file or a hub dataset, kept as Arrow buffers (the text bytes and offsets, memory-
     mapped for datasets' cache files) instead of a Python string per row; `rows` selects and orders rows."""
@@ -69,13 +81,9 @@ class ArrowColumn(Sequence):
         return len(self.rows) if self.rows is not None else len(self.array)
 
     def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
+        i = _position(self, index)
+        if i is None:
             return list(self.select(np.arange(len(self))[index]))
-        i = int(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(index)
         return self.array[int(self.rows[i]) if self.rows is not None else i].as_py()
 
     def __iter__(self) -> Iterator[Any]:
@@ -126,13 +134,9 @@ class FileColumn(Sequence):
             os.close(fd)
 
     def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
+        i = _position(self, index)
+        if i is None:
             return list(self.select(np.arange(len(self))[index]))
-        i = int(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(index)
         return self._decode(self._read(int(self.starts[i]), int(self.ends[i])))
 
     def __iter__(self) -> Iterator[str]:

@@ -17,7 +17,6 @@ from tuneforge.config.schema import RunConfig
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.engine.precision import cpu_has_native_bf16, explain_precision, resolve_mixed_precision
 
-
 BASELINE_PROBE_ROWS = 64  # rows scored first to tell an untrained base model from a pretrained one
 
 
