@@ -254,8 +254,9 @@ def test_jsonl_long_text_stays_in_the_file_and_prepares_like_the_same_json(tiny_
     from conftest import toy_rows
 
     import tuneforge.data.columns as columns
+    import tuneforge.data.records as record_files
 
-    monkeypatch.setattr(columns, "LAZY_SAMPLE", 7)
+    monkeypatch.setattr(record_files, "LAZY_SAMPLE", 7)
     records = [{"text": f"{t} and a longer tail that makes every text over sixty-four characters", "label": lab}
                for t, lab in toy_rows(60, 5)]
     records[3]["text"], records[20]["text"] = None, "   "  # before and after the switch: dropped, counted
@@ -275,12 +276,46 @@ def test_jsonl_long_text_stays_in_the_file_and_prepares_like_the_same_json(tiny_
 
 
 def test_jsonl_number_in_a_long_text_field_names_its_line(tmp_path, capsys, monkeypatch):
-    import tuneforge.data.columns as columns
+    import tuneforge.data.records as records
 
-    monkeypatch.setattr(columns, "LAZY_SAMPLE", 3)
+    monkeypatch.setattr(records, "LAZY_SAMPLE", 3)
     rows = [{"text": "x" * 80 + str(i), "label": "a" if i % 2 else "b"} for i in range(10)]
     rows[6]["text"] = 12345
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = one_line_error(capsys, ["train", "task=classification", f"train_file={tmp_path / 'train.jsonl'}",
                                    "model_name_or_path=m"])
     assert "train.jsonl, line 7: column 'text' holds int '12345', expected text" in line
+
+
+def test_csv_long_text_stays_in_the_file_with_quoted_line_breaks(tiny_bert, tmp_path, monkeypatch):
+    """CSV: long-text columns become CsvFields holding each record's byte span (quoted line breaks, CRLF and a
+    byte-order mark included); labels are lists; rows, line numbers, drops and tokens equal the same records
+    read into memory from JSON."""
+    import csv as csv_module
+
+    from conftest import toy_rows
+
+    import tuneforge.data.records as records
+    from tuneforge.data.columns import CsvField
+
+    monkeypatch.setattr(records, "LAZY_SAMPLE", 5)
+    rows = [{"text": f"{t}, with a comma and a tail long enough to stay in the file" + ("\nsecond line" if i % 7 == 0
+            else ""), "label": lab} for i, (t, lab) in enumerate(toy_rows(50, 8))]
+    rows[2]["text"], rows[30]["text"] = "", ""  # empty: dropped and counted, before and after the switch
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="", encoding="utf-8-sig") as fh:
+        writer = csv_module.DictWriter(fh, ["text", "label"], lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "train.json").write_text(json.dumps([{**r, "text": r["text"] or None} for r in rows]))
+    table = read_file(path)
+    assert isinstance(table.columns["text"], CsvField) and isinstance(table.columns["label"], list)
+    assert [table.columns["text"][i] for i in (0, 1, 2)] == [rows[0]["text"], rows[1]["text"], None]
+    assert table.lines.tolist()[:3] == [2, 4, 5]  # row 0 spans lines 2-3 (a quoted line break)
+    (lazy, lazy_splits), (eager, eager_splits) = (_classification_data(tiny_bert, tmp_path, name)
+                                                  for name in ("train.csv", "train.json"))
+    assert lazy.report.splits["train"].dropped_empty == 2 == eager.report.splits["train"].dropped_empty
+    assert lazy.fingerprint == eager.fingerprint
+    for name in ("train", "validation"):
+        assert np.array_equal(lazy_splits[name].input_ids, eager_splits[name].input_ids)
+        assert np.array_equal(lazy_splits[name].labels, eager_splits[name].labels)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,6 +185,28 @@ class JsonField(FileColumn):
                          self._irregular_after(keep), self.key)
 
 
+class CsvField(FileColumn):
+    """One column of a CSV/TSV file's records, read back from the file: row i is field `index` of the record
+    whose bytes (quoted line breaks included) are [starts[i], ends[i]); an empty field reads as None."""
+
+    def __init__(self, path: Path, starts: np.ndarray, ends: np.ndarray, digests: np.ndarray,
+                 irregular: np.ndarray | None, index: int, delimiter: str) -> None:
+        super().__init__(path, starts, ends, digests, irregular)
+        self.index, self.delimiter = index, delimiter
+
+    def _decode(self, raw: bytes) -> Any:
+        import csv
+        import io
+
+        record = next(csv.reader(io.StringIO(raw.decode("utf-8"), newline=""), delimiter=self.delimiter))
+        return record[self.index] if record[self.index] != "" else None
+
+    def select(self, keep: Any) -> CsvField:
+        keep = np.asarray(keep, dtype=np.int64)
+        return CsvField(self.path, self.starts[keep], self.ends[keep], self.digests[keep],
+                        self._irregular_after(keep), self.index, self.delimiter)
+
+
 def scan_text_file(path: Path, documents: str) -> tuple[FileColumn, np.ndarray]:
     """(the rows, the 1-based line each row starts on) of a .txt file: one row per non-blank line
     (documents="line") or per block of non-blank lines between blank ones ("blank_line"). One pass over the
@@ -269,55 +290,3 @@ def scan_text_file(path: Path, documents: str) -> tuple[FileColumn, np.ndarray]:
 
     column = FileColumn(path, cat(starts), cat(ends), np.asarray(digests, dtype=np.uint64))
     return column, cat(numbers)
-
-
-LAZY_SAMPLE = 1000  # JSON Lines rows looked at before a column is chosen to stay in the file
-LAZY_MEAN_CHARS = 64  # ... when its values are text this long on average
-
-
-def scan_jsonl_file(path: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """(columns, 1-based line of each record) of a JSON Lines file, one json.loads per line. Columns of long text
-    (strings averaging LAZY_MEAN_CHARS or more over the first LAZY_SAMPLE rows) stay in the file as JsonFields;
-    the rest (labels, ids, short text, nested values) are Python lists. Invalid JSON and records that are not
-    objects are DataErrors naming the line."""
-    lines_column, numbers = scan_text_file(path, "line")
-    columns: dict[str, list[Any]] = {}  # values kept in memory
-    lazy: dict[str, tuple[Any, list[int]]] = {}  # key -> (digests, irregular rows)
-    for i, raw in enumerate(lines_column):
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {numbers[i]}: invalid JSON ({err.msg} at column {err.colno}); "
-                            "each line must be one JSON object") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: line {numbers[i]}: expected a JSON object like "
-                            f'{{"text": "...", "label": "..."}}, got {type(record).__name__}')
-        for key in record:
-            if str(key) not in columns and str(key) not in lazy:
-                columns[str(key)] = [None] * i  # a key first seen late: earlier rows lack it
-        for key, values in lazy.items():
-            value = record.get(key)
-            values[0].append(digest(value))
-            if not isinstance(value, str) or not value.strip():
-                values[1].append(i)
-        for key, values in columns.items():
-            values.append(record.get(key))
-        if i + 1 == LAZY_SAMPLE:
-            for key in [k for k, v in columns.items() if _long_text(v)]:
-                values = columns.pop(key)
-                lazy[key] = (array("Q", (digest(v) for v in values)),
-                             [j for j, v in enumerate(values) if not isinstance(v, str) or not v.strip()])
-    out: dict[str, Any] = {}
-    for key in list(columns) + list(lazy):
-        if key in lazy:
-            digests, irregular = lazy[key]
-            out[key] = JsonField(path, lines_column.starts, lines_column.ends, np.frombuffer(digests, np.uint64),
-                                 np.asarray(irregular, dtype=np.int64), key)
-        else:
-            out[key] = columns[key]
-    return out, numbers
-
-
-def _long_text(values: list[Any]) -> bool:
-    text = [v for v in values if isinstance(v, str)]
-    return len(text) >= len(values) / 2 and sum(map(len, text)) >= LAZY_MEAN_CHARS * len(text)

@@ -9,28 +9,24 @@ Formats by extension: .csv, .tsv, .json (a list of records or a dict of columns;
 accepted), .jsonl/.ndjson, .parquet, .txt (one example per non-empty line, column `text`). Empty cells
 read as None. A .txt file is scanned, not loaded: its rows are read back from disk when used (data/columns.py),
 so a corpus larger than memory can be trained on. Parquet and hub text columns stay in Arrow buffers (memory-
-mapped for hub datasets); JSON Lines fields of long text stay in the file (JsonField) while short fields
-(labels) are read; CSV, TSV and JSON are read into memory.
+mapped for hub datasets); JSON Lines, CSV and TSV columns of long text stay in the file (data/records.py)
+while short fields (labels) are read; a .json file (one document) is read into memory.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.columns import ArrowColumn, scan_jsonl_file, scan_text_file
+from tuneforge.data.columns import ArrowColumn, scan_text_file
+from tuneforge.data.records import scan_delimited_file, scan_jsonl_file
 from tuneforge.data.table import Table
 from tuneforge.errors import DataError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".parquet": "parquet", ".txt": "text"}
-
-csv.field_size_limit(2**31 - 1)
-
 
 def _decode(path: Path, data: bytes) -> str:
     try:
@@ -42,38 +38,13 @@ def _decode(path: Path, data: bytes) -> str:
                         "re-save the file with UTF-8 encoding") from None
 
 
-def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    header: list[str] | None = None
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    start = 1
-    try:
-        for record in reader:
-            if header is None:
-                header = [h.strip() for h in record]
-                start = reader.line_num + 1
-                continue
-            if not record:  # blank line
-                start = reader.line_num + 1
-                continue
-            if len(record) != len(header):
-                raise DataError(f"{path}: line {start}: expected {len(header)} fields "
-                                f"({', '.join(header)}), found {len(record)}; quote fields that contain "
-                                f"'{delimiter}' with double quotes")
-            rows.append(record)
-            lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error as err:
-        raise DataError(f"{path}: line {start}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} "
-                        f"({err}); check quoting on that line") from None
-    if header is None or not any(header):
-        raise DataError(f"{path}: the file is empty; expected a header row such as 'text,label'")
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise DataError(f"{path}: line 1: duplicate column name(s) {', '.join(dupes)}; rename them")
-    columns = {h: [(r[j] if r[j] != "" else None) for r in rows] for j, h in enumerate(header)}
-    return Table(str(path), columns, lines)
+def _has_text(path: Path) -> bool:
+    """Whether the file holds anything but whitespace (read in pieces: a huge file is not loaded for this)."""
+    with open(path, "rb") as fh:
+        while piece := fh.read(1 << 20):
+            if piece.strip() and piece.strip() != b"\xef\xbb\xbf":
+                return True
+    return False
 
 
 def _records_to_table(path: Path, records: list[Any], lines: list[int] | None) -> Table:
@@ -160,19 +131,17 @@ def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: 
         table = _read_parquet(p)
     elif fmt == "text":
         table = _read_text(p, documents)
-    elif fmt == "jsonl":
-        columns, lines = scan_jsonl_file(p)
-        if not columns and len(lines) == 0:
+    elif fmt in ("jsonl", "csv", "tsv"):
+        if p.stat().st_size == 0 or not _has_text(p):
             raise DataError(f"{p}: the file is empty")
+        columns, lines = (scan_jsonl_file(p) if fmt == "jsonl" else
+                          scan_delimited_file(p, "," if fmt == "csv" else "\t"))
         table = Table(str(p), columns, lines)
     else:
         text = _decode(p, p.read_bytes())
         if not text.strip():
             raise DataError(f"{p}: the file is empty")
-        if fmt in ("csv", "tsv"):
-            table = _read_delimited(p, text, "," if fmt == "csv" else "\t")
-        else:
-            table = _read_json(p, text)
+        table = _read_json(p, text)
     if len(table) == 0:
         raise DataError(f"{p}: no data rows (only a header or nothing at all)")
     return table
