@@ -180,7 +180,7 @@ def trainer_main(args: argparse.Namespace) -> int:
 
     length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"num_train_epochs": 1}
     targs = TrainingArguments(
-        output_dir=str(out / "trainer"), per_device_train_batch_size=16, per_device_eval_batch_size=64,
+        output_dir=str(out / "trainer"), per_device_train_batch_size=16, per_device_eval_batch_size=args.eval_batch,
         learning_rate=args.learning_rate, warmup_steps=0.1, weight_decay=0.01, seed=args.seed,
         train_sampling_strategy=args.sampling, eval_strategy="no", save_strategy="no",
         logging_steps=10, report_to="none", use_cpu=True, bf16=args.bf16, **length)
@@ -277,6 +277,7 @@ def tuneforge_overrides(args, data: Path, run: Path, precision: str) -> list[str
     return ["task=classification", f"model_name_or_path={model_path()}", f"train_file={data / 'train.csv'}",
             f"validation_file={data / 'validation.csv'}", f"test_file={data / 'test.csv'}",
             f"max_length={args.max_length}", "num_train_epochs=1", *length, "per_device_train_batch_size=16",
+            f"per_device_eval_batch_size={args.eval_batch}",
             f"learning_rate={args.learning_rate}", f"seed={args.seed}", "class_weights=none",
             "eval_strategy=epoch", "logging_steps=10", f"mixed_precision={precision}", f"output_dir={run / 'run'}",
             f"preprocessing_cache_dir={run / 'cache'}"]
@@ -383,12 +384,13 @@ def run_recipe(name: str, args, data: Path, folder: Path) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), "trainer", "--data", str(data), "--out", str(folder),
                "--model", str(model_path()), "--max-length", str(args.max_length),
                "--learning-rate", str(args.learning_rate), "--seed", str(args.seed),
-               "--max-steps", str(args.max_steps)] + (["--bf16"] if "bf16" in name else []) + (
+               "--max-steps", str(args.max_steps), "--eval-batch", str(args.eval_batch)] + (
+                   ["--bf16"] if "bf16" in name else []) + (
                    ["--sampling", "random"] if name.endswith("-random") else [])
     revision = code_revision()
     timing = timed(cmd, folder, args.threads)
     out = {"recipe": name, "code": revision, "code_at_exit": code_revision(), "rc": timing["rc"],
-           "wall_seconds": timing["wall_seconds"],
+           "eval_batch": args.eval_batch, "wall_seconds": timing["wall_seconds"],
            "peak_rss_mib": round(timing["peak_rss_mib"]), "folder": str(folder)}
     if timing["rc"] != 0:
         tail = "\n".join(text for _, text in timing["lines"][-30:])
@@ -424,6 +426,8 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="tuneforge's default for MiniLM")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval-batch", type=int, default=16, help="evaluation batch of both sides (tuneforge's "
+                        "CPU default since 2026-12-02; the first measurements used 64)")
     parser.add_argument("--max-steps", type=int, default=0, help="0: one epoch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)

@@ -49,13 +49,14 @@ def test_unset_values_are_resolved_and_written_explicit_ones_win(tiny_bert, toy_
     assert written["class_weights"] == "auto"
     assert written["num_train_epochs"] == training_budget(len(_rows(toy_data["train"])), 16)[0]
     assert run.config.training.learning_rate == written["learning_rate"]  # the run reloads the resolved value
+    assert written["per_device_eval_batch_size"] == 16  # null on the CPU (docs/BENCHMARKS.md)
 
     explicit = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "set", max_steps=2,
                                                     save_strategy="no", learning_rate=7e-4, class_weights="none",
-                                                    num_train_epochs=2))
+                                                    num_train_epochs=2, per_device_eval_batch_size=64))
     written = yaml.safe_load((explicit.path / "run_config.yaml").read_text())["training"]
     assert written["learning_rate"] == 7e-4 and written["class_weights"] == "none"
-    assert written["num_train_epochs"] == 2
+    assert written["num_train_epochs"] == 2 and written["per_device_eval_batch_size"] == 64
 
 
 @pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])

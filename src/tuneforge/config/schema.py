@@ -141,7 +141,9 @@ class TrainingConfig:
         3.0, "Passes over the training data (ignored when max_steps > 0); null: the task's budget rule.")
     max_steps: int = opt(-1, "Total optimizer steps; overrides num_train_epochs when > 0.")
     per_device_train_batch_size: int = opt(16, "Examples per forward pass during training.")
-    per_device_eval_batch_size: int = opt(64, "Examples per forward pass during evaluation.")
+    per_device_eval_batch_size: int | None = opt(
+        None, "Examples per forward pass during evaluation. null: 16 on the CPU (smaller batches evaluate faster "
+              "there: MiniLM bf16 86 rows/s at 16 against 60 at 64), 64 on a GPU.")
     auto_find_batch_size: bool = opt(
         False, "Shrink per_device_train_batch_size (halving) until the longest batch fits in memory (GPU: "
                "out-of-memory back-off; CPU: memory estimate), and raise gradient_accumulation_steps to keep "
@@ -233,7 +235,7 @@ class TrainingConfig:
                     raise ConfigError(f"training.class_weights: weight of {label!r} must be positive, got {weight}")
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                     "logging_steps"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
         if self.num_train_epochs is not None and not self.num_train_epochs > 0 and self.max_steps <= 0:
             raise bad("num_train_epochs", "must be positive (or set max_steps)")

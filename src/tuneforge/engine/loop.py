@@ -33,7 +33,7 @@ from tuneforge.engine.checkpoint import (
     save_checkpoint,
 )
 from tuneforge.engine.compiling import compile_for_training, resolve_compile
-from tuneforge.engine.evaluation import EvalBatch, evaluate, evaluate_with_analysis
+from tuneforge.engine.evaluation import EvalBatch, eval_batch_size, evaluate, evaluate_with_analysis
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.step import forward_backward
@@ -84,10 +84,11 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     analysis (kept for the best and the last), so a run whose held-out split is the validation split needs no
     extra pass over it at the end."""
     t = cfg.training
-    eval_batch = eval_batch if eval_batch is not None else EvalBatch(t.per_device_eval_batch_size)
+    device = accelerator.device
+    eval_batch = eval_batch if eval_batch is not None else EvalBatch(eval_batch_size(t.per_device_eval_batch_size,
+                                                                                     device.type))
     train = splits["train"]
     val = splits.get("validation") if t.eval_strategy != "no" else None
-    device = accelerator.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Pad batch lengths to a multiple: tensor cores like multiples of 8; a compiled model needs few distinct
     # shapes; under bf16 on CPU, oneDNN builds AMX kernels per new shape (measured on MiniLM: single steps at

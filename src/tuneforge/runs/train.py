@@ -106,6 +106,11 @@ def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prep
         for note in apply_freeze(model, cfg.freeze):
             console.print(note, highlight=False)
     session = start_session(cfg, console, task.fp16_safe(model.config))
+    from tuneforge.engine.evaluation import resolve_eval_batch
+
+    cfg, note = resolve_eval_batch(cfg, session.accelerator.device.type)
+    if note:
+        console.print(f"using {note}", highlight=False)
     from tuneforge.engine.kernels import fuse_activations
     from tuneforge.engine.precision import cpu_bf16_attention
 
