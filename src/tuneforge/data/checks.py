@@ -47,7 +47,8 @@ def drop_empty_text(table: Table, text_columns: list[str]) -> tuple[Table, list[
     """Drop rows whose text (any of `text_columns`) is empty or null; return kept table and dropped rows.
     A FileColumn is not read here beyond the rows its scan marked irregular."""
     columns = [table.columns[c] for c in text_columns if not isinstance(table.columns[c], FileColumn)]
-    dropped = {i for i in range(len(table)) if any(is_blank(col[i]) for col in columns)} if columns else set()
+    # iterated, not indexed: an ArrowColumn reads in batches
+    dropped = {i for i, values in enumerate(zip(*columns)) if any(map(is_blank, values))} if columns else set()
     for name in text_columns:  # a FileColumn knows the only rows that can be blank
         values = table.columns[name]
         if isinstance(values, FileColumn):

@@ -24,7 +24,10 @@ at the start of the file is skipped.
 
 from __future__ import annotations
 
+import copy
+import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -41,8 +44,22 @@ ITER_CHUNK = 4 << 20  # bytes read per step while iterating rows
 
 def digest(value: Any) -> int:
     """64-bit digest of one cell: text by its UTF-8 bytes, anything else (labels: ints, None) by its repr."""
-    data = b"s" + value.encode() if isinstance(value, str) else b"o" + repr(value).encode()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    return text_digest(value.encode()) if isinstance(value, str) else _finish(_hasher(b"o", repr(value).encode()))
+
+
+def text_digest(raw: bytes) -> int:
+    """digest() of the text whose UTF-8 bytes are `raw` (the scanner hashes lines without decoding them)."""
+    return _finish(_hasher(b"s", raw))
+
+
+def _hasher(kind: bytes, raw: bytes) -> Any:
+    h = hashlib.blake2b(kind, digest_size=8)
+    h.update(raw)
+    return h
+
+
+def _finish(h: Any) -> int:
+    return int.from_bytes(h.digest(), "little")
 
 
 def text_digests(values: Sequence[Any]) -> np.ndarray:
@@ -163,9 +180,12 @@ class FileColumn(Sequence):
         return np.flatnonzero(np.isin(keep, self.irregular))
 
     def select(self, keep: Any) -> FileColumn:
+        """The rows `keep`, as a column of the same kind (a JsonField keeps its key, a CsvField its field)."""
         keep = np.asarray(keep, dtype=np.int64)
-        return FileColumn(self.path, self.starts[keep], self.ends[keep], self.digests[keep],
-                          self._irregular_after(keep))
+        out = copy.copy(self)
+        out.starts, out.ends, out.digests = self.starts[keep], self.ends[keep], self.digests[keep]
+        out.irregular = self._irregular_after(keep)
+        return out
 
 
 class JsonField(FileColumn):
@@ -179,11 +199,6 @@ class JsonField(FileColumn):
     def _decode(self, raw: bytes) -> Any:
         return json.loads(raw).get(self.key)
 
-    def select(self, keep: Any) -> JsonField:
-        keep = np.asarray(keep, dtype=np.int64)
-        return JsonField(self.path, self.starts[keep], self.ends[keep], self.digests[keep],
-                         self._irregular_after(keep), self.key)
-
 
 class CsvField(FileColumn):
     """One column of a CSV/TSV file's records, read back from the file: row i is field `index` of the record
@@ -195,16 +210,8 @@ class CsvField(FileColumn):
         self.index, self.delimiter = index, delimiter
 
     def _decode(self, raw: bytes) -> Any:
-        import csv
-        import io
-
         record = next(csv.reader(io.StringIO(raw.decode("utf-8"), newline=""), delimiter=self.delimiter))
         return record[self.index] if record[self.index] != "" else None
-
-    def select(self, keep: Any) -> CsvField:
-        keep = np.asarray(keep, dtype=np.int64)
-        return CsvField(self.path, self.starts[keep], self.ends[keep], self.digests[keep],
-                        self._irregular_after(keep), self.index, self.delimiter)
 
 
 def scan_text_file(path: Path, documents: str) -> tuple[FileColumn, np.ndarray]:
@@ -256,19 +263,18 @@ def scan_text_file(path: Path, documents: str) -> tuple[FileColumn, np.ndarray]:
                         keep_s.append(s)
                         keep_e.append(e)
                         keep_n.append(line_no + k)
-                        digests.append(int.from_bytes(hashlib.blake2b(b"s" + raw, digest_size=8).digest(),
-                                                      "little"))
+                        digests.append(text_digest(raw))
                 elif blank:
                     if doc is not None:
                         starts.append(np.array([doc[0]], dtype=np.int64))
                         ends.append(np.array([doc[1]], dtype=np.int64))
                         numbers.append(np.array([doc[2]], dtype=np.int64))
-                        digests.append(int.from_bytes(doc_hash.digest(), "little"))
+                        digests.append(_finish(doc_hash))
                         doc = None
                 else:
                     if doc is None:
                         doc = [offset + s, offset + e, line_no + k]
-                        doc_hash = hashlib.blake2b(b"s", digest_size=8)
+                        doc_hash = _hasher(b"s", b"")
                     else:
                         doc[1] = offset + e
                         doc_hash.update(b"\n")
@@ -283,7 +289,7 @@ def scan_text_file(path: Path, documents: str) -> tuple[FileColumn, np.ndarray]:
             starts.append(np.array([doc[0]], dtype=np.int64))
             ends.append(np.array([doc[1]], dtype=np.int64))
             numbers.append(np.array([doc[2]], dtype=np.int64))
-            digests.append(int.from_bytes(doc_hash.digest(), "little"))
+            digests.append(_finish(doc_hash))
 
     def cat(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -59,26 +59,13 @@ def _records_to_table(path: Path, records: list[Any], lines: list[int] | None) -
     return Table(str(path), columns, lines)
 
 
-def _read_jsonl(path: Path, text: str) -> Table:
-    records, lines = [], []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {n}: invalid JSON ({err.msg} at column {err.colno}); "
-                            "each line must be one JSON object") from None
-        lines.append(n)
-    return _records_to_table(path, records, lines)
-
-
 def _read_json(path: Path, text: str) -> Table:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # several top-level values: JSON Lines with a .json name
-            return _read_jsonl(path, text)
+            columns, lines = scan_jsonl_file(path)
+            return Table(str(path), columns, lines)
         raise DataError(f"{path}: line {err.lineno}: invalid JSON ({err.msg} at column {err.colno}); "
                         "a .json file must hold one array of objects (or use .jsonl, one object per line)") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list) \
