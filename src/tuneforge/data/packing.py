@@ -80,8 +80,9 @@ def packed_batch(split: TokenizedSplit, indices: np.ndarray, pad_id: int) -> tup
     safe = np.minimum(index, max(total - 1, 0))
     flat = np.asarray(split.input_ids[safe.ravel()], dtype=np.int64).reshape(index.shape)
     ids = np.where(valid, flat, pad_id)
-    source = split.token_labels if split.token_labels is not None else split.input_ids
-    labels = np.where(valid, np.asarray(source[safe.ravel()], dtype=np.int64).reshape(index.shape), -100)
+    targets = flat if split.token_labels is None else \
+        np.asarray(split.token_labels[safe.ravel()], dtype=np.int64).reshape(index.shape)  # raw text: the ids
+    labels = np.where(valid, targets, -100)
     starts = split.doc_offsets[:-1]
     doc_start = starts[np.searchsorted(starts, safe, side="right") - 1]
     labels[valid & (index == doc_start) & (index > 0)] = -100  # a document's first token: no target

@@ -51,6 +51,11 @@ class EvalBatch:
 
     size: int
 
+    @classmethod
+    def of(cls, cfg: RunConfig, device_type: str) -> EvalBatch:
+        """The run's evaluation batch at its configured size (null: this device's default)."""
+        return cls(eval_batch_size(cfg.training.per_device_eval_batch_size, device_type))
+
 
 @torch.inference_mode()
 def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
@@ -59,8 +64,7 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
     """Streaming evaluation: per batch the task folds predictions into a small state, never all logits.
     `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis; `batch` is
     the run's evaluation batch (a fresh one at per_device_eval_batch_size when not given)."""
-    batch = batch if batch is not None else EvalBatch(eval_batch_size(cfg.training.per_device_eval_batch_size,
-                                                                      device.type))
+    batch = batch if batch is not None else EvalBatch.of(cfg, device.type)
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -33,7 +33,7 @@ from tuneforge.engine.checkpoint import (
     save_checkpoint,
 )
 from tuneforge.engine.compiling import compile_for_training, resolve_compile
-from tuneforge.engine.evaluation import EvalBatch, eval_batch_size, evaluate, evaluate_with_analysis
+from tuneforge.engine.evaluation import EvalBatch, evaluate, evaluate_with_analysis
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.step import forward_backward
@@ -85,8 +85,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     extra pass over it at the end."""
     t = cfg.training
     device = accelerator.device
-    eval_batch = eval_batch if eval_batch is not None else EvalBatch(eval_batch_size(t.per_device_eval_batch_size,
-                                                                                     device.type))
+    eval_batch = eval_batch if eval_batch is not None else EvalBatch.of(cfg, device.type)
     train = splits["train"]
     val = splits.get("validation") if t.eval_strategy != "no" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -31,12 +31,11 @@ class Session:
 
     def fit(self, cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
             data: PreparedData, run_dir: Path) -> dict[str, Any]:
-        from tuneforge.engine.evaluation import EvalBatch, eval_batch_size
+        from tuneforge.engine.evaluation import EvalBatch
         from tuneforge.engine.loop import fit
         from tuneforge.engine.tracking import Tracker
 
-        self.eval_batch = EvalBatch(eval_batch_size(cfg.training.per_device_eval_batch_size,
-                                                    self.accelerator.device.type))
+        self.eval_batch = EvalBatch.of(cfg, self.accelerator.device.type)
 
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
