@@ -175,10 +175,12 @@ class CausalLMTask(TaskBase):
             return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
                     "position_ids": torch.from_numpy(positions), "num_items": int((labels[:, 1:] != -100).sum())}
         layout = row_layout(split, indices, pad_to_multiple_of)
-        source = split.token_labels if split.token_labels is not None else split.input_ids
-        labels = gather(source, layout, -100)
-        return {"input_ids": torch.from_numpy(gather(split.input_ids, layout, pad_id)),
-                "labels": torch.from_numpy(labels), "attention_mask": torch.from_numpy(layout[1].astype(np.int64)),
+        ids = gather(split.input_ids, layout, pad_id)
+        # raw text: every token is a target, so the labels are the ids already gathered
+        labels = gather(split.token_labels, layout, -100) if split.token_labels is not None else \
+            np.where(layout[1], ids, -100)
+        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+                "attention_mask": torch.from_numpy(layout[1].astype(np.int64)),
                 "num_items": int((labels[:, 1:] != -100).sum())}
 
     def num_items(self, batch: dict[str, Any]) -> int:
