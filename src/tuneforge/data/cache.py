@@ -32,8 +32,11 @@ import numpy as np
 from tuneforge.data.prepared import TokenizedSplit
 
 FORMAT = 2  # part of every key: entries of another layout are never read
-ARRAYS = {"input_ids": np.int32, "offsets": np.int64, "token_type_ids": np.int8, "labels": np.int64,
-          "full_lengths": np.int32, "token_labels": np.int32}
+# per-row arrays (aligned with offsets[1:]) and per-token arrays (aligned with input_ids) besides those two
+ROW_ARRAYS = {"labels": np.int64, "full_lengths": np.int32, "example_ids": np.int64, "label_ends": np.int64}
+TOKEN_ARRAYS = {"token_type_ids": np.int8, "token_labels": np.int32, "word_ids": np.int32, "char_starts": np.int32,
+                "char_ends": np.int32}
+ARRAYS = {"input_ids": np.int32, "offsets": np.int64, **ROW_ARRAYS, **TOKEN_ARRAYS}
 
 
 def cache_root(configured: str | None) -> Path:
@@ -68,23 +71,27 @@ class SplitWriter:
             self.files[name].write(array.tobytes())
         self.lengths[name] += len(array)
 
-    def add(self, rows: Sequence[Sequence[int]], *, token_type_ids: Sequence[Sequence[int]] | None = None,
-            labels: Sequence[int] | None = None, full_lengths: Sequence[int] | None = None,
-            token_labels: Sequence[Sequence[int]] | None = None) -> None:
-        """One chunk of rows (lists of token ids) and what goes with them, aligned row for row."""
+    def add(self, rows: Sequence[Sequence[int]], **aligned: Any) -> None:
+        """One chunk of rows (lists of token ids) and what goes with them, aligned row for row: per-row values
+        (labels, full_lengths, example_ids, label_ends: one per row) and per-token ones (token_type_ids,
+        token_labels, word_ids, char_starts, char_ends: a sequence per row, as long as the row). None is skipped;
+        an array must be given for every chunk or for none."""
         sizes = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         count = int(sizes.sum())
         self._write("input_ids", np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=count))
         self._write("offsets", self.total + np.cumsum(sizes))
         self.total += count
-        if token_type_ids is not None:
-            self._write("token_type_ids", np.fromiter(chain.from_iterable(token_type_ids), np.int8, count=count))
-        if token_labels is not None:
-            self._write("token_labels", np.fromiter(chain.from_iterable(token_labels), np.int32, count=count))
-        if labels is not None:
-            self._write("labels", labels)
-        if full_lengths is not None:
-            self._write("full_lengths", full_lengths)
+        for name, values in aligned.items():
+            if values is None:
+                continue
+            if name in TOKEN_ARRAYS:
+                self._write(name, np.fromiter(chain.from_iterable(values), TOKEN_ARRAYS[name], count=count))
+            elif name in ROW_ARRAYS:
+                if len(values) != len(rows):
+                    raise ValueError(f"{name}: {len(values)} values for {len(rows)} rows")
+                self._write(name, values)
+            else:
+                raise TypeError(f"SplitWriter.add: unknown array {name!r}; known: {sorted(ARRAYS)}")
 
     def finish(self) -> TokenizedSplit | None:
         if self.folder is None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,14 @@ class TokenizedSplit:
     token_labels: np.ndarray | None = None  # causal LM: per-token labels aligned with input_ids (-100: no loss)
     doc_offsets: np.ndarray | None = None  # packed causal LM: documents in input_ids; rows are fixed-size blocks
     #                                        of the token stream, labels and positions made per batch (packing.py)
+    # Windowed examples (an input longer than max_length split into overlapping windows, `stride` tokens shared:
+    # token classification, question answering). Each row is one window; its example is example_ids[row] (None:
+    # row i is example i). full_lengths then holds the example's whole token count on each of its windows.
+    example_ids: np.ndarray | None = None  # int64 per row
+    word_ids: np.ndarray | None = None  # int32 per token: the input word it belongs to, -1 for none (special)
+    char_starts: np.ndarray | None = None  # int32 per token: character span in its example's text (-1: none,
+    char_ends: np.ndarray | None = None  # e.g. special tokens or a QA question's tokens)
+    label_ends: np.ndarray | None = None  # int64 per row: a span's last token beside `labels`, its first (QA)
 
     def attach_targets(self, targets: TokenizedSplit) -> None:
         assert len(targets) == len(self), "targets must align with sources"
@@ -63,14 +72,42 @@ class TokenizedSplit:
         """What a row costs in a batch: its length, plus its target's for encoder-decoders."""
         return self.lengths + (self.targets.lengths if self.targets is not None else 0)
 
+    @property
+    def windowed(self) -> bool:
+        """Rows are windows of longer examples (example_ids says which)."""
+        return self.example_ids is not None
+
+    @property
+    def n_examples(self) -> int:
+        """Examples behind the rows (windows of one example count once)."""
+        if self.example_ids is None:
+            return len(self)
+        return int(self.example_ids.max()) + 1 if len(self.example_ids) else 0
+
+    def example_lengths(self) -> np.ndarray:
+        """Whole token count per example (before truncation or windowing), in example order.
+
+        >>> s = TokenizedSplit.from_lists([[1, 2], [2, 3], [4]], full_lengths=[3, 3, 1])
+        >>> s.example_ids = np.array([0, 0, 1])
+        >>> s.n_examples, s.example_lengths().tolist()
+        (2, [3, 1])
+        """
+        lengths = self.full_lengths if self.full_lengths is not None else self.lengths
+        if self.example_ids is None:
+            return np.asarray(lengths)
+        first = np.unique(np.asarray(self.example_ids), return_index=True)[1]  # each example's first window
+        return np.asarray(lengths)[first]
+
     def head(self, n: int) -> TokenizedSplit:
         """The first `n` rows, as views of these arrays (nothing copied)."""
         n = min(n, len(self))
-        return TokenizedSplit(self.input_ids, self.offsets[:n + 1], self.token_type_ids,
-                              self.labels[:n] if self.labels is not None else None,
-                              self.full_lengths[:n] if self.full_lengths is not None else None,
-                              self.targets.head(n) if self.targets is not None else None,
-                              self.token_labels, self.doc_offsets)
+        return dataclasses.replace(
+            self, offsets=self.offsets[:n + 1],
+            labels=self.labels[:n] if self.labels is not None else None,
+            full_lengths=self.full_lengths[:n] if self.full_lengths is not None else None,
+            targets=self.targets.head(n) if self.targets is not None else None,
+            example_ids=self.example_ids[:n] if self.example_ids is not None else None,
+            label_ends=self.label_ends[:n] if self.label_ends is not None else None)
 
     def row(self, i: int) -> np.ndarray:
         return self.input_ids[self.offsets[i]: self.offsets[i + 1]]
@@ -90,12 +127,16 @@ class TokenizedSplit:
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"input_ids": self.input_ids, "offsets": self.offsets}
-        for name in ("token_type_ids", "labels", "full_lengths", "token_labels"):
+        for name in STORED[2:]:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, Any]) -> TokenizedSplit:
-        return cls(**{k: arrays.get(k) for k in ("input_ids", "offsets", "token_type_ids", "labels",
-                                                  "full_lengths", "token_labels")})
+        return cls(**{k: arrays.get(k) for k in STORED})
+
+
+# the arrays a split is stored as (data/cache.py keeps each as one flat file)
+STORED = ("input_ids", "offsets", "token_type_ids", "labels", "full_lengths", "token_labels", "example_ids",
+          "word_ids", "char_starts", "char_ends", "label_ends")

@@ -132,9 +132,14 @@ def quote(text: Any) -> str:
 def build_collector(spec: Any, split: Any, max_length: int | None, describe: Callable[[int], dict]
                     ) -> ErrorCollector:
     """The collector for one task's evaluation of `split`: its spec's analysis_metric, buckets of the rows'
-    lengths before truncation, `describe(row)` for the worst rows (the task's error_row)."""
-    lengths = split.full_lengths if split.full_lengths is not None else split.lengths
+    lengths before truncation, `describe(row)` for the worst rows (the task's error_row). For a windowed split
+    the records are per example: the task adds example ids (after merging its windows, in eval_metrics) and
+    `describe` gets an example id."""
     packed = split.packed  # packed blocks are all one length and nothing is truncated
+    if split.windowed:  # rows are windows: the analysis is per example (the task adds example ids, not rows),
+        #                 and nothing is truncated, so the buckets reach the longest example
+        return ErrorCollector(spec.analysis_metric, split.example_lengths(), None, describe)
+    lengths = split.full_lengths if split.full_lengths is not None else split.lengths
     return ErrorCollector(spec.analysis_metric, np.asarray(lengths), None if packed else max_length, describe)
 
 
