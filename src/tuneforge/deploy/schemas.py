@@ -45,7 +45,10 @@ class ServeRoute:
     summary: str
     request: type[BaseModel]
     response: type[BaseModel]
-    pairs: bool = False  # the request carries text_pairs (sentence-pair classifier)
+    pairs: bool = False  # the request carries a second text per input (sentence-pair classifier, QA context)
+    input_field: str = "inputs"  # the request field holding the texts (a QA route: "question")
+    pair_field: str = "text_pairs"  # the request field holding the second texts (a QA route: "context")
+    windows: bool = False  # the task windows long inputs (no token limit; --truncate does not apply)
 
 
 class ErrorMessage(BaseModel):

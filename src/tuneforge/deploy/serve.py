@@ -251,7 +251,8 @@ def create_app(loaded: Any, settings: ServeSettings) -> Any:
         try:
             return await batcher.submit(key, items)
         except UserError as err:
-            raise _validation_error([{"type": "value_error", "loc": ["body", "inputs"], "msg": str(err)}]) from None
+            raise _validation_error([{"type": "value_error", "loc": ["body", route.input_field],
+                                      "msg": str(err)}]) from None
 
     @app.get("/health", response_model=Health, summary="liveness (no API key needed)")
     async def health() -> dict[str, str]:
@@ -275,12 +276,15 @@ def create_app(loaded: Any, settings: ServeSettings) -> Any:
     Request = route.request  # the run's own request model (a class)
 
     async def classify(request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
-        texts = as_list(request.inputs)
-        pairs = as_list(request.text_pairs) if route.pairs else None
+        field, pair_field = route.input_field, route.pair_field
+        texts = as_list(getattr(request, field))
+        pairs = as_list(getattr(request, pair_field)) if route.pairs else None
         if pairs is not None and len(pairs) != len(texts):
-            raise _validation_error([{"type": "value_error", "loc": ["body", "text_pairs"],
-                                      "msg": f"{len(pairs)} text_pairs for {len(texts)} inputs; give one per input"}])
-        check_tokens(texts, pairs, token_limit, "inputs")
+            raise _validation_error([{"type": "value_error", "loc": ["body", pair_field],
+                                      "msg": f"{len(pairs)} {pair_field} for {len(texts)} {field}; give one per "
+                                             "input"}])
+        if not route.windows:  # a windowing task reads inputs of any length
+            check_tokens(texts, pairs, token_limit, field)
         results = await submit((), list(zip(texts, pairs or [None] * len(texts))))
         return {"results": results, "model": loaded.artifact.run_id}
 
