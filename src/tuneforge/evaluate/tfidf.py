@@ -111,3 +111,110 @@ def tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[int], eval_t
     return {**metrics, "train_rows": len(texts), "C": chosen[0], "class_weight": chosen[1] or "none",
             "features": "word+char" if chars else "word",
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+def tfidf_ovr_logreg(train_texts: Sequence[str], train_sets: Any, eval_texts: Sequence[str], eval_sets: Any,
+                     label_names: list[str], *, tune: tuple[Sequence[str], Any] | None = None,
+                     select_c: bool = False, max_rows: int = MAX_ROWS, time_budget_s: float = TIME_BUDGET_S,
+                     seed: int = 0) -> dict[str, Any]:
+    """Multi-label baseline: TF-IDF + one-vs-rest logistic regression (one binary classifier per label, balanced
+    class weights), decided with the fine-tuned model's own rule: per-label thresholds tuned on `tune` (the
+    run's validation rows; evaluate/classification.py tune_thresholds), 0.5 without it. With `select_c` (a
+    validation split distinct from the evaluated one), C is chosen on `tune` by micro-F1 from (10, 1)."""
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from tuneforge.evaluate.classification import multilabel_metrics, tune_thresholds
+
+    start = time.perf_counter()
+    y = np.asarray(train_sets)
+    texts, rows = _cap([str(t) for t in train_texts], list(range(len(y))), max_rows, seed)
+    y = y[rows]
+    chars = unspaced(texts)
+    vectorizer = _vectorizer(texts, chars)
+    x_train = vectorizer.fit_transform(texts)
+    constant = (y.min(0) == y.max(0))  # a label always (or never) present in training: predict that
+    columns = np.flatnonzero(~constant)
+
+    def fit(c: float) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return OneVsRestClassifier(LogisticRegression(C=c, class_weight="balanced", max_iter=300)).fit(
+                x_train, y[:, columns])
+
+    def scores(model: Any, texts_: Sequence[str]) -> Any:
+        out = np.tile(y[0] if len(y) else 0.0, (len(texts_), 1)).astype(np.float64)
+        if len(columns):
+            out[:, columns] = model.predict_proba(vectorizer.transform([str(t) for t in texts_]))
+        return out
+
+    from tuneforge.evaluate.classification import DEFAULT_THRESHOLD
+
+    chosen, model, thresholds = 10.0, None, [DEFAULT_THRESHOLD] * len(label_names)
+    candidates = (10.0, 1.0) if select_c and tune is not None and len(tune[0]) else (10.0,)
+    best = -1.0
+    for c in candidates:
+        if model is not None and time.perf_counter() - start > time_budget_s:
+            break
+        candidate = fit(c) if len(columns) else None
+        if tune is not None and len(tune[0]):
+            tuned_scores = scores(candidate, tune[0])
+            cut = tune_thresholds(tune[1], tuned_scores)
+            f1 = multilabel_metrics(tune[1], tuned_scores >= np.asarray(cut), label_names)["f1_micro"]
+        else:
+            cut, f1 = [DEFAULT_THRESHOLD] * len(label_names), 0.0
+        if f1 > best:
+            best, chosen, model, thresholds = f1, c, candidate, cut
+    predictions = scores(model, eval_texts) >= np.asarray(thresholds)
+    metrics = multilabel_metrics(eval_sets, predictions, label_names, thresholds)
+    return {**metrics, "train_rows": len(texts), "C": chosen, "class_weight": "balanced",
+            "thresholds": "tuned on validation" if tune is not None and len(tune[0]) else "0.5",
+            "features": "word+char" if chars else "word", "seconds": round(time.perf_counter() - start, 2)}
+
+
+RIDGE_ALPHAS = (0.3, 1.0, 3.0, 10.0)  # chosen on validation (first = fallback)
+
+
+def tfidf_ridge(train_texts: Sequence[str], train_targets: Sequence[float], eval_texts: Sequence[str],
+                eval_targets: Sequence[float], *, valid: tuple[Sequence[str], Sequence[float]] | None = None,
+                max_rows: int = MAX_ROWS, time_budget_s: float = TIME_BUDGET_S, seed: int = 0) -> dict[str, Any]:
+    """Regression baseline: TF-IDF (same features as the classifiers' baseline) + ridge regression on the
+    standardised target, alpha chosen on `valid` by RMSE when given (else 1.0). Returns the regression
+    metrics plus train_rows, alpha, features, seconds."""
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    from tuneforge.evaluate.classification import regression_metrics
+
+    start = time.perf_counter()
+    texts, targets = _cap([str(t) for t in train_texts], [float(v) for v in train_targets], max_rows, seed)
+    chars = unspaced(texts)
+    vectorizer = _vectorizer(texts, chars)
+    x_train = vectorizer.fit_transform(texts)
+    y = np.asarray(targets)
+    mean, std = float(y.mean()), float(y.std()) or 1.0
+
+    def fit(alpha: float) -> Any:
+        return Ridge(alpha=alpha).fit(x_train, (y - mean) / std)
+
+    def predict(model: Any, texts_: Sequence[str]) -> Any:
+        return model.predict(vectorizer.transform([str(t) for t in texts_])) * std + mean
+
+    chosen, model = 1.0, None
+    if valid is not None and len(valid[0]):
+        best = float("inf")
+        for alpha in RIDGE_ALPHAS:
+            if model is not None and time.perf_counter() - start > time_budget_s:
+                break
+            candidate = fit(alpha)
+            rmse = regression_metrics(valid[1], predict(candidate, valid[0]))["rmse"]
+            if rmse < best:
+                best, chosen, model = rmse, alpha, candidate
+    model = model or fit(chosen)
+    metrics = regression_metrics(eval_targets, predict(model, eval_texts))
+    return {**metrics, "train_rows": len(texts), "alpha": chosen, "features": "word+char" if chars else "word",
+            "seconds": round(time.perf_counter() - start, 2)}
