@@ -315,3 +315,71 @@ def train_tiny_lm(model: Path, folder: Path, max_steps: int):
              "preprocessing_cache_dir": str(folder / "cache"), "learning_rate": 3e-3, "max_steps": max_steps,
              "save_strategy": "no", "block_size": 64, "max_new_tokens": 8}
     return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])
+
+
+def qa_rows(n: int, seed: int, no_answer: float = 0.3, words: tuple[int, int] = (4, 14)) -> list[dict]:
+    """A toy SQuAD-v2-style set a tiny model can learn: a context of filler words holding one positive and/or
+    one negative word; the question asks for "the positive word" or "the negative word"; the answer is that word
+    (character offsets into the context), or none when the context lacks it (a share `no_answer` of rows)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        kind = rng.choice(["positive", "negative"])
+        other = "negative" if kind == "positive" else "positive"
+        answerable = rng.random() >= no_answer
+        filler = [rng.choice(NEUTRAL) for _ in range(rng.randint(*words))]
+        polar = ([kind] if answerable else []) + ([other] if not answerable or rng.random() < 0.7 else [])
+        for which in polar:
+            filler.insert(rng.randint(0, len(filler)), rng.choice(POSITIVE if which == "positive" else NEGATIVE))
+        context = " ".join(filler)
+        answers: dict = {"text": [], "answer_start": []}
+        if answerable:
+            pool = POSITIVE if kind == "positive" else NEGATIVE
+            word = next(w for w in filler if w in pool)
+            answers = {"text": [word], "answer_start": [(" " + context + " ").index(f" {word} ")]}
+        rows.append({"id": f"q{seed}-{i}", "question": f"the {kind} word", "context": context, "answers": answers})
+    return rows
+
+
+def write_squad(path: Path, rows: list[dict]) -> Path:
+    """`rows` (qa_rows) as a nested SQuAD v2 file, one paragraph per question, pretty-printed (line numbers)."""
+    import json
+
+    data = [{"title": "toy", "paragraphs": [
+        {"context": r["context"], "qas": [{"id": r["id"], "question": r["question"], "is_impossible": not
+                                           r["answers"]["text"],
+                                           "answers": [{"text": t, "answer_start": s} for t, s in
+                                                       zip(r["answers"]["text"], r["answers"]["answer_start"])]}]}
+        for r in rows]}]
+    path.write_text(json.dumps({"version": "v2.0", "data": data}, indent=1), encoding="utf-8")
+    return path
+
+
+ML_LABELS = {"praise": POSITIVE, "complaint": NEGATIVE, "story": ["plot", "story", "ending"]}
+ML_FILLER = ["the", "movie", "film", "was", "really", "quite", "a"]
+
+
+def multilabel_rows(n: int, seed: int) -> list[dict]:
+    """Multi-label toy rows: each label of ML_LABELS present (p=0.4) when one of its words is in the text."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        labels = [label for label in ML_LABELS if rng.random() < 0.4]
+        words = [rng.choice(ML_FILLER) for _ in range(rng.randint(1, 4))]
+        for label in labels:
+            words.insert(rng.randint(0, len(words)), rng.choice(ML_LABELS[label]))
+        rows.append({"text": " ".join(words), "label": labels})
+    return rows
+
+
+def regression_rows(n: int, seed: int) -> list[dict]:
+    """Regression toy rows: target 100 + 30 per positive word - 20 per negative word (0-2 of each, in filler)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        pos, neg = rng.randint(0, 2), rng.randint(0, 2)
+        words = [rng.choice(ML_FILLER) for _ in range(rng.randint(1, 4))]
+        for word in [rng.choice(POSITIVE) for _ in range(pos)] + [rng.choice(NEGATIVE) for _ in range(neg)]:
+            words.insert(rng.randint(0, len(words)), word)
+        rows.append({"text": " ".join(words), "score": 100.0 + 30 * pos - 20 * neg})
+    return rows

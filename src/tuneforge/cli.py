@@ -3,6 +3,7 @@
     tuneforge config classification > run.yaml
     tuneforge train run.yaml learning_rate=3e-5 num_train_epochs=2
     tuneforge lr-find run.yaml --output lr_find/
+    tuneforge tune run.yaml --n-trials 20 learning_rate='log(1e-5, 1e-3)'
     tuneforge predict runs/<id> --text "the parcel never arrived"
     tuneforge summarize runs/<id> --input articles.jsonl --output summaries.jsonl
     tuneforge generate runs/<id> --prompt "Once upon a time"
@@ -50,6 +51,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from tuneforge.tune import tune
+
+    items, config = list(args.overrides), args.config
+    if config is not None and "=" in config:
+        items.insert(0, config)
+        config = None
+    tune(config, items, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage,
+         study_name=args.study_name, pruner=args.pruner, threads=args.threads, heartbeat=args.heartbeat)
+    return 0
+
+
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from tuneforge.runs.lr_find import find_lr
 
@@ -61,7 +74,9 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(path: str, column: str, pair_column: str | None) -> tuple[list[str], list[str] | None]:
+def _read_inputs(path: str, column: str, pair_column: str | None,
+                 keys: tuple[str, str] = ("data.text_column", "data.text_pair_column")
+                 ) -> tuple[list[str], list[str] | None]:
     from tuneforge.data.checks import require_columns
     from tuneforge.data.readers import read_file
 
@@ -71,7 +86,7 @@ def _read_inputs(path: str, column: str, pair_column: str | None) -> tuple[list[
             raise UserError(f"--input {path}: this model reads text pairs ({column}, {pair_column}); "
                             "give a .csv/.jsonl with both columns")
         column = "text"
-    require_columns(table, {"data.text_column": column, "data.text_pair_column": pair_column})
+    require_columns(table, {keys[0]: column, keys[1]: pair_column})
 
     def values(name: str) -> list[str]:
         return ["" if v is None else str(v) for v in table.columns[name]]
@@ -83,16 +98,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not args.text and not args.input:
         raise UserError(f"{args.command}: give --{args.input_flag} \"...\" (repeatable) or --input FILE")
     from tuneforge.deploy.artifacts import resolve_artifact
+    from tuneforge.tasks import get_spec
 
     run = resolve_artifact(args.run)
     data = run.config.data
     texts, pairs = list(args.text or []), list(args.text_pair or [])
-    if data.text_pair_column and len(pairs) != len(texts):
-        raise UserError(f"predict: this model classifies text pairs ({data.text_column}, "
-                        f"{data.text_pair_column}); give one --text-pair per --text")
-    if args.input:
+    declared = get_spec(run.config.task).input_keys  # the task's input columns (QA: question, context)
+    if declared:
+        keys = (f"data.{declared[0]}", f"data.{declared[1]}")
+        column, pair_column = getattr(data, declared[0]), getattr(data, declared[1])
+    else:
+        keys = ("data.text_column", "data.text_pair_column")
         column = data.prompt_column if data.data_format == "prompt_completion" else data.text_column
-        more, more_pairs = _read_inputs(args.input, column, data.text_pair_column)
+        pair_column = data.text_pair_column
+    if pair_column and len(pairs) != len(texts):
+        raise UserError(f"predict: this model reads text pairs ({column}, {pair_column}); give one --text-pair "
+                        "(or --context) per --text")
+    if args.input:
+        more, more_pairs = _read_inputs(args.input, column, pair_column, keys)
         texts, pairs = texts + more, pairs + (more_pairs or [])
     from tuneforge.inference import LoadedModel
 
@@ -105,15 +128,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} predictions to {args.output}")
     else:
         for row in rows:
-            print("\t".join(str(v) for k, v in row.items() if k != "text") + "\t" + row["text"])
+            print("\t".join(str(_cell(v)) for k, v in row.items() if k != "text") + "\t" + row["text"])
     return 0
 
 
 def _flat(result: dict[str, Any]) -> dict[str, Any]:
-    """The printable part of a prediction: label and probability, or the generated text."""
+    """The printable part of a prediction: label and probability; a multi-label set and its scores; a
+    regression value; or the generated text."""
     if "label" in result:
         return {"label": result["label"], "probability": round(result["probability"], 4)}
+    if "answer" in result:  # question answering: the span and its character offsets in the context
+        return {"answer": result["answer"], "start": result["start"], "end": result["end"],
+                "score": round(result["score"], 4)}
+    if "labels" in result:  # multi-label: the predicted set (per-label thresholds) and every label's score
+        return {"labels": result["labels"], "scores": {k: round(v, 4) for k, v in result["scores"].items()}}
+    if "score" in result:  # regression
+        return {"score": result["score"]}
+    if "entities" in result:  # token classification: [{entity_group, word, start, end, score}, ...]
+        return {"entities": result["entities"]}
     return {"generated_text": result["generated_text"]}
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell or a printed field: lists and mappings (multi-label labels and scores) as JSON."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
 
 
 def _write_predictions(path: str, rows: list[dict[str, Any]]) -> None:
@@ -127,7 +167,7 @@ def _write_predictions(path: str, rows: list[dict[str, Any]]) -> None:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["text"],
                                     delimiter="\t" if path.endswith(".tsv") else ",")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -222,6 +262,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also load pickle weights (.bin/.pt) with torch's weights_only loader; trusted sources only")
     commands["train"] = _cmd_train
 
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna: each trial an isolated training run",
+                       description="Search the config's `search` section (or key=EXPR overrides: log(LOW, HIGH), "
+                                   "float(LOW, HIGH[, step=S]), int(LOW, HIGH[, step=S]), choice(A, B, ...)) for the "
+                                   "best validation metric_for_best_model. Running the same command again continues "
+                                   "the study. See docs/tune.md.")
+    p.add_argument("config", nargs="?", help="YAML config file with a search section")
+    p.add_argument("overrides", nargs="*", help="key=value or key=EXPR, e.g. learning_rate='log(1e-5, 1e-3)'")
+    p.add_argument("--n-trials", type=int, default=20, help="finished (complete or pruned) trials of the study in "
+                                                            "all, over every run of the command (default: 20)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--storage", help="Optuna storage URL shared by several workers, e.g. postgresql://u:p@host/db "
+                                     "(default: sqlite in the study folder)")
+    p.add_argument("--study-name", help="default: task, model and a hash of the config and search space")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                   help="stop unpromising trials early (default: median)")
+    p.add_argument("--threads", type=int, help="CPU threads per trial (default: every core; give a share of them "
+                                               "when several workers run on one machine)")
+    p.add_argument("--heartbeat", type=int, default=60, help="seconds between a trial's heartbeats; a trial silent "
+                                                             "for twice this is failed and retried (default: 60)")
+    commands["tune"] = _cmd_tune
+
     p = sub.add_parser("lr-find", help="learning-rate range test: writes lr_find.csv and lr_find.png, suggests a rate",
                        description="Ramp the learning rate exponentially from lr_find_min_lr to lr_find_max_lr over "
                                    "lr_find_num_steps steps of real training, stop when the loss diverges, restore "
@@ -242,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run", help="run folder (or run id under ./runs)")
         p.add_argument(f"--{verb.input}", dest="text", action="append", help=f"a {verb.input} (repeatable)")
         if task is None:
-            p.add_argument("--text-pair", action="append", help="second text, for models trained on pairs")
+            p.add_argument("--text-pair", "--context", dest="text_pair", action="append",
+                           help="second text, for models trained on pairs (question answering: the context)")
         p.add_argument("--input", help="file of inputs: .txt (one per line), .csv/.tsv/.jsonl/.json/.parquet")
         p.add_argument("--output", help="write results to .csv/.tsv/.jsonl instead of printing")
         p.add_argument("--batch-size", type=int, default=verb.batch_size)

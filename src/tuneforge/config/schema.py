@@ -69,6 +69,27 @@ class DataConfig:
     text_pair_column: str | None = opt(
         None, "Optional second text column for sentence-pair tasks (NLI, paraphrase).")
     label_column: str = opt("label", "Column holding the label (strings or integers).")
+    problem_type: Literal["single_label_classification", "multi_label_classification", "regression"] | None = opt(
+        None, "transformers' problem_type: single_label_classification (one label per row), "
+              "multi_label_classification (a list of labels per row: sigmoid + BCE, per-label thresholds tuned on "
+              "validation) or regression (a number per row: MSE). null: multi-label when the labels are lists "
+              "(JSON lists, or strings split at label_delimiter), else single-label; regression is never guessed. "
+              "See docs/classification-problem-types.md.")
+    label_delimiter: str | None = opt(
+        None, "Multi-label labels written as one delimited string (e.g. '|' for 'sports|politics'; an empty cell is "
+              "a row with no labels). Setting it means multi-label.")
+    tokens_column: str = opt("tokens", "Column holding each sentence's words, a list of strings (JSON/JSONL/Parquet/"
+                                       "hub data; a .conll file's first column).")
+    tags_column: str = opt("ner_tags", "Column holding one tag per word: IOB2 names (B-PER, I-PER, O), IOB1 or "
+                                       "BIOES (converted to IOB2), or a hub ClassLabel's integer ids.")
+    question_column: str = opt("question", "Question answering: column holding the question.")
+    context_column: str = opt("context", "Question answering: column holding the context the answer is taken from.")
+    answers_column: str = opt(
+        "answers", 'Question answering: column holding {"text": [...], "answer_start": [...]} (character offsets '
+                   "into the context; empty lists: no answer). A nested SQuAD .json file is read as these columns.")
+    max_answer_length: int = opt(30, "Question answering: longest answer predicted, in tokens (run_qa.py's default).")
+    n_best_size: int = opt(20, "Question answering: start and end candidates kept per window when searching the best "
+                               "span (run_qa.py's default).")
     target_column: str = opt("summary", "Column holding the target text (summary, translation, answer).")
     source_prefix: str | None = opt(
         None, "Text put before every source, e.g. 'summarize: ' or 'translate English to German: '. Default: "
@@ -97,6 +118,11 @@ class DataConfig:
               "at 10%: 5,000 rows put a standard error of about 0.7 points on an accuracy). null: no cap.")
     max_length: int | None = opt(
         None, "Maximum tokens per example; longer inputs are truncated. Default: the model's limit, at most 512.")
+    stride: int | None = opt(
+        None, "Tokens shared by neighbouring windows when an input longer than max_length is split into "
+              "overlapping windows (nothing is cut). Default: a quarter of max_length (128 at 512): each token is "
+              "then predicted from the window where it has at least stride/2 tokens of context on both sides, for "
+              "about a third more windows than no overlap.")
     max_source_length: int | None = opt(
         None, "Maximum source tokens; longer sources are truncated. Default: the model's limit, at most 1024.")
     max_target_length: int = opt(128, "Maximum target tokens; longer targets are truncated.")
@@ -114,10 +140,16 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and value < 2:
                 raise ConfigError(f"data.{key}: must be at least 2, got {value}")
+        for key in ("max_answer_length", "n_best_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key}: must be at least 1, got {getattr(self, key)}")
         for key in ("max_train_samples", "max_eval_samples", "validation_split_max_rows"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"data.{key}: must be a positive number of rows, got {value}")
+        if self.stride is not None and self.stride < 0:
+            raise ConfigError(f"data.stride: must not be negative (tokens shared by neighbouring windows), got "
+                              f"{self.stride}")
         if self.train_file and self.dataset_name:
             raise ConfigError("data: give either train_file or dataset_name, not both")
 

@@ -6,8 +6,9 @@
 (dict_keys(['text', 'label']), 'train.csv, line 2')
 
 Formats by extension: .csv, .tsv, .json (a list of records or a dict of columns; JSON Lines also
-accepted), .jsonl/.ndjson, .parquet, .txt (one example per non-empty line, column `text`). Empty cells
-read as None. A .txt file is scanned, not loaded: its rows are read back from disk when used (data/columns.py),
+accepted; a nested SQuAD file becomes one row per question, data/squad.py), .jsonl/.ndjson, .parquet,
+.txt (one example per non-empty line, column `text`), .conll (token
+files, data/conll.py; a task that tags tokens reads .txt files as CoNLL too). Empty cells read as None. A .txt file is scanned, not loaded: its rows are read back from disk when used (data/columns.py),
 so a corpus larger than memory can be trained on. Parquet and hub text columns stay in Arrow buffers (memory-
 mapped for hub datasets); JSON Lines, CSV and TSV columns of long text stay in the file (data/records.py)
 while short fields (labels) are read; a .json file (one document) is read into memory.
@@ -22,11 +23,12 @@ from typing import Any
 
 from tuneforge.data.columns import ArrowColumn, scan_text_file
 from tuneforge.data.records import scan_delimited_file, scan_jsonl_file
+from tuneforge.data.squad import flatten_squad, is_squad
 from tuneforge.data.table import Table
 from tuneforge.errors import DataError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".parquet": "parquet", ".txt": "text"}
+           ".parquet": "parquet", ".txt": "text", ".conll": "conll"}
 
 def _decode(path: Path, data: bytes) -> str:
     try:
@@ -68,6 +70,8 @@ def _read_json(path: Path, text: str) -> Table:
             return Table(str(path), columns, lines)
         raise DataError(f"{path}: line {err.lineno}: invalid JSON ({err.msg} at column {err.colno}); "
                         "a .json file must hold one array of objects (or use .jsonl, one object per line)") from None
+    if is_squad(data):  # the nested SQuAD layout (data -> paragraphs -> qas): one row per question
+        return flatten_squad(str(path), data, text)
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list) \
             and all(isinstance(r, dict) for r in next(iter(data.values()))):
         data = next(iter(data.values()))  # {"data": [records]}
@@ -102,11 +106,18 @@ def _read_text(path: Path, documents: str) -> Table:
     return Table(str(path), {"text": column}, lines)
 
 
-def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: str = "line") -> Table:
+def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: str = "line",
+              conll: tuple[str, str] | None = None) -> Table:
     """Read one local data file; `key` names the config key in error messages; `documents` says how a .txt
-    file splits into examples ("line" or "blank_line")."""
+    file splits into examples ("line" or "blank_line"). `conll`: (tokens column, tags column) for a task that
+    tags tokens: .conll and .txt files are then CoNLL token files (data/conll.py)."""
     p = Path(path)
     fmt = FORMATS.get(p.suffix.lower())
+    if fmt in ("text", "conll") and conll is not None:
+        fmt = "conll"
+    elif fmt == "conll":
+        raise DataError(f"{key}: {str(p)!r} is a CoNLL token file (a token and its tag per line), which only a "
+                        "token-tagging task reads; give this task a .csv/.jsonl/.json/.parquet/.txt file")
     if fmt is None:
         raise DataError(f"{key}: unsupported file type {p.suffix or '(none)'!r} for {str(p)!r}; "
                         f"use one of {', '.join(sorted(FORMATS))}")
@@ -114,7 +125,15 @@ def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: 
         raise DataError(f"{key}: file not found: {str(p)!r} (relative paths start at {os.getcwd()})")
     if p.is_dir():
         raise DataError(f"{key}: {str(p)!r} is a folder; give a data file")
-    if fmt == "parquet":
+    if fmt == "conll":
+        from tuneforge.data.conll import parse_conll
+
+        assert conll is not None
+        text = _decode(p, p.read_bytes())
+        if not text.strip():
+            raise DataError(f"{p}: the file is empty")
+        table = parse_conll(p, text, *conll)
+    elif fmt == "parquet":
         table = _read_parquet(p)
     elif fmt == "text":
         table = _read_text(p, documents)
@@ -159,6 +178,10 @@ def read_hub(name: str, config_name: str | None, splits: tuple[str, ...] = ("tra
         for col, feature in ds.features.items():
             if isinstance(feature, datasets.ClassLabel):
                 columns[col] = [feature.int2str(v) if v is not None and v >= 0 else None for v in columns[col]]
+            inner = getattr(feature, "feature", None)  # a list of ClassLabel ids (token tags: conll2003 ner_tags)
+            if isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)) and \
+                    isinstance(inner, datasets.ClassLabel):
+                columns[col] = [[inner.int2str(v) for v in row] if row is not None else None for row in columns[col]]
         out[split] = Table(f"hub dataset {name}[{split}]", columns, None, split)
     return out
 

@@ -67,7 +67,8 @@ def write_weights(loaded: Any, fmt: str, quantize: str | None, out: Path) -> lis
     from tuneforge.deploy.onnx import export_onnx
 
     cfg = loaded.config
-    use_types = bool(cfg.data.text_pair_column) and "token_type_ids" in loaded.tokenizer.model_input_names
+    pairs = bool(cfg.data.text_pair_column) or len(get_spec(cfg.task).input_keys) > 1  # QA: question + context
+    use_types = pairs and "token_type_ids" in loaded.tokenizer.model_input_names
     model.config.save_pretrained(out)
     if model.can_generate():
         model.generation_config.save_pretrained(out)

@@ -4,6 +4,7 @@ PyTorch model in the tasks' own predict and evaluation code.
 What is exported, per ONNX class (each task names its class, TaskSpec.onnx_class; the class writes the graphs
 with its `export` and runs them; batch and sequence length dynamic, fp32, opset 18):
   OnnxClassifier  model.onnx    (input_ids, attention_mask[, token_type_ids]) -> logits
+  OnnxQuestionAnswering  model.onnx  (input_ids, attention_mask[, token_type_ids]) -> start_logits, end_logits
   OnnxSeq2Seq     encoder.onnx  (input_ids, attention_mask) -> encoder_hidden_states
                   decoder.onnx  (decoder_input_ids, encoder_hidden_states, encoder_attention_mask,
                                  past_key_values.{i}.key/.value) -> logits, present.{i}.key/.value
@@ -192,6 +193,42 @@ class OnnxClassifier(OnnxModel):
         if "token_type_ids" in self.inputs:
             feed["token_type_ids"] = _np(token_type_ids) if token_type_ids is not None else np.zeros_like(ids)
         return self._out(self.session.run(["logits"], feed)[0])
+
+
+class OnnxQuestionAnswering(OnnxClassifier):
+    """model.onnx (input_ids, attention_mask[, token_type_ids]) -> start_logits, end_logits (extractive QA)."""
+
+    @staticmethod
+    def export(model: Any, ids: Any, mask: Any, folder: Path, use_token_types: bool) -> list[str]:
+        import torch
+
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_token_types else [])
+
+        class Spans(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+                extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+                return out.start_logits, out.end_logits
+
+        args = (ids, mask) + ((torch.zeros_like(ids),) if use_token_types else ())
+        _export(Spans(), args, names, ["start_logits", "end_logits"], folder / "model.onnx")
+        return ["model.onnx"]
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, **_: Any) -> Any:
+        import torch
+
+        ids = _np(input_ids)
+        feed = {"input_ids": ids, "attention_mask": _np(attention_mask) if attention_mask is not None
+                else np.ones_like(ids)}
+        if "token_type_ids" in self.inputs:
+            feed["token_type_ids"] = _np(token_type_ids) if token_type_ids is not None else np.zeros_like(ids)
+        start, end = self.session.run(["start_logits", "end_logits"], feed)
+        return SimpleNamespace(start_logits=torch.from_numpy(np.ascontiguousarray(start)),
+                               end_logits=torch.from_numpy(np.ascontiguousarray(end)))
 
 
 def _kv_names(prefix: str, layers: int) -> list[str]:

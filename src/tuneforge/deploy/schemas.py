@@ -103,16 +103,30 @@ def texts_type(ctx: ServeContext, what: str, min_chars: int = 0) -> Any:
     return Annotated[text | many, Field(description=f"{what}, or a list of 1 to {ctx.max_inputs} of them")]
 
 
-def classify_schema(ctx: ServeContext, pairs: bool, name: str = "Classify") -> tuple[type[BaseModel], type[BaseModel]]:
-    """(request, response) of a classifier: `text_pairs` is required for a pair model and absent otherwise."""
+def classify_schema(ctx: ServeContext, pairs: bool, name: str = "Classify", outputs: str = "label"
+                    ) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(request, response) of a classifier: `text_pairs` is required for a pair model and absent otherwise.
+    `outputs` says what each result holds: "label" (one label, its probability, every label's probability),
+    "labels" (multi-label: the predicted label set and every label's sigmoid score) or "score" (regression: the
+    predicted value)."""
     fields: dict[str, Any] = {"inputs": (texts_type(ctx, "a text"), ...)}
     if pairs:
         fields["text_pairs"] = (texts_type(ctx, "the second text of each input (as many as inputs)"), ...)
     request = create_model(f"{name}Request", __config__=ConfigDict(extra="forbid"), **fields)
     label_type: Any = Literal[tuple(ctx.labels)] if ctx.labels else str
     probability = Annotated[float, Field(ge=0.0, le=1.0)]
-    label = create_model(f"{name}Label", label=(label_type, ...), probability=(probability, ...),
-                         probabilities=(dict[label_type, probability], Field(description="every label's probability")))
+    if outputs == "labels":
+        label = create_model(f"{name}Labels", labels=(list[label_type], Field(description=(
+            "the predicted labels: those whose score reaches the label's decision threshold (tuned on validation; "
+            "may be empty)"))),
+            scores=(dict[label_type, probability], Field(description="every label's sigmoid score")))
+    elif outputs == "score":
+        label = create_model(f"{name}Score", score=(float, Field(description="the predicted value, in the training "
+                                                                             "target's units")))
+    else:
+        label = create_model(f"{name}Label", label=(label_type, ...), probability=(probability, ...),
+                             probabilities=(dict[label_type, probability],
+                                            Field(description="every label's probability")))
     response = create_model(f"{name}Response", results=(list[label], Field(max_length=ctx.max_inputs)),
                             model=(str, Field(description="the served run's id")))
     return request, response
@@ -134,5 +148,48 @@ def generate_schema(ctx: ServeContext, prompt_shares_context: bool, name: str = 
     generated = create_model(f"{name}d", generated_text=(str, ...))
     response = create_model(f"{name}Response", results=(list[generated], Field(max_length=ctx.max_inputs)),
                             max_new_tokens=(int, Field(description="the value used")),
+                            model=(str, Field(description="the served run's id")))
+    return request, response
+
+
+def entities_schema(ctx: ServeContext, types: list[str], name: str = "Entities"
+                    ) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(request, response) of a token classifier: per input its entities, each {entity_group, word, start, end,
+    score} as transformers' token-classification pipeline answers (`word` is `input[start:end]`). Inputs of any
+    length are accepted (the task windows them); `types` are the entity types (the enum of entity_group)."""
+    request = create_model(f"{name}Request", __config__=ConfigDict(extra="forbid"),
+                           inputs=(texts_type(ctx, "a text"), ...))
+    kind: Any = Literal[tuple(types)] if types else str
+    offset = Annotated[int, Field(ge=0, le=ctx.max_chars)]
+    entity = create_model(
+        f"{name[:-1] if name.endswith('s') else name}", entity_group=(kind, Field(description="the entity type")),
+        word=(str, Field(description="the entity's text: input[start:end]")),
+        start=(offset, Field(description="character offset of its first character in the input")),
+        end=(offset, Field(description="character offset just after its last character")),
+        score=(Annotated[float, Field(ge=0.0, le=1.0)], Field(description="mean probability of its words' tags")))
+    found = create_model(f"{name}Found", entities=(list[entity], Field(description="in order of position")))
+    response = create_model(f"{name}Response", results=(list[found], Field(max_length=ctx.max_inputs)),
+                            model=(str, Field(description="the served run's id")))
+    return request, response
+
+
+def answer_schema(ctx: ServeContext, name: str = "Answer") -> tuple[type[BaseModel], type[BaseModel]]:
+    """(request, response) of extractive question answering: `question` and `context` (as many contexts as
+    questions), each result {answer, start, end, score} with `answer == context[start:end]`; no answer (a SQuAD v2
+    model abstaining) is answer "" with start = end = 0. Contexts of any length are accepted (the task windows
+    them)."""
+    request = create_model(
+        f"{name}Request", __config__=ConfigDict(extra="forbid"),
+        question=(texts_type(ctx, "a question"), ...),
+        context=(texts_type(ctx, "the context of each question, the text the answer is taken from (as many as "
+                                 "questions)"), ...))
+    offset = Annotated[int, Field(ge=0)]
+    answer = create_model(
+        f"{name}Span", answer=(str, Field(description='the answer, context[start:end]; "" when the model abstains')),
+        start=(offset, Field(description="first character of the answer in the context (0 when abstaining)")),
+        end=(offset, Field(description="end character, exclusive (0 when abstaining)")),
+        score=(Annotated[float, Field(ge=0.0, le=1.0)], Field(description=(
+            "probability of this answer among the n-best spans and no answer (of no answer when abstaining)"))))
+    response = create_model(f"{name}Response", results=(list[answer], Field(max_length=ctx.max_inputs)),
                             model=(str, Field(description="the served run's id")))
     return request, response

@@ -5,11 +5,16 @@ their `task.logits` are compared wherever `task.targets` scores them: the share 
 (per example for a classifier, per target token under teacher forcing for generative tasks) and the largest
 |logit| difference there; the task names the measure (TaskSpec.verify_measure). The metric change each task
 declares (TaskSpec.verify_metrics), original vs export:
-  classes          accuracy and f1_macro of each against the true labels
+  classes          accuracy and f1_macro of each against the true labels; multi-label models (config problem_type)
+                   are compared by label-set agreement at each one's saved thresholds (micro/macro F1), regression
+                   models by the share of values within 1% of the target's std (RMSE, R²)
   generated_rouge  ROUGE of the texts each model generates (ONNX exports decode greedily, so the original is then
                    also decoded greedily)
   perplexity       loss and perplexity of each on the target tokens (rows unpacked, so both see the same attention
                    masks)
+  entities         entity F1 and word accuracy of each (token classification, windows merged per sentence)
+  answers          exact match and F1 of each (question answering, each at its saved no-answer threshold) and
+                   the share of questions given the same answer
 Both models run on the export's device (the CPU for ONNX and int8 exports, else the best one), each batch moved
 to it. Latency: batch-1 `predict` calls through the same code the server uses, original and export interleaved
 per example; p50 and mean in milliseconds, speedup = original p50 / export p50 (for ONNX exports of generative
@@ -90,9 +95,69 @@ def _agreement(original: Any, exported: Any, split: Any, batch_size: int) -> dic
             "loss": [v / max(1, total) for v in loss], "predictions": predictions, "targets": targets_seen}
 
 
+def _outputs(original: Any, exported: Any, split: Any, batch_size: int) -> tuple[list[Any], Any]:
+    """Both models' logits (rows x outputs) on the same batches, and the targets, in batch order."""
+    import torch
+
+    from tuneforge.engine.step import to_device
+
+    task, pad = original.task, original.tokenizer.pad_token_id or 0
+    outs: list[list[Any]] = [[], []]
+    targets = []
+    with torch.inference_mode():
+        for idx in _batches(split, batch_size):
+            batch = task.collate(split, idx, pad)
+            targets.append(task.targets(batch).double().numpy())
+            for j, m in enumerate((original, exported)):
+                outs[j].append(task.logits(m.model, to_device(batch, m.device)).double().cpu().numpy())
+    return [np.concatenate(o) for o in outs], np.concatenate(targets)
+
+
+def _label_sets(original: Any, exported: Any, data: Any, split: Any, cfg: Any) -> dict[str, Any]:
+    """Multi-label: the share of rows whose predicted label set (each model at the thresholds in its own config)
+    is identical, max |logit| difference, micro/macro F1 of each."""
+    from tuneforge.evaluate.classification import multilabel_metrics
+    from tuneforge.tasks.multilabel import label_names, thresholds_of
+
+    (a, b), y = _outputs(original, exported, split, 32)
+    names = label_names(original.model.config)
+    sets = [1 / (1 + np.exp(-logits)) >= thresholds_of(m.model.config, names)
+            for logits, m in ((a, original), (b, exported))]
+    keys = ("f1_micro", "f1_macro")
+    scores = [multilabel_metrics(y, p, names) for p in sets]
+    return {"measure": "label-set agreement (the same predicted set, at the saved thresholds)",
+            "agreement": float((sets[0] == sets[1]).all(1).mean()) if len(y) else 1.0,
+            "max_logit_diff": float(np.abs(a - b).max()) if len(y) else 0.0, "examples": len(y),
+            "metrics": {"original": {k: scores[0][k] for k in keys}, "exported": {k: scores[1][k] for k in keys}}}
+
+
+REGRESSION_TOLERANCE = 0.01  # regression agreement: values within this share of the target's std
+
+
+def _values(original: Any, exported: Any, data: Any, split: Any, cfg: Any) -> dict[str, Any]:
+    """Regression: the share of rows whose two predictions differ by at most 1% of the validation target's
+    standard deviation (scale-free), the max |difference| (in target units), RMSE and R² of each."""
+    from tuneforge.evaluate.classification import regression_metrics
+
+    (a, b), y = _outputs(original, exported, split, 32)
+    a, b = a[:, 0], b[:, 0]
+    tolerance = REGRESSION_TOLERANCE * (float(np.std(y)) or 1.0)
+    keys = ("rmse", "r2")
+    scores = [regression_metrics(y, p) for p in (a, b)]
+    return {"measure": f"values within {REGRESSION_TOLERANCE:.0%} of the target's std ({tolerance:.4g})",
+            "agreement": float((np.abs(a - b) <= tolerance).mean()) if len(y) else 1.0,
+            "max_logit_diff": float(np.abs(a - b).max()) if len(y) else 0.0, "examples": len(y),
+            "metrics": {"original": {k: scores[0][k] for k in keys}, "exported": {k: scores[1][k] for k in keys}}}
+
+
 def _classes(original: Any, exported: Any, data: Any, split: Any, cfg: Any) -> dict[str, Any]:
     from tuneforge.evaluate.classification import classification_metrics
 
+    problem = getattr(original.model.config, "problem_type", None)  # transformers' spelling (tasks/classification.py)
+    if problem == "multi_label_classification":
+        return _label_sets(original, exported, data, split, cfg)
+    if problem == "regression":
+        return _values(original, exported, data, split, cfg)
     out = _agreement(original, exported, split, 32)
     names = data.label_names
     m_orig, m_exp = (classification_metrics(out["targets"], p, names) for p in out["predictions"])
@@ -146,25 +211,65 @@ def _perplexity(original: Any, exported: Any, data: Any, split: Any, cfg: Any) -
                         "exported": {"loss": out["loss"][1], "perplexity": ppl[1]}}}
 
 
+def _entities(original: Any, exported: Any, data: Any, split: Any, cfg: Any) -> dict[str, Any]:
+    """Tag agreement on the labelled first subwords, and each model's entity F1 and word accuracy from the task's
+    own evaluation (windows merged per sentence)."""
+    from tuneforge.engine.evaluation import evaluate
+
+    out = _agreement(original, exported, split, 32)
+    keys = ("f1", "accuracy")
+    scores = [evaluate(m.model, m.tokenizer, m.task, split, data, cfg, m.device) for m in (original, exported)]
+    sentences = [" ".join(words) for words in data.splits["validation"].columns[cfg.data.tokens_column]]
+    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "tokens": out["count"],
+            "metrics": {"original": {k: scores[0][k] for k in keys}, "exported": {k: scores[1][k] for k in keys}},
+            "latency_texts": sentences}
+
+
+def _answers(original: Any, exported: Any, data: Any, split: Any, cfg: Any) -> dict[str, Any]:
+    """Question answering: start/end token agreement on the windows (argmax of each), the share of questions
+    given the same answer (text and offsets) by `predict`, each at the threshold in its own config.json, and the
+    exact match and F1 of each against the gold answers."""
+    from tuneforge.evaluate.squad import squad_metrics
+
+    out = _agreement(original, exported, split, 16)
+    table = data.splits["validation"]
+    d = cfg.data
+    questions = [str(q) for q in table.columns[d.question_column]]
+    contexts = [str(c) for c in table.columns[d.context_column]]
+    golds = [a["text"] for a in table.columns[d.answers_column]]
+    answers = [m.predict(questions, contexts, batch_size=16) for m in (original, exported)]
+    v2 = any(not g for g in golds)
+    scores = [squad_metrics([a["answer"] for a in found], golds, v2) for found in answers]
+    keys = ("exact_match", "f1")
+    same = sum(a == b for a, b in zip(*[[(r["answer"], r["start"], r["end"]) for r in found] for found in answers]))
+    return {"agreement": out["agreement"], "max_logit_diff": out["max_logit_diff"], "positions": out["count"],
+            "same_answer": same / max(1, len(questions)), "questions": len(questions),
+            "metrics": {"original": {k: scores[0][k] for k in keys}, "exported": {k: scores[1][k] for k in keys}},
+            "latency_texts": questions, "latency_pairs": contexts}
+
+
 # TaskSpec.verify_metrics -> the comparison that reports it
-VERIFY_METRICS = {"classes": _classes, "generated_rouge": _generated_rouge, "perplexity": _perplexity}
+VERIFY_METRICS = {"classes": _classes, "generated_rouge": _generated_rouge, "perplexity": _perplexity,
+                  "entities": _entities, "answers": _answers}
 
 
-def measure_latency(models: list[Any], texts: list[str], warmup: int = 3, max_new_tokens: int | None = None
-                    ) -> list[dict[str, float]]:
-    """Batch-1 predict latency of each model on the same texts, interleaved per example."""
+def measure_latency(models: list[Any], texts: list[str], warmup: int = 3, max_new_tokens: int | None = None,
+                    pairs: list[str] | None = None) -> list[dict[str, float]]:
+    """Batch-1 predict latency of each model on the same texts (with their `pairs`: QA contexts), interleaved per
+    example."""
     import torch
 
     kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     times: list[list[float]] = [[] for _ in models]
+    second = pairs if pairs is not None else [None] * len(texts)
     with torch.inference_mode():
-        for text in texts[:warmup]:
+        for text, pair in list(zip(texts, second))[:warmup]:
             for m in models:
-                m.predict([text], batch_size=1, **kwargs)
-        for text in texts:
+                m.predict([text], [pair] if pair is not None else None, batch_size=1, **kwargs)
+        for text, pair in zip(texts, second):
             for j, m in enumerate(models):
                 start = time.perf_counter()
-                m.predict([text], batch_size=1, **kwargs)
+                m.predict([text], [pair] if pair is not None else None, batch_size=1, **kwargs)
                 times[j].append((time.perf_counter() - start) * 1000)
     return [{"p50_ms": statistics.median(t), "mean_ms": statistics.fmean(t), "calls": len(t)} for t in times]
 
@@ -180,14 +285,19 @@ def verify_export(original: Any, exported: Any, min_agreement: float, prepared: 
     change = {k: metrics["exported"][k] - metrics["original"][k] for k in metrics["original"]}
     table = data.splits["validation"]
     column = cfg.data.prompt_column if cfg.data.data_format == "prompt_completion" else cfg.data.text_column
-    texts = [str(t) for t in table.columns[column]] if cfg.data.data_format != "chat" else []
+    texts = result.pop("latency_texts", None)  # a comparison may say what to time (a tagger: its sentences)
+    pairs = result.pop("latency_pairs", None)  # and their second texts (QA: the contexts)
+    if texts is None:
+        texts = [str(t) for t in table.columns[column]] if cfg.data.data_format != "chat" else []
     n_latency = min(latency_examples, 20) if spec.generates else latency_examples
     if spec.prompt_shares_context and texts:  # documents as prompts: their first tokens, so prompt + output fit
         texts = original.truncate(texts[:n_latency], min(64, (original.max_length or 128) // 2))
     gen_tokens = 32 if spec.generates else None
     with _decoding_like(original, exported):
-        lat = measure_latency([original, exported], texts[:n_latency], max_new_tokens=gen_tokens) if texts else []
-    agreement = {"measure": spec.verify_measure, "value": result.pop("agreement"), "min_required": min_agreement,
+        lat = measure_latency([original, exported], texts[:n_latency], max_new_tokens=gen_tokens,
+                              pairs=pairs[:n_latency] if pairs else None) if texts else []
+    measure = result.pop("measure", spec.verify_measure)  # a problem type may measure otherwise (multi-label)
+    agreement = {"measure": measure, "value": result.pop("agreement"), "min_required": min_agreement,
                  **result}
     return {"validation": {"source": table.source, "rows": len(table)},
             "agreement": agreement, "metrics": {**metrics, "change": change},

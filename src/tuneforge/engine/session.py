@@ -57,6 +57,11 @@ class Session:
             "eval": result.best_metrics if cfg.training.load_best_model_at_end else result.last_metrics}
         if before:
             metrics["baselines"] = {"split": target, "base_model": before}
+        # what the kept model tuned on validation goes into its config.json (before the test pass and the save)
+        model_config = self.accelerator.unwrap_model(model).config
+        for key in task.spec.config_metrics:
+            if isinstance((metrics["eval"] or {}).get(key), (int, float)):
+                setattr(model_config, key, metrics["eval"][key])
         # the error analysis of the model kept: collected during its validation pass when validation is the
         # held-out split (so no pass is repeated); else the kept model once more on the test split
         kept = result.best_analysis if cfg.training.load_best_model_at_end else result.last_analysis

@@ -14,8 +14,10 @@ Tasks call `state["errors"].add(rows, values=..., badness=...)` from `eval_step`
 requested (the engine puts the row indices of the batch in `state["rows"]`). Only the top-k worst rows are
 kept; what they quote is looked up at the end (the task's `error_row`). The task's spec names the metric per
 length bucket (`analysis_metric`) and the key of the worst examples (`analysis_worst`: classification's
-most_confident_errors, seq2seq's lowest_rouge, causal LM's highest_loss); metrics with a confusion matrix add
-the most confused label pairs and per-class precision/recall/F1. Pure code, no model: the pass that runs the
+most_confident_errors, seq2seq's lowest_rouge, causal LM's highest_loss; a task may set the collector's
+`metric` and `worst_key` itself, as regression does: absolute_error, largest_errors); metrics with a confusion
+matrix add the most confused label pairs and per-class precision/recall/F1, multi-label metrics their per-label
+table. Pure code, no model: the pass that runs the
 model is engine/evaluation.py `evaluate_with_analysis`.
 """
 
@@ -56,6 +58,7 @@ class ErrorCollector:
     def __init__(self, metric: str, lengths: np.ndarray, max_length: int | None, describe: Callable[[int], dict],
                  top_k: int = TOP_K) -> None:
         self.metric, self.lengths, self.max_length, self.top_k = metric, lengths, max_length, top_k
+        self.worst_key: str | None = None  # a task may name its worst examples otherwise (regression: largest_errors)
         self.describe = describe
         self.buckets = length_buckets(lengths, max_length)
         self.reset()
@@ -115,12 +118,20 @@ def analysis_result(spec: Any, split_name: str, collector: ErrorCollector, metri
     for example in worst:
         if "predicted_id" in example:
             example["predicted"] = label_names[example.pop("predicted_id")]
+        if "gold_spans" in example:  # token classification: entities named by their words
+            from tuneforge.evaluate.ner import describe_entities
+
+            words = example.pop("words", [])
+            example["gold_entities"] = describe_entities(words, example.pop("gold_spans"))
+            example["predicted_entities"] = describe_entities(words, example.pop("predicted_spans"))
     out: dict[str, Any] = {"task": spec.name, "split": split_name, "metric": collector.metric,
-                           "max_length": collector.max_length, spec.analysis_worst: worst,
+                           "max_length": collector.max_length, collector.worst_key or spec.analysis_worst: worst,
                            "length_slices": collector.slices()}
-    if "confusion_matrix" in metrics:  # a classifier's metrics
+    if "confusion_matrix" in metrics or spec.windows:  # a classifier's metrics; a tagger's per entity type
         out["per_class"] = metrics.get("per_class", {})
         out["confused_pairs"] = confused_pairs(metrics.get("confusion_matrix", []), label_names)
+    if "per_label" in metrics:  # a multi-label classifier's: precision/recall/F1 and threshold of each label
+        out["per_label"] = metrics["per_label"]
     return out
 
 
@@ -163,6 +174,12 @@ def render_markdown(a: dict[str, Any]) -> str:
         out += [f"| {_cell(k)} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
                 for k, v in a["per_class"].items()]
         out.append("")
+    if a.get("per_label"):
+        out += ["## Per label", "", "| label | precision | recall | f1 | support | predicted | threshold |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {_cell(k)} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} | "
+                f"{v['predicted']} | {v.get('threshold', 0.5):.2f} |" for k, v in a["per_label"].items()]
+        out.append("")
     if a.get("confused_pairs"):
         out += ["## Most confused label pairs", "", "| true | predicted | count |", "|---|---|---|"]
         out += [f"| {_cell(p['true'])} | {_cell(p['predicted'])} | {p['count']} |" for p in a["confused_pairs"]]
@@ -172,7 +189,8 @@ def render_markdown(a: dict[str, Any]) -> str:
             for s in a["length_slices"]]
     out.append("")
     for key, title in (("most_confident_errors", "Most confidently wrong"), ("lowest_rouge", "Lowest ROUGE-L"),
-                       ("highest_loss", "Highest loss")):
+                       ("highest_loss", "Highest loss"), ("largest_errors", "Largest absolute errors"),
+                       ("most_wrong_entities", "Most wrong entities"), ("lowest_f1", "Lowest F1 (questions)")):
         if key in a:
             out += [f"## {title}", ""] + ([] if a[key] else ["(none)"])
             for i, ex in enumerate(a[key], 1):

@@ -28,6 +28,15 @@ HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device
                    "max_grad_norm", "seed", "metric_for_best_model")
 
 
+PROBLEM_USE = {  # what the model does, for the classification problem types other than single-label
+    "multi_label_classification": "Assigns any subset of its {n_labels} labels ({labels}) to a text{pair}: a label is "
+                                  "predicted when its sigmoid score reaches the label's own decision threshold, "
+                                  "tuned on the validation split (`label_thresholds` in config.json).",
+    "regression": "Predicts a number, {target}, for a text{pair}, in the training target's units (the scale is "
+                  "folded into the final layer: plain transformers returns the value as the single logit).",
+}
+
+
 def _front_matter(readme: Path) -> dict[str, Any]:
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
     if text.startswith("---"):
@@ -83,13 +92,20 @@ def render_model_card(run_dir: Path) -> str:
 
     out += ["## Intended use and limitations", ""]
     labels = list(report.get("splits", {}).get("train", {}).get("label_counts") or {})
-    if spec.card_use:
+    problem = data.get("problem_type")  # classification's problem types (transformers' spellings)
+    if problem in PROBLEM_USE:
+        out.append(PROBLEM_USE[problem].format(n_labels=len(labels), labels=", ".join(labels),
+                                               target=data.get("label_column"),
+                                               pair=" pair" if data.get("text_pair_column") else ""))
+    elif spec.card_use:
         out.append(spec.card_use.format(
             n_labels=len(labels), labels=", ".join(labels), pair=" pair" if data.get("text_pair_column") else "",
             prefix=" prefixed with " + repr(data["source_prefix"]) if data.get("source_prefix") else ""))
     max_len = info.get("max_length")
-    out += ["", f"It was trained and evaluated only on the data below; inputs longer than {max_len} tokens are "
-            "truncated. Check it on data from your own use before relying on it.", ""]
+    longer = (f"inputs longer than {max_len} tokens are read in overlapping windows ({data.get('stride')} tokens "
+              "shared), never truncated" if spec.windows else f"inputs longer than {max_len} tokens are truncated")
+    out += ["", f"It was trained and evaluated only on the data below; {longer}. Check it on data from your own use "
+            "before relying on it.", ""]
     notes = render(metrics.get("diagnosis") or [])
     if notes:
         out += ["Found at the end of training:", "", *[f"- {n}" for n in notes], ""]
@@ -131,7 +147,8 @@ def render_model_card(run_dir: Path) -> str:
         out.append("")
 
     usage = f'pipeline("{spec.pipeline_tag}", model="<hub id or path of {name}>")("{spec.card_example}")'
-    out += ["## How to use", "", "```python", "from transformers import pipeline", "", usage, "```", ""]
+    code = spec.card_usage.format(name=name) if spec.card_usage else f"from transformers import pipeline\n\n{usage}"
+    out += ["## How to use", "", "```python", code, "```", ""]
     versions = info.get("versions") or {}
     if versions:
         out += ["## Framework versions", ""] + [f"- {k} {v}" for k, v in versions.items()] + [""]

@@ -15,8 +15,12 @@ from typing import Any
 from tuneforge.runs.record import RUNS_ROOT, find
 from tuneforge.runs.registry import headline, summary
 
-METRIC_ROWS = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "rouge1", "rouge2",
-               "rougeL", "rougeLsum", "gen_len", "loss", "perplexity")
+METRIC_ROWS = ("f1", "exact_match", "HasAns_f1", "HasAns_exact_match", "NoAns_f1", "NoAns_exact_match",
+               "f1_threshold_0", "null_score_diff_threshold", "precision", "recall", "accuracy", "f1_macro",
+               "f1_weighted", "precision_macro", "recall_macro", "f1_micro", "f1_micro_untuned", "precision_micro",
+               "recall_micro", "f1_samples",
+               "subset_accuracy", "rmse", "mse", "mae", "r2", "pearson", "spearman", "rouge1", "rouge2", "rougeL",
+               "rougeLsum", "gen_len", "loss", "perplexity")
 
 
 def _console(console: Any) -> Any:
@@ -47,13 +51,15 @@ def print_metrics(columns: dict[str, dict[str, Any]], title: str = "metrics", co
                                  for m in columns.values()])
     console.print(table)
     for name, m in columns.items():
-        if per_class and isinstance(m.get("per_class"), dict):
-            per = Table(title=f"per class ({name})")
-            for col in ("label", "precision", "recall", "f1", "support"):
+        rows = m.get("per_class") or m.get("per_label")  # per_label: a multi-label classifier's, with thresholds
+        if per_class and isinstance(rows, dict):
+            thresholds = "per_label" in m and "per_class" not in m
+            per = Table(title=f"per {'label' if thresholds else 'class'} ({name})")
+            for col in ("label", "precision", "recall", "f1", "support") + (("threshold",) if thresholds else ()):
                 per.add_column(col, justify="left" if col == "label" else "right")
-            for label, v in m["per_class"].items():
+            for label, v in rows.items():
                 per.add_row(label, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}",
-                            str(v["support"]))
+                            str(v["support"]), *([f"{v.get('threshold', 0.5):.2f}"] if thresholds else []))
             console.print(per)
 
 
@@ -63,13 +69,14 @@ def print_runs(runs: list[dict[str, Any]], console: Any = None) -> None:
 
     console = _console(console)
     table = Table(title=f"{len(runs)} runs")
-    for col in ("id", "created", "task", "base model", "status", "metric", "value", "data", "parent"):
+    for col in ("id", "created", "task", "base model", "status", "metric", "value", "data", "parent", "tags"):
         table.add_column(col, justify="right" if col == "value" else "left", overflow="fold")
     for r in runs:
         name, value = headline(r)
+        tags = " ".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())  # a tune trial: its study and number
         table.add_row(r.get("id", "?"), (r.get("created_at") or "")[:16].replace("T", " "), r.get("task", "?"),
                       Path(r.get("base_model") or "?").name or "?", r["status"], name, _fmt(value),
-                      (r.get("data_fingerprint") or "")[:8], (r.get("parent") or {}).get("id") or "")
+                      (r.get("data_fingerprint") or "")[:8], (r.get("parent") or {}).get("id") or "", tags)
     console.print(table)
 
 

@@ -37,16 +37,23 @@ register_task(TaskSpec(
     factory="tuneforge.tasks.classification:ClassificationTask",
     defaults={"training": {"learning_rate": None, "num_train_epochs": None, "warmup_steps": 0.1,
                            "weight_decay": 0.01, "lr_scheduler_type": "linear", "max_grad_norm": 1.0,
-                           "metric_for_best_model": "f1_macro"}},
+                           "metric_for_best_model": None}},
     notes={"learning_rate": "classification default when null: by encoder width, 1e-4 up to hidden size 512 "
                             "(MiniLM; measured, docs/QUALITY.md), 3e-5 up to 768, 1.5e-5 above (published grids); "
                             "LoRA runs use 2e-4",
            "baselines": "classification: majority class and TF-IDF + logistic regression (seconds)",
            "num_train_epochs": "classification default when null: enough epochs for 600 optimizer steps, 3 to 6 "
-                               "(docs/QUALITY.md)"},
+                               "(docs/QUALITY.md)",
+           "metric_for_best_model": "classification default when null, by data.problem_type: f1_macro "
+                                    "(single-label), f1_micro (multi-label), rmse (regression)"},
+    # single-label: accuracy ... recall_weighted; multi-label: f1_micro ... subset_accuracy (and the macro
+    # scores); regression: mse ... r2 (tasks/classification.py PROBLEM_METRICS says which is valid for which)
     metrics=("loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
-             "precision_weighted", "recall_weighted"),
-    config_keys={"data": ("text_pair_column", "label_column", "max_length"), "training": ("class_weights",)},
+             "precision_weighted", "recall_weighted", "f1_micro", "precision_micro", "recall_micro", "f1_samples",
+             "subset_accuracy", "mse", "rmse", "mae", "pearson", "spearman", "r2"),
+    lower_is_better=("loss", "mse", "rmse", "mae"),
+    config_keys={"data": ("text_pair_column", "label_column", "max_length", "problem_type", "label_delimiter"),
+                 "training": ("class_weights",)},
     baseline="tuneforge.evaluate.baselines:classification",
     lora_task_type="SEQ_CLS",
     pipeline_tag="text-classification", card_metrics=("accuracy", "f1"),
@@ -114,6 +121,67 @@ register_task(TaskSpec(
     compile_auto=True, vocab_logits=True,
     notes={"learning_rate": "causal_lm default for full fine-tuning; LoRA runs use about 2e-4",
            "baselines": "causal_lm: the base model's perplexity before fine-tuning (not for an untrained model)"},
+))
+
+register_task(TaskSpec(
+    name="token_classification",
+    summary="Token classification (named-entity recognition) with any AutoModelForTokenClassification "
+            "(BERT family); long sentences in overlapping windows, never cut.",
+    factory="tuneforge.tasks.token_classification:TokenClassificationTask",
+    defaults={"training": {"learning_rate": None, "num_train_epochs": 3.0, "warmup_steps": 0.1,
+                           "weight_decay": 0.01, "lr_scheduler_type": "linear", "max_grad_norm": 1.0,
+                           "metric_for_best_model": "f1"}},
+    metrics=("loss", "f1", "precision", "recall", "accuracy"),
+    config_keys={"data": ("tokens_column", "tags_column", "max_length", "stride")},
+    baseline="tuneforge.evaluate.baselines:most_frequent_tag",
+    lora_task_type="TOKEN_CLS",
+    pipeline_tag="token-classification", card_metrics=("seqeval",),
+    card_example="My name is Wolfgang and I live in Berlin",
+    card_use="Tags each word of a text with one of {n_labels} entity types ({labels}; IOB2 tags, a word's tag on "
+             "its first subword).",
+    predicts_labels=True,
+    analysis_metric="accuracy", analysis_worst="most_wrong_entities",
+    verify_measure="tag agreement (first subwords)", verify_metrics="entities",
+    onnx_class="tuneforge.deploy.onnx:OnnxClassifier",
+    windows=True,
+    notes={"learning_rate": "token_classification default when null: by encoder width, as classification (1e-4 up "
+                            "to hidden size 512, 3e-5 up to 768, 1.5e-5 above)",
+           "stride": "token_classification default when null: a quarter of max_length (docs/token-classification.md)",
+           "metric_for_best_model": "token_classification default: f1 (entity-level, seqeval strict IOB2)",
+           "baselines": "token_classification: each word's most frequent training tag (seconds)"},
+))
+
+register_task(TaskSpec(
+    name="question_answering",
+    summary="Extractive question answering (SQuAD v1.1/v2.0) with any AutoModelForQuestionAnswering; long contexts "
+            "in overlapping windows, a no-answer threshold tuned on validation.",
+    factory="tuneforge.tasks.question_answering:QuestionAnsweringTask",
+    defaults={"training": {"learning_rate": None, "num_train_epochs": 3.0, "warmup_steps": 0.1,
+                           "weight_decay": 0.01, "lr_scheduler_type": "linear", "max_grad_norm": 1.0,
+                           "metric_for_best_model": "f1"}},
+    metrics=("loss", "f1", "exact_match", "HasAns_f1", "HasAns_exact_match", "NoAns_f1", "NoAns_exact_match"),
+    config_keys={"data": ("question_column", "context_column", "answers_column", "max_length", "stride",
+                          "max_answer_length", "n_best_size")},
+    baseline="tuneforge.evaluate.qa_baselines:question_answering",
+    lora_task_type="QUESTION_ANS",
+    pipeline_tag="question-answering", card_metrics=("squad_v2",),
+    card_use="Answers a question with a span of the context given with it (extractive); trained on data with "
+             "unanswerable questions (SQuAD v2) it also abstains, by the no-answer threshold tuned on validation.",
+    card_usage='import tuneforge\n\nmodel = tuneforge.load("<path of {name}>")\n'
+               'model.predict(["Who wrote it?"], pairs=["It was written by Ada."])\n'
+               "# [{{'answer': 'Ada', 'start': 18, 'end': 21, 'score': ...}}]",
+    input_keys=("question_column", "context_column"),
+    analysis_metric="f1", analysis_worst="lowest_f1",
+    verify_measure="start/end token agreement", verify_metrics="answers",
+    onnx_class="tuneforge.deploy.onnx:OnnxQuestionAnswering",
+    windows=True, config_metrics=("null_score_diff_threshold",),
+    notes={"learning_rate": "question_answering default when null: by encoder width, as classification (1e-4 up "
+                            "to hidden size 512, 3e-5 up to 768, 1.5e-5 above)",
+           "stride": "question_answering default when null: a quarter of max_length (96 at 384)",
+           "max_length": "question_answering default when null: the model's limit, at most 384 (run_qa.py)",
+           "metric_for_best_model": "question_answering default: f1 (SQuAD; on v2 data at the no-answer threshold "
+                                    "tuned on validation)",
+           "baselines": "question_answering: sliding-window word overlap, first sentence, and no answer (v2 data)"},
 ))
 
 __all__ = ["GENERATION_KEYS", "Task", "TaskBase", "TaskSpec", "Verb", "all_specs", "get_spec", "get_task",

@@ -75,6 +75,14 @@ class TaskSpec:
     onnx_class: str = ""  # "module:Class" of the ONNX Runtime stand-in, which also writes the ONNX graph(s)
     compile_auto: bool = False  # torch_compile=auto compiles this task's long GPU runs (measured to pay)
     vocab_logits: bool = False  # the head outputs vocabulary logits per token (the memory estimate counts them)
+    windows: bool = False  # long inputs are split into overlapping windows (data.stride), never truncated
+    # validation metrics of the kept model that it carries as attributes of its config.json (tuned on validation,
+    # used by predict, the server and exports: QA's null_score_diff_threshold); set by the engine after fit
+    config_metrics: tuple[str, ...] = ()
+    # the data keys naming the columns inference reads: the text, then its pair (QA: question_column,
+    # context_column); empty: text_column, and text_pair_column when the run has one
+    input_keys: tuple[str, ...] = ()
+    card_usage: str = ""  # the model card's usage code when no transformers pipeline fits; may name {name}
 
     def __post_init__(self) -> None:
         for group in ("lower_is_better", "generated_metrics"):
