@@ -117,7 +117,8 @@ class DataConfig:
         5000, "At most this many rows held out by validation_split_percentage (a big corpus is not evaluated "
               "at 10%: 5,000 rows put a standard error of about 0.7 points on an accuracy). null: no cap.")
     max_length: int | None = opt(
-        None, "Maximum tokens per example; longer inputs are truncated. Default: the model's limit, at most 512.")
+        None, "Maximum tokens per example; longer inputs are truncated (token classification splits them into "
+              "overlapping windows instead: data.stride). Default: the model's limit, at most 512.")
     stride: int | None = opt(
         None, "Tokens shared by neighbouring windows when an input longer than max_length is split into "
               "overlapping windows (nothing is cut). Default: a quarter of max_length (128 at 512): each token is "

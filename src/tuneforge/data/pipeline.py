@@ -11,6 +11,8 @@ Everything here is plain Python (no torch), so bad data is reported in well unde
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +31,9 @@ from tuneforge.data.table import DataReport, SplitReport, Table
 from tuneforge.errors import DataError
 
 
-def read_splits(data: DataConfig) -> dict[str, Table]:
-    """train (always), validation and test when given, from local files or a hub dataset."""
+def read_splits(data: DataConfig, conll: tuple[str, str] | None = None) -> dict[str, Table]:
+    """train (always), validation and test when given, from local files or a hub dataset. `conll`: (tokens
+    column, tags column) to read .conll/.txt files as CoNLL token files (read_file)."""
     if data.dataset_name:
         hub = read_hub(data.dataset_name, data.dataset_config_name)
         if "train" not in hub:
@@ -45,11 +48,11 @@ def read_splits(data: DataConfig) -> dict[str, Table]:
             out["test"] = hub["test"]
     else:
         docs = data.document_separator
-        out = {"train": read_file(data.train_file, "data.train_file", docs)}
+        out = {"train": read_file(data.train_file, "data.train_file", docs, conll)}
         if data.validation_file:
-            out["validation"] = read_file(data.validation_file, "data.validation_file", docs)
+            out["validation"] = read_file(data.validation_file, "data.validation_file", docs, conll)
         if data.test_file:
-            out["test"] = read_file(data.test_file, "data.test_file", docs)
+            out["test"] = read_file(data.test_file, "data.test_file", docs, conll)
     for name, table in out.items():
         table.name = name
     return out
@@ -92,9 +95,12 @@ def held_out_percent(rows: int, data: DataConfig) -> tuple[float, bool]:
 
 
 def finish_splits(tables: dict[str, Table], report: DataReport, data: DataConfig, seed: int,
-                  text_columns: list[str], target_column: str | None, stratify: bool) -> dict[str, Table]:
+                  text_columns: list[str], target_column: str | None, stratify: bool,
+                  splitter: Callable[[list[Any], float, int], tuple[list[int], list[int], list[str]]] | None = None
+                  ) -> dict[str, Table]:
     """Dedupe training, make a validation split when none was given, warn on conflicts and overlap, and
-    apply max_train_samples / max_eval_samples. `target_column` is the label (or target text) column."""
+    apply max_train_samples / max_eval_samples. `target_column` is the label (or target text) column;
+    `splitter(labels, percent, seed)` replaces the stratified split (e.g. multi-label iterative stratification)."""
     key_columns = text_columns + ([target_column] if target_column else [])
     train, n_dupes = drop_duplicates(tables["train"], key_columns)
     report.splits["train"].dropped_duplicates = n_dupes
@@ -105,7 +111,8 @@ def finish_splits(tables: dict[str, Table], report: DataReport, data: DataConfig
     if "validation" not in tables:
         percent, capped = held_out_percent(len(train), data)
         if stratify and target_column:
-            train_idx, val_idx, notes = stratified_split(train.columns[target_column], percent, seed)
+            split = splitter or stratified_split
+            train_idx, val_idx, notes = split(train.columns[target_column], percent, seed)
             report.warnings += notes
         else:
             order = np.random.default_rng(seed).permutation(len(train))

@@ -7,11 +7,12 @@
 
 Formats by extension: .csv, .tsv, .json (a list of records or a dict of columns; JSON Lines also
 accepted; a nested SQuAD file becomes one row per question, data/squad.py), .jsonl/.ndjson, .parquet,
-.txt (one example per non-empty line, column `text`), .conll (token
-files, data/conll.py; a task that tags tokens reads .txt files as CoNLL too). Empty cells read as None. A .txt file is scanned, not loaded: its rows are read back from disk when used (data/columns.py),
-so a corpus larger than memory can be trained on. Parquet and hub text columns stay in Arrow buffers (memory-
-mapped for hub datasets); JSON Lines, CSV and TSV columns of long text stay in the file (data/records.py)
-while short fields (labels) are read; a .json file (one document) is read into memory.
+.txt (one example per non-empty line, column `text`), .conll (token files, data/conll.py; a task that tags
+tokens reads .txt files as CoNLL too). Empty cells read as None. A .txt file is scanned, not loaded: its rows
+are read back from disk when used (data/columns.py), so a corpus larger than memory can be trained on.
+Parquet and hub text columns stay in Arrow buffers (memory-mapped for hub datasets); JSON Lines, CSV and TSV
+columns of long text stay in the file (data/records.py) while short fields (labels) are read; a .json file (one
+document) is read into memory.
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ class SplitReport:
     label_counts: dict[str, int] = field(default_factory=dict)
     token_lengths: dict[str, float] = field(default_factory=dict)  # percentiles of untruncated lengths
     truncated_percent: float | None = None
+    windowed_percent: float | None = None  # examples longer than max_length, split into windows (nothing cut)
     target_token_lengths: dict[str, float] = field(default_factory=dict)  # seq2seq targets
     target_truncated_percent: float | None = None
 
@@ -101,8 +102,12 @@ class DataReport:
                 out.append(f"    labels: {dist}")
             if s.token_lengths:
                 pct = ", ".join(f"{k} {v:.0f}" for k, v in s.token_lengths.items())
-                out.append(f"    tokens: {pct}; {s.truncated_percent:.1f}% truncated at {self.length_key} "
-                           f"{self.max_length}")
+                if s.windowed_percent is not None:
+                    out.append(f"    tokens: {pct}; {s.windowed_percent:.1f}% longer than {self.length_key} "
+                               f"{self.max_length}, split into overlapping windows (nothing cut)")
+                else:
+                    out.append(f"    tokens: {pct}; {s.truncated_percent:.1f}% truncated at {self.length_key} "
+                               f"{self.max_length}")
             if s.target_token_lengths:
                 pct = ", ".join(f"{k} {v:.0f}" for k, v in s.target_token_lengths.items())
                 out.append(f"    target tokens: {pct}; {s.target_truncated_percent:.1f}% truncated at "

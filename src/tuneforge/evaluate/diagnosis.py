@@ -6,11 +6,12 @@
 ['undertrained']
 
 Each rule returns at most one note: {"kind", "message", "try"} where `try` is the config change to try.
-- **below_baseline**: a held-out metric is worse than a baseline's: each of f1_macro, accuracy, rougeL and
-  perplexity that both report (loss only when neither reports another), by more than 0.005 (absolute for
-  scores, relative for perplexity and loss) so that a tie is not flagged.
+- **below_baseline**: a held-out metric is worse than a baseline's: each of f1_macro, f1 (entity-level, token
+  classification), accuracy, rougeL and perplexity that both report (loss only when neither reports another),
+  by more than 0.005 (absolute for scores, relative for perplexity and loss) so that a tie is not flagged.
 - **classes_never_predicted**: classes present in the evaluated split that the model never predicted
-  (from the confusion matrix's columns).
+  (from the confusion matrix's columns; multi-label: labels with support whose predicted count is 0). Each of
+  f1_micro (multi-label) and rmse (regression; relative margin, lower is better) is compared like the others.
 - **undertrained**: the training loss was still falling at the end. Window: the last quarter of the logged
   training-loss points (at least 4 points; fewer points, no verdict). A least-squares line is fitted to loss
   against step over the window; the note fires when, across the window, that line falls by at least 15% of the
@@ -31,8 +32,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-COMPARED = ("f1_macro", "accuracy", "rougeL", "perplexity", "loss")  # each that both sides report (loss last)
-SCORES = ("f1_macro", "accuracy", "rougeL")  # compared with an absolute margin; the others with a relative one
+# each both sides report (loss last); multi-label runs report f1_micro and f1_macro, regression rmse
+COMPARED = ("f1_macro", "f1_micro", "f1", "accuracy", "rougeL", "rmse", "perplexity", "loss")
+SCORES = ("f1_macro", "f1_micro", "f1", "accuracy", "rougeL")  # absolute margin; the others a relative one
 MARGIN = 0.005
 WINDOW_FRACTION = 0.25
 MIN_WINDOW = 4
@@ -77,10 +79,16 @@ def below_baseline(metrics: dict[str, Any], greater_is_better: Callable[[str], b
 def classes_never_predicted(metrics: dict[str, Any], class_weights: Any = None) -> dict[str, Any] | None:
     split, model = _held_out(metrics)
     matrix, labels = model.get("confusion_matrix"), list(model.get("per_class") or {})
-    if not matrix or len(labels) != len(matrix):
+    per_label = model.get("per_label")  # multi-label: support and predicted count of each label
+    if isinstance(per_label, dict):
+        present = [k for k, v in per_label.items() if v.get("support", 0) > 0]
+        never = [k for k in present if per_label[k].get("predicted", 1) == 0]
+    elif not matrix or len(labels) != len(matrix):
         return None
-    present = [i for i, row in enumerate(matrix) if sum(row) > 0]
-    never = [labels[i] for i in present if sum(row[i] for row in matrix) == 0]
+    else:
+        rows = [i for i, row in enumerate(matrix) if sum(row) > 0]
+        present = [labels[i] for i in rows]
+        never = [labels[i] for i in rows if sum(row[i] for row in matrix) == 0]
     if not never:
         return None
     shown = ", ".join(never[:6]) + (f" and {len(never) - 6} more" if len(never) > 6 else "")

@@ -20,8 +20,9 @@ from tuneforge.runs.record import Run, read_log, write_json
 
 
 def length_histogram(split: TokenizedSplit, max_length: int | None, bins: int = 40) -> dict[str, Any]:
-    """Counts of untruncated input lengths (tokens) in `bins` bins, with the truncation point."""
-    lengths = split.full_lengths if split.full_lengths is not None else split.lengths
+    """Counts of untruncated input lengths (tokens) in `bins` bins, with the truncation point (one length per
+    example: a windowed example counts once)."""
+    lengths = split.example_lengths()
     if len(lengths) == 0:
         return {"counts": [], "edges": [], "max_length": max_length}
     counts, edges = np.histogram(lengths, bins=min(bins, max(1, int(lengths.max() - lengths.min() + 1))))
