@@ -56,8 +56,8 @@ class LoadedModel:
 
     @property
     def labels(self) -> list[str]:
-        if not self.task.spec.predicts_labels:
-            return []
+        if not self.task.spec.predicts_labels or getattr(self.model.config, "problem_type", None) == "regression":
+            return []  # a regression model predicts a value (its one id2label entry names the target)
         id2label = self.model.config.id2label
         return [id2label[i] for i in range(len(id2label))]
 
@@ -78,7 +78,8 @@ class LoadedModel:
 
     def predict(self, texts: list[str] | str, pairs: list[str] | None = None, batch_size: int = 32,
                 max_new_tokens: int | None = None, max_length: int | None = None) -> list[dict[str, Any]]:
-        """Classification: label, probability, probabilities. seq2seq and causal_lm: generated_text.
+        """Classification: label, probability, probabilities (multi-label: labels, scores; regression: score).
+        seq2seq and causal_lm: generated_text.
         `max_length` truncates inputs further than the model's own limit; `max_new_tokens` limits generation."""
         if isinstance(texts, str):
             texts = [texts]

@@ -150,14 +150,14 @@ def detect_problem_type(tables: dict[str, Table], column: str, configured: str |
                         f"and {value!r} at {t_one.where(i_one)}; write every row's labels as a list (e.g. "
                         f'["{value}"]) for multi-label, or one label per row')
     if configured is not None:
+        if configured != MULTI_LABEL and delimiter:
+            raise ConfigError(f"data.label_delimiter: splits labels into lists (multi-label), but data.problem_type "
+                              f"is {configured}; remove label_delimiter or set data.problem_type={MULTI_LABEL}")
         if configured != MULTI_LABEL and first_list:
             t_list, i_list = first_list
             raise DataError(f"{t_list.where(i_list)}: column {column!r} holds a list of labels but "
                             f"data.problem_type is {configured}; set data.problem_type={MULTI_LABEL} (or null to "
                             "detect it)")
-        if configured != MULTI_LABEL and delimiter:
-            raise ConfigError(f"data.label_delimiter: splits labels into lists (multi-label), but data.problem_type "
-                              f"is {configured}; remove label_delimiter or set data.problem_type={MULTI_LABEL}")
         return configured, None
     if first_list:
         return MULTI_LABEL, "labels are lists: multi-label"
@@ -171,6 +171,8 @@ def _label_set(value: Any, delimiter: str | None, table: Table, i: int, column: 
         items = list(value)
     elif isinstance(value, str) and delimiter:
         items = [part for part in value.split(delimiter)]
+    elif delimiter and is_blank(value):  # an empty CSV cell: a row with none of the labels
+        items = []
     elif value is None or (isinstance(value, float) and value != value):
         raise DataError(f"{table.where(i)}: column {column!r} is empty; multi-label rows need a list of labels "
                         "([] for a row with none of them)")

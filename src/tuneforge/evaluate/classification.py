@@ -92,7 +92,8 @@ def multilabel_metrics(y_true: Any, y_pred: Any, label_names: list[str], thresho
     for average in ("micro", "macro"):
         pr, rc, f, _ = precision_recall_fscore_support(y, p, average=average, zero_division=0)
         out |= {f"precision_{average}": float(pr), f"recall_{average}": float(rc), f"f1_{average}": float(f)}
-    out["f1_samples"] = float(precision_recall_fscore_support(y, p, average="samples", zero_division=0)[2])
+    # a row with no true and no predicted label is right (F1 1), as in row_f1
+    out["f1_samples"] = float(precision_recall_fscore_support(y, p, average="samples", zero_division=1.0)[2])
     pr, rc, f, support = precision_recall_fscore_support(y, p, average=None, zero_division=0)
     predicted = p.sum(0)
     out["per_label"] = {name: {"precision": float(pr[i]), "recall": float(rc[i]), "f1": float(f[i]),

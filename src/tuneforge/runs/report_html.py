@@ -87,7 +87,8 @@ def plot_eval_metrics(records: list[dict[str, Any]]) -> str | None:
     skip = {"eval_loss", "eval_perplexity", "eval_tokens", "eval_gen_len"}
     keys = list(dict.fromkeys(k for r in records for k, v in r.items()
                               if k.startswith("eval_") and k not in skip and isinstance(v, (int, float))))
-    headline = [k for k in keys if k.removeprefix("eval_") in ("accuracy", "f1_macro", "rouge1", "rouge2", "rougeL")]
+    headline = [k for k in keys if k.removeprefix("eval_") in ("accuracy", "f1_macro", "f1_micro", "r2", "rouge1",
+                                                               "rouge2", "rougeL")]
     keys = headline or keys
     if not keys:
         return None
@@ -220,7 +221,7 @@ def _analysis_section(a: dict[str, Any] | None) -> str:
                 _table(["true", "predicted", "count"], [[p["true"], p["predicted"], p["count"]]
                                                         for p in a["confused_pairs"]])]
     for key, title in (("most_confident_errors", "Most confidently wrong"), ("lowest_rouge", "Lowest ROUGE-L"),
-                       ("highest_loss", "Highest loss")):
+                       ("highest_loss", "Highest loss"), ("largest_errors", "Largest absolute errors")):
         examples = a.get(key) or []
         if examples:
             cols = list(dict.fromkeys(k for ex in examples for k in ex))
@@ -258,7 +259,8 @@ def render_report(run_dir: Path) -> str:
     shown = metrics.get("test") if isinstance(metrics.get("test"), dict) else metrics.get("eval") or {}
     labels = list(shown.get("per_class") or {})
     plots = [plot_losses(records), plot_learning_rate(records), plot_eval_metrics(records),
-             plot_confusion(shown.get("confusion_matrix") or [], labels), plot_per_class_f1(shown.get("per_class")),
+             plot_confusion(shown.get("confusion_matrix") or [], labels),
+             plot_per_class_f1(shown.get("per_class") or shown.get("per_label")),
              plot_lengths(read_json(run_dir / "lengths.json")),
              plot_lr_finder(read_lr_find(run_dir / "lr_find.csv"),
                             (info.get("lr_find") or {}).get("suggested_learning_rate"))]
@@ -283,6 +285,10 @@ def render_report(run_dir: Path) -> str:
              "<h2>Environment</h2>", _table(None, env_rows),
              f"<script>{CHECK_SCRIPT}</script></body></html>"]
     return "\n".join(parts)
+
+
+# the building blocks other HTML reports share (the study report of tune/report.py)
+figure, image, table = _figure, _img, _table
 
 
 def write_report(run_dir: Path) -> Path:
