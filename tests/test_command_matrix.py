@@ -24,12 +24,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import LM_CORPUS, base_overrides, copy_rows, toy_rows, write_csv, write_jsonl
+from conftest import LM_CORPUS, base_overrides, copy_rows, qa_rows, toy_rows, write_csv, write_jsonl, write_squad
 
 from tuneforge.cli import build_parser, main
-from tuneforge.tasks import task_names
+from tuneforge.tasks import get_spec, task_names
 
 INPUTS = ["the movie was great", "red cat blue dog", "the early bird"]  # one per line of the --input .txt file
+OUTPUTS = ("label", "generated_text", "entities", "answer")  # what a prediction holds: one of these, by task
 
 
 @dataclass
@@ -76,6 +77,35 @@ def _causal_lm_chat(models: dict[str, Path], folder: Path) -> list[str]:
     return _common(items, folder)
 
 
+def _token_classification(models: dict[str, Path], folder: Path) -> list[str]:
+    """CoNLL training file, JSON Lines validation file, windows of 16 tokens (the longer sentences are windowed)."""
+    rows = [(["we", "met", "ada", "lovelace", "in", "paris", "the", "movie", "was", "great"],
+             ["O", "O", "B-PER", "I-PER", "O", "B-LOC", "O", "O", "O", "O"]),
+            (["the", "early", "bird", "in", "rome"], ["O", "O", "O", "O", "B-LOC"])]
+    conll = folder / "train.conll"
+    conll.write_text("".join("".join(f"{w} {t}\n" for w, t in zip(*r)) + "\n" for r in rows * 16), encoding="utf-8")
+    validation = write_jsonl(folder / "validation.jsonl", [{"tokens": w, "ner_tags": t} for w, t in rows * 4])
+    items = {"task": "token_classification", "model_name_or_path": str(models["bert"]), "train_file": str(conll),
+             "validation_file": str(validation), "test_file": str(validation), "max_length": 16, "stride": 4,
+             "max_steps": 4, "learning_rate": 3e-3}
+    return _common(items, folder)
+
+
+def _question_answering(models: dict[str, Path], folder: Path) -> list[str]:
+    """A nested SQuAD v2 training file, JSON Lines validation and test files, windows of 24 tokens."""
+    items = {"task": "question_answering", "model_name_or_path": str(models["bert"]),
+             "train_file": str(write_squad(folder / "train.json", qa_rows(48, 1, words=(4, 30)))),
+             "validation_file": str(write_jsonl(folder / "validation.jsonl", qa_rows(12, 2))),
+             "test_file": str(write_jsonl(folder / "test.jsonl", qa_rows(12, 3))), "max_length": 24, "stride": 6,
+             "max_steps": 4, "learning_rate": 3e-3}
+    return _common(items, folder)
+
+
+def _pairs(run: TinyRun) -> list[str] | None:
+    """Second texts for INPUTS when the run's task reads pairs (question answering: a context per question)."""
+    return list(reversed(INPUTS)) if len(get_spec(run.task).input_keys) > 1 else None
+
+
 def _common(items: dict[str, Any], folder: Path) -> list[str]:
     items = {**items, "output_dir": str(folder / "run"), "report_to": "none", "seed": 0, "save_strategy": "no",
              "preprocessing_cache_dir": str(folder / "cache")}
@@ -88,6 +118,8 @@ RUNS: dict[str, tuple[str, Callable[[dict[str, Path], Path], list[str]]]] = {
     "seq2seq": ("seq2seq", _seq2seq),
     "causal_lm": ("causal_lm", _causal_lm),
     "causal_lm-chat": ("causal_lm", _causal_lm_chat),
+    "token_classification": ("token_classification", _token_classification),
+    "question_answering": ("question_answering", _question_answering),
 }
 TASKS = task_names()
 KEYS = [k for k, (task, _) in RUNS.items() if task in TASKS]
@@ -209,6 +241,12 @@ def test_predict_file_has_one_row_per_input(matrix, key, capsys, tmp_path):
     run = matrix[key]
     inputs = tmp_path / "inputs.txt"
     inputs.write_text("\n".join(INPUTS) + "\n", encoding="utf-8")
+    if _pairs(run):  # a pair task reads a file with its two input columns (QA: question and context)
+        from tuneforge.config import load_config
+
+        data = load_config(run.path / "run_config.yaml").data
+        first, second = (getattr(data, k) for k in get_spec(run.task).input_keys)
+        inputs = write_jsonl(tmp_path / "inputs.jsonl", [{first: t, second: p} for t, p in zip(INPUTS, _pairs(run))])
     for suffix in (".jsonl", ".csv"):
         output = tmp_path / f"predictions{suffix}"
         _run(capsys, ["predict", str(run.path), "--input", str(inputs), "--output", str(output)])
@@ -218,7 +256,7 @@ def test_predict_file_has_one_row_per_input(matrix, key, capsys, tmp_path):
             with open(output, newline="", encoding="utf-8") as fh:
                 rows = list(csv.DictReader(fh))
         assert [r["text"] for r in rows] == INPUTS
-        assert all(("label" in r) != ("generated_text" in r) for r in rows), rows
+        assert all(sum(k in r for k in OUTPUTS) == 1 for r in rows), rows
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -309,8 +347,9 @@ def test_export(matrix, key, fmt, quantize, capsys, tmp_path):
     assert json.loads((out / "report.json").read_text())["passed"] is True
     import tuneforge
 
-    result = tuneforge.load(out).predict(INPUTS[:1])
-    assert len(result) == 1 and ("label" in result[0] or "generated_text" in result[0])
+    pairs = _pairs(run)
+    result = tuneforge.load(out).predict(INPUTS[:1], pairs[:1] if pairs else None)
+    assert len(result) == 1 and sum(k in result[0] for k in OUTPUTS) == 1, result
 
 
 def _resolve(schema: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
@@ -404,7 +443,9 @@ def test_serve_answers_one_request(servers, key):
         document = httpx.get(f"{url}/openapi.json", timeout=5).json()
         routes = [p for p, ops in document["paths"].items() if "post" in ops and p.startswith("/v1/")]
         assert len(routes) == 1, routes
-        r = httpx.post(f"{url}{routes[0]}", json={"inputs": [INPUTS[0]]}, timeout=60)
+        request = _resolve(document["paths"][routes[0]]["post"]["requestBody"]["content"]["application/json"]
+                           ["schema"], document)
+        r = httpx.post(f"{url}{routes[0]}", json={name: [INPUTS[0]] for name in request["required"]}, timeout=60)
         assert r.status_code == 200, r.text
         body = r.json()
         response = _resolve(document["paths"][routes[0]]["post"]["responses"]["200"]["content"]
