@@ -112,8 +112,23 @@ def seq2seq_run(tiny_t5, copy_data, tmp_path_factory):
     return train_tiny_t5(tiny_t5, copy_data, tmp_path_factory.mktemp("contract_t5") / "run", max_steps=2)
 
 
+@pytest.fixture(scope="module")
+def ner_run(tiny_bert, tmp_path_factory):
+    """A token classifier with windows of 16 tokens: /v1/entities takes inputs of any length."""
+    from conftest import write_jsonl
+
+    folder = tmp_path_factory.mktemp("contract_ner")
+    rows = [{"tokens": ["we", "met", "ada", "in", "paris", "the", "movie", "was", "great", "today", "and", "then"],
+             "ner_tags": ["O", "O", "B-PER", "O", "B-LOC", "O", "O", "O", "O", "O", "O", "O"]}] * 16
+    path = write_jsonl(folder / "train.jsonl", rows)
+    items = {"task": "token_classification", "model_name_or_path": str(tiny_bert), "train_file": str(path),
+             "validation_file": str(path), "output_dir": str(folder / "run"), "max_length": 16, "stride": 4,
+             "max_steps": 2, "report_to": "none", "preprocessing_cache_dir": str(folder / "cache")}
+    return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])
+
+
 RUNS = {"classification": "trained_run", "classification_pairs": "pair_run", "seq2seq": "seq2seq_run",
-        "causal_lm": "lm_run"}
+        "causal_lm": "lm_run", "token_classification": "ner_run"}
 
 
 @pytest.mark.parametrize("kind", list(RUNS))
@@ -138,10 +153,11 @@ def serving_in_process(run_path: Path, **settings: object) -> Iterator[str]:
         yield url
 
 
-@pytest.mark.parametrize("kind", ["classification", "causal_lm"])
+@pytest.mark.parametrize("kind", ["classification", "causal_lm", "token_classification"])
 def test_schemathesis_strict_with_truncation(kind, request, tmp_path):
     """No 422 for a schema-valid request when inputs are truncated (classifiers and encoder-decoders truncate in
-    the model's predict alike; causal LMs have the server cut prompts). The pair classifier is left out: equal
+    the model's predict alike; causal LMs have the server cut prompts; a token classifier windows inputs of any
+    length, --truncate or not). The pair classifier is left out: equal
     numbers of inputs and text_pairs is a rule JSON Schema cannot express. --max-new-tokens 16 leaves a causal
     LM's prompt at least 48 of its 64 positions, so every prompt can be cut to fit."""
     run = request.getfixturevalue(RUNS[kind])
