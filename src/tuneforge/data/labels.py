@@ -49,7 +49,8 @@ def encode_labels(tables: dict[str, Table], column: str) -> tuple[list[str], dic
             kv = _kind_and_value(raw)
             if kv is None:
                 raise DataError(f"{table.where(i)}: column {column!r} holds {raw!r}; classification labels "
-                                "must be class names or integer ids (regression is not supported)")
+                                "must be class names or integer ids; for a numeric target set "
+                                "data.problem_type=regression")
             first_of_kind.setdefault(kv[0], (table, i, raw))
             values.append(kv[1])
         parsed[name] = values
