@@ -149,12 +149,15 @@ def best_threshold(diffs: np.ndarray, span_f1: np.ndarray, span_em: np.ndarray, 
                    ) -> tuple[float, float, float]:
     """(threshold, F1, exact match) of the no-answer threshold with the best F1 on these examples: an example
     abstains when its diff (null - best span score) is above the threshold. The official v2 script's
-    best_f1_thresh, with ties between equal diffs taken together and the all-abstain start placed below every
-    diff (the script starts at 0.0). `span_f1`/`span_em`: the span's scores (0 for an unanswerable question).
+    best_f1_thresh, except that ties between equal diffs are taken together, the all-abstain start is placed
+    below every diff (the script starts at 0.0) and the threshold is the midpoint between the last diff answered
+    and the next one (the script takes the last diff itself, so that on well separated validation data a new
+    answerable question just beyond it abstains). `span_f1`/`span_em`: the span's scores (0 for an unanswerable
+    question).
 
     >>> best_threshold(np.array([-2.0, 1.0, 3.0]), np.array([1.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]),
     ...                np.array([True, False, False]))
-    (-2.0, 1.0, 1.0)
+    (-0.5, 1.0, 1.0)
     """
     n = len(diffs)
     if n == 0:
@@ -175,8 +178,9 @@ def best_threshold(diffs: np.ndarray, span_f1: np.ndarray, span_em: np.ndarray, 
         em_total += float(gain_em[k])
         if k + 1 < len(index) and values[k + 1] == values[k]:
             continue  # equal diffs go together: a threshold cannot split them
-        if f1_total > best[0]:
-            best = (f1_total, em_total, float(values[k]))
+        if f1_total > best[0]:  # between this diff and the next: no validation question sits on the edge
+            edge = float(values[k] + values[k + 1]) / 2 if k + 1 < len(index) else float(values[k])
+            best = (f1_total, em_total, edge)
     return best[2], float(best[0]) / n, float(best[1]) / n
 
 
