@@ -127,8 +127,22 @@ def ner_run(tiny_bert, tmp_path_factory):
     return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])
 
 
+@pytest.fixture(scope="module")
+def qa_run(tiny_bert, tmp_path_factory):
+    """Question answering with windows of 24 tokens: /v1/answer takes questions and contexts of any length (a
+    question too long for a window is a 422)."""
+    from conftest import qa_rows, write_jsonl
+
+    folder = tmp_path_factory.mktemp("contract_qa")
+    path = write_jsonl(folder / "train.jsonl", qa_rows(16, 1))
+    items = {"task": "question_answering", "model_name_or_path": str(tiny_bert), "train_file": str(path),
+             "validation_file": str(path), "output_dir": str(folder / "run"), "max_length": 24, "stride": 6,
+             "max_steps": 2, "report_to": "none", "preprocessing_cache_dir": str(folder / "cache")}
+    return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])
+
+
 RUNS = {"classification": "trained_run", "classification_pairs": "pair_run", "seq2seq": "seq2seq_run",
-        "causal_lm": "lm_run", "token_classification": "ner_run"}
+        "causal_lm": "lm_run", "token_classification": "ner_run", "question_answering": "qa_run"}
 
 
 @pytest.mark.parametrize("kind", list(RUNS))
