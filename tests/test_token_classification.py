@@ -265,3 +265,48 @@ def test_metrics_match_seqeval_strict(tiny_bert):
     assert sum(v["support"] for v in m["per_class"].values()) == gold
     hits = sum(len(set(entity_spans(t)) & set(entity_spans(p))) for t, p in zip(y_true, y_pred))
     assert m["recall"] == pytest.approx(hits / gold)
+
+
+def test_hub_class_label_ids_become_tag_names(tiny_bert, tmp_path, monkeypatch):
+    """A hub dataset's tags as a list of ClassLabel ids (conll2003's ner_tags) are read as their names."""
+    import datasets
+
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    rows = toy_rows(30, 4)
+    ds = datasets.Dataset.from_dict({"tokens": [r["tokens"] for r in rows],
+                                     "ner_tags": [[names.index(t) for t in r["ner_tags"]] for r in rows]}, features)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict({"train": ds, "test": ds}))
+    cfg = load_config(None, overrides(tiny_bert, tmp_path, dataset_name="someone/toy-ner"))
+    data = get_task("token_classification").prepare_data(cfg)
+    assert data.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    assert list(data.splits["test"].columns["ner_tags"][0]) == rows[0]["ner_tags"]
+
+
+def test_lora_trains_adapters_and_the_new_head_only(tiny_bert, ner_data, tmp_path):
+    """LoRA (peft TOKEN_CLS): the encoder's weights stay bit-identical, adapters train, the new per-token head is
+    trained in full (modules_to_save), and the merged weights predict what the adapter model predicts."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification
+
+    run = tuneforge.train(None, overrides(tiny_bert, tmp_path, train_file=ner_data["train"], max_steps=6,
+                                          learning_rate=1e-2, eval_strategy="no", load_best_model_at_end=False,
+                                          **{"lora.enabled": True, "lora.r": 4}))
+    kwargs = {"num_labels": 5, "ignore_mismatched_sizes": True}  # the tiny BERT's checkpoint has a 2-label head
+    base = AutoModelForTokenClassification.from_pretrained(tiny_bert, **kwargs)
+    adapted = PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(tiny_bert, **kwargs),
+                                        run.path / "adapter").eval()
+    base_state = base.state_dict()
+    inner = adapted.base_model.model.state_dict()
+    frozen = {n: p for n, p in inner.items() if "lora_" not in n and "modules_to_save" not in n
+              and "original_module" not in n and not n.startswith("classifier.")}
+    assert frozen and all(torch.equal(p, base_state[n.replace(".base_layer", "")]) for n, p in frozen.items())
+    assert any(p.abs().sum() > 0 for n, p in adapted.named_parameters() if "lora_B" in n)
+    head = next(p for n, p in inner.items() if n.startswith("classifier.modules_to_save") and n.endswith(".weight"))
+    merged = AutoModelForTokenClassification.from_pretrained(run.path).eval()
+    assert torch.equal(merged.classifier.weight, head)  # the head trained in full and saved with the adapter
+    ids = torch.tensor([[2, 5, 6, 7, 8, 3]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5)
