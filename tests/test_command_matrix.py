@@ -24,13 +24,25 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import LM_CORPUS, base_overrides, copy_rows, qa_rows, toy_rows, write_csv, write_jsonl, write_squad
+from conftest import (
+    LM_CORPUS,
+    base_overrides,
+    copy_rows,
+    multilabel_rows,
+    qa_rows,
+    regression_rows,
+    toy_rows,
+    write_csv,
+    write_jsonl,
+    write_squad,
+)
 
 from tuneforge.cli import build_parser, main
 from tuneforge.tasks import get_spec, task_names
 
 INPUTS = ["the movie was great", "red cat blue dog", "the early bird"]  # one per line of the --input .txt file
-OUTPUTS = ("label", "generated_text", "entities", "answer")  # what a prediction holds: one of these, by task
+OUTPUTS = ("label", "generated_text", "entities", "answer",  # what a prediction holds: one of these, by task
+           "labels", "score")  # (classification: multi-label sets, regression values)
 
 
 @dataclass
@@ -48,6 +60,19 @@ def _classification(models: dict[str, Path], folder: Path) -> list[str]:
             "validation": write_csv(folder / "validation.csv", toy_rows(16, 2))}
     return base_overrides(models["bert"], data, folder / "run", max_steps=4, num_train_epochs=1,
                           test_file=str(write_csv(folder / "test.csv", toy_rows(16, 3))))
+
+
+def _multilabel(models: dict[str, Path], folder: Path) -> list[str]:
+    data = {"train": write_jsonl(folder / "train.jsonl", multilabel_rows(64, 1)),
+            "validation": write_jsonl(folder / "validation.jsonl", multilabel_rows(16, 2))}
+    return base_overrides(models["bert"], data, folder / "run", max_steps=4, num_train_epochs=1)
+
+
+def _regression(models: dict[str, Path], folder: Path) -> list[str]:
+    data = {"train": write_jsonl(folder / "train.jsonl", regression_rows(64, 1)),
+            "validation": write_jsonl(folder / "validation.jsonl", regression_rows(16, 2))}
+    return base_overrides(models["bert"], data, folder / "run", max_steps=4, num_train_epochs=1,
+                          label_column="score", problem_type="regression")
 
 
 def _seq2seq(models: dict[str, Path], folder: Path) -> list[str]:
@@ -115,6 +140,8 @@ def _common(items: dict[str, Any], folder: Path) -> list[str]:
 # key -> (task, builder of the training overrides); one entry per task at least
 RUNS: dict[str, tuple[str, Callable[[dict[str, Path], Path], list[str]]]] = {
     "classification": ("classification", _classification),
+    "classification-multilabel": ("classification", _multilabel),
+    "classification-regression": ("classification", _regression),
     "seq2seq": ("seq2seq", _seq2seq),
     "causal_lm": ("causal_lm", _causal_lm),
     "causal_lm-chat": ("causal_lm", _causal_lm_chat),

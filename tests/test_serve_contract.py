@@ -101,6 +101,29 @@ def pair_run(tiny_bert, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def multilabel_run(tiny_bert, tmp_path_factory):
+    """A multi-label classifier: results carry `labels` (a set, label enum) and `scores`."""
+    from conftest import base_overrides, multilabel_rows, write_jsonl
+
+    folder = tmp_path_factory.mktemp("contract_multilabel")
+    data = {"train": write_jsonl(folder / "train.jsonl", multilabel_rows(64, 1)),
+            "validation": write_jsonl(folder / "validation.jsonl", multilabel_rows(16, 2))}
+    return tuneforge.train(None, base_overrides(tiny_bert, data, folder / "run", max_steps=2))
+
+
+@pytest.fixture(scope="module")
+def regression_run(tiny_bert, tmp_path_factory):
+    """A regression model: results carry `score` only."""
+    from conftest import base_overrides, regression_rows, write_jsonl
+
+    folder = tmp_path_factory.mktemp("contract_regression")
+    data = {"train": write_jsonl(folder / "train.jsonl", regression_rows(64, 1)),
+            "validation": write_jsonl(folder / "validation.jsonl", regression_rows(16, 2))}
+    return tuneforge.train(None, base_overrides(tiny_bert, data, folder / "run", max_steps=2, label_column="score",
+                                                problem_type="regression"))
+
+
+@pytest.fixture(scope="module")
 def lm_run(tiny_gpt2_lm, tmp_path_factory):
     from conftest import train_tiny_lm
 
@@ -141,7 +164,9 @@ def qa_run(tiny_bert, tmp_path_factory):
     return tuneforge.train(None, [f"{k}={v}" for k, v in items.items()])
 
 
-RUNS = {"classification": "trained_run", "classification_pairs": "pair_run", "seq2seq": "seq2seq_run",
+RUNS = {"classification": "trained_run", "classification_pairs": "pair_run",
+        "classification_multilabel": "multilabel_run", "classification_regression": "regression_run",
+        "seq2seq": "seq2seq_run",
         "causal_lm": "lm_run", "token_classification": "ner_run", "question_answering": "qa_run"}
 
 
