@@ -125,6 +125,10 @@ class Task(Protocol):
         """Fill the defaults that depend on the loaded model, its tokenizer or the data (never in place): the
         new config, which trains and is written to run_config.yaml, and notes to print."""
 
+    def best_metric(self, config: RunConfig, data: PreparedData) -> str:
+        """The metric that selects the best model (without the eval_ prefix): metric_for_best_model, else the
+        task's default for this data (known before any model loads: `tuneforge tune` sets its direction)."""
+
     def fp16_safe(self, model_config: Any) -> bool:
         """Whether the automatic precision may choose fp16 for this model (False: it overflows, e.g. T5)."""
 
@@ -245,6 +249,9 @@ class TaskBase:
     def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
                 ) -> tuple[RunConfig, list[str]]:
         return config, []  # nothing depends on the model
+
+    def best_metric(self, config: RunConfig, data: PreparedData) -> str:
+        return (config.training.metric_for_best_model or "loss").removeprefix("eval_")
 
     def fp16_safe(self, model_config: Any) -> bool:
         return True

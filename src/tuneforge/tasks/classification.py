@@ -126,6 +126,11 @@ class ClassificationTask(TaskBase):
         self.tuning: Any = None  # multi-label: tasks/multilabel.py Tuning of a training run
         self.tune_split: TokenizedSplit | None = None  # multi-label: the split thresholds are tuned on
 
+    def best_metric(self, config: RunConfig, data: PreparedData) -> str:
+        """metric_for_best_model, else the default of the data's problem type (f1_macro, f1_micro, rmse)."""
+        metric = config.training.metric_for_best_model
+        return metric.removeprefix("eval_") if metric else DEFAULT_METRIC[problem_type_of(config, data)]
+
     # ---- data (no torch) -------------------------------------------------------------------------
     def text_columns(self, config: RunConfig) -> list[str]:
         d = config.data
