@@ -184,6 +184,10 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return loaded
 
 
+parse_override = _parse_override  # `tuneforge tune` reads overrides the same way
+read_config_file = _read_yaml  # and config files
+
+
 def _flatten(raw: dict[str, Any], origin: str) -> dict[str, tuple[str, Any]]:
     """Map every entry to its canonical `section.key`; values keep where they came from for messages."""
     out: dict[str, tuple[str, Any]] = {}
@@ -191,6 +195,9 @@ def _flatten(raw: dict[str, Any], origin: str) -> dict[str, tuple[str, Any]]:
         key = str(key)
         if key == "task":
             out["task"] = (origin, value)
+        elif key == "search":
+            raise ConfigError(f"{origin}: search: the search section is read by `tuneforge tune`; `tuneforge train` "
+                              "trains one config (remove the section, or train a study's best.yaml)")
         elif key in SECTIONS and value is None:  # `training:` with every key commented out
             continue
         elif key in SECTIONS and not isinstance(value, dict):
@@ -306,4 +313,9 @@ def render_config(task: str) -> str:
             lines.append(f"  # {help_text}")
             dumped = yaml.safe_dump({f.name: default}, default_flow_style=True, width=1000).strip()
             lines.append(f"  {dumped[1:-1]}")
+    lines += ["", "# The search space of `tuneforge tune` (docs/tune.md); `tuneforge train` refuses a config with one.",
+              "# Any training, lora or freeze key: log(LOW, HIGH), float(LOW, HIGH[, step=S]),",
+              "# int(LOW, HIGH[, step=S][, log]) or choice(A, B, ...).",
+              "# search:", "#   learning_rate: log(1e-5, 3e-4)", "#   warmup_steps: float(0.0, 0.2)",
+              "#   per_device_train_batch_size: choice(16, 32)"]
     return "\n".join(lines) + "\n"

@@ -37,7 +37,8 @@ def list_runs(root: str | os.PathLike = RUNS_ROOT, task: str | None = None, stat
     if not root.is_dir():
         raise UserError(f"--root: {root} is not a folder of runs; train a model first or pass --root")
     runs = []
-    for file in sorted(root.glob("*/run.json")):
+    studies = [f.parent for f in root.glob("*/study.json")]  # `tuneforge tune` keeps its trial runs inside
+    for file in sorted([*root.glob("*/run.json"), *(f for s in studies for f in s.glob("*/run.json"))]):
         try:
             run = summary(file.parent)
         except (OSError, ValueError):

@@ -67,6 +67,24 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _tags() -> dict[str, Any]:
+    """{"tags": {...}} from $TUNEFORGE_RUN_TAGS (a JSON object: `tuneforge tune` tags each trial with its study
+    and trial number), else nothing."""
+    import json
+
+    raw = os.environ.get("TUNEFORGE_RUN_TAGS")
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except ValueError:
+        raise UserError(f"TUNEFORGE_RUN_TAGS: not a JSON object ({raw[:80]!r}); e.g. '{{\"study\": \"s1\"}}'"
+                        ) from None
+    if not isinstance(tags, dict):
+        raise UserError(f"TUNEFORGE_RUN_TAGS: expected a JSON object, got {raw[:80]!r}")
+    return {"tags": tags}
+
+
 @dataclass
 class Prepared:
     """Everything a training (or an LR range test) starts from."""
@@ -169,7 +187,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
              "device": session.device_description, "mixed_precision": session.mixed_precision,
              "versions": _versions(), "pid": os.getpid(), "updated_at": now(), **chosen,
-             **lineage(cfg, info)}
+             **lineage(cfg, info), **_tags()}
     write_info(run_dir, info)
     start_heartbeat(run_dir)  # lets `tuneforge runs list` tell a silently dead run from a running one
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
