@@ -201,18 +201,22 @@ def _pg_bin(name: str) -> str | None:
 
 
 @pytest.fixture
-def postgres(tmp_path):
+def postgres():
     """A private PostgreSQL server (Debian's package; .ci/run installs it) on a free port, trust auth."""
     import socket
 
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if initdb is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql); .ci/run installs it in CI")
-    data = tmp_path / "pgdata"
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="tuneforge-pg-"))  # not under pytest's folder: root-only (0700)
+    data = home / "pgdata"
     data.mkdir()
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root: the package's postgres user runs the server
-        os.chmod(tmp_path, 0o755)
+        os.chmod(home, 0o755)
         subprocess.run(["chown", "postgres", str(data)], check=True)
         as_user = ["runuser", "-u", "postgres", "--"]
     subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "tuneforge"], check=True,
@@ -224,6 +228,7 @@ def postgres(tmp_path):
                     f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
     yield f"postgresql+psycopg://tuneforge@127.0.0.1:{port}/postgres"
     subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_two_workers_share_one_postgresql_study(tiny_bert, toy_data, tmp_path, postgres):

@@ -138,14 +138,21 @@ def _storage(url: str, heartbeat: int) -> Any:
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
-    try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-            engine_kwargs={"pool_pre_ping": True})
-    except (SQLAlchemyError, ImportError, ValueError) as err:  # a wrong URL, no server, no driver: one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--storage: cannot open {url.split('@')[-1]!r}: {first}") from None
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                engine_kwargs={"pool_pre_ping": True})
+        except IntegrityError:  # two workers creating the tables at once: the other one won, use its tables
+            time.sleep(0.5 * (attempt + 1))
+        except (SQLAlchemyError, ImportError, ValueError) as err:  # a wrong URL, no server, no driver: one line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"--storage: cannot open {url.split('@')[-1]!r}: {first}") from None
+    raise UserError(f"--storage: {url.split('@')[-1]!r}: the tables could not be created (another worker kept "
+                    "creating them); start the workers again")
 
 
 def _finished(study: Any) -> dict[str, int]:
