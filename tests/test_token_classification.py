@@ -310,3 +310,20 @@ def test_lora_trains_adapters_and_the_new_head_only(tiny_bert, ner_data, tmp_pat
     ids = torch.tensor([[2, 5, 6, 7, 8, 3]])
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5)
+
+
+def test_byte_level_tokenizer_gets_a_space_before_every_word(tiny_gpt2_lm):
+    """A byte-level BPE tokenizer encodes each pre-split word as it appears in running text (after a space), so the
+    words of a sentence get the token ids the model saw in pretraining; first subwords still start at 0."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.tasks.token_classification import encode_words, first_subwords, prefix_space
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_lm)
+    words = ["the", "quick", "brown", "fox"]
+    glued = tokenizer([words], is_split_into_words=True)["input_ids"][0]
+    assert prefix_space(tokenizer) and not prefix_space(tokenizer)  # changed once
+    win = encode_words(tokenizer, [words], 32, 8)
+    assert win.input_ids[0] != glued
+    assert win.input_ids[0] == tokenizer(" " + " ".join(words), add_special_tokens=False)["input_ids"]
+    assert sum(first_subwords(win)[0]) == len(words)

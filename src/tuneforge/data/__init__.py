@@ -2,5 +2,5 @@
 
 >>> from tuneforge.data.readers import FORMATS
 >>> sorted(FORMATS)[:3]
-['.csv', '.json', '.jsonl']
+['.conll', '.csv', '.json']
 """

@@ -89,6 +89,24 @@ def encode_words(tokenizer: Any, sentences: list[list[str]], max_length: int, st
     return encode_windows(tokenizer, patched, None, max_length, stride, first_example, split_into_words=True)
 
 
+def prefix_space(tokenizer: Any) -> bool:
+    """Make a byte-level BPE tokenizer (RoBERTa, GPT-2) put a space before every pre-split word, as run_ner.py
+    loads them with add_prefix_space=True: without it a word is encoded as if glued to the one before (other
+    token ids than in running text). The setting is saved with the run's tokenizer.json. True when changed."""
+    import json
+
+    from tokenizers import pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = (json.loads(backend.to_str()).get("pre_tokenizer") or {}) if backend is not None else {}
+    if state.get("type") != "ByteLevel" or state.get("add_prefix_space"):
+        return False
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=state.get("use_regex", True))
+    if hasattr(tokenizer, "add_prefix_space"):
+        tokenizer.add_prefix_space = True
+    return True
+
+
 def first_subwords(win: Windows) -> list[list[bool]]:
     """Per window, per token: whether it is its word's first subword. A word's tokens start at character 0 of
     the word (split_into_words spans are within each word); a window that starts inside a word holds only its
@@ -217,6 +235,7 @@ class TokenClassificationTask(TaskBase):
     def load(self, config: RunConfig, data: PreparedData) -> tuple[Any, Any, str | None]:
         revision, commit = pin_revision(config.model)
         tokenizer = load_tokenizer(config.model, revision)
+        prefix_space(tokenizer)
         names = data.label_names
         model = load_model(self.auto_class(), config.model, revision, tokenizer, num_labels=len(names),
                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
