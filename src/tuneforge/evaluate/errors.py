@@ -93,6 +93,23 @@ class ErrorCollector:
             elif bad > self._heap[0][0]:
                 heapq.heapreplace(self._heap, item)
 
+    def shard_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, int, dict]]]:
+        """Bucket sums and kept rows, without `describe` (evaluate/shards.py merges the processes' parts)."""
+        return self._sum, self._weight, self._rows, [(bad, row, extra) for bad, _, row, extra in self._heap]
+
+    def merge_shards(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, int, dict]]]]
+                     ) -> None:
+        """Become the records of every process's part (this one's included), in the order given."""
+        self.reset()
+        for sums, weights, rows, kept in parts:
+            self._sum, self._weight, self._rows = self._sum + sums, self._weight + weights, self._rows + rows
+            for bad, row, extra in kept:
+                item = (bad, next(self._tie), row, extra)
+                if len(self._heap) < self.top_k:
+                    heapq.heappush(self._heap, item)
+                elif bad > self._heap[0][0]:
+                    heapq.heapreplace(self._heap, item)
+
     def worst(self) -> list[dict[str, Any]]:
         """The kept rows, worst first, each described (text, location) plus what the task recorded."""
         return [{**self.describe(row), **extra} for _, _, row, extra in sorted(self._heap, reverse=True)]
@@ -127,7 +144,7 @@ def analysis_result(spec: Any, split_name: str, collector: ErrorCollector, metri
     out: dict[str, Any] = {"task": spec.name, "split": split_name, "metric": collector.metric,
                            "max_length": collector.max_length, collector.worst_key or spec.analysis_worst: worst,
                            "length_slices": collector.slices()}
-    if "confusion_matrix" in metrics or spec.windows:  # a classifier's metrics; a tagger's per entity type
+    if "confusion_matrix" in metrics or metrics.get("per_class"):  # a classifier's; a tagger's per entity type
         out["per_class"] = metrics.get("per_class", {})
         out["confused_pairs"] = confused_pairs(metrics.get("confusion_matrix", []), label_names)
     if "per_label" in metrics:  # a multi-label classifier's: precision/recall/F1 and threshold of each label
