@@ -36,6 +36,12 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None:  # the same command in N processes on this machine (torchrun's launcher)
+        from tuneforge.runs.launch import launch_local
+
+        argv = ["train", *([args.config] if args.config else []), *args.overrides,
+                *(["--resume", args.resume] if args.resume else []), *(["--allow-pickle"] if args.allow_pickle else [])]
+        return launch_local(args.nproc, argv)
     from tuneforge.runs.train import train
 
     items = list(args.overrides)
@@ -260,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint (needs output_dir)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also load pickle weights (.bin/.pt) with torch's weights_only loader; trusted sources only")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train in N processes on this machine (DDP; same as torchrun --nproc_per_node N -m "
+                        "tuneforge train ...; docs/distributed.md)")
     commands["train"] = _cmd_train
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna: each trial an isolated training run",
@@ -401,16 +410,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from tuneforge.engine.distributed import env_rank
+
+    rank = env_rank()  # under a launcher the main process (rank 0) prints; the others only what is theirs alone
     try:
         return args._commands[args.command](args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not err.shared:
+            print(f"error: {f'[rank {rank}] ' if rank else ''}{err}", file=sys.stderr)
         return err.exit_code
     except Interrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
+        if not rank:
+            print(f"interrupted: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if not rank:
+            print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -14,6 +14,9 @@ class UserError(Exception):
     """A problem with the user's input (config, data, paths). The CLI prints it as one line, exit 2."""
 
     exit_code = 2
+    # raised on this process because another process of a distributed run raised it (the main process prints
+    # it; the others exit quietly with the same code): engine/distributed.py
+    shared = False
 
 
 class ConfigError(UserError):

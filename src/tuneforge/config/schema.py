@@ -373,8 +373,23 @@ class FreezeConfig:
         return bool(self.embeddings or self.bottom_layers or self.all_but_head or self.modules)
 
 
+@dataclass
+class DistributedConfig:
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = opt(
+        "ddp", "How several processes train one model (launched by torchrun, accelerate launch or "
+               "`tuneforge train --nproc N`; one process ignores it): ddp (a full copy per process, gradients "
+               "averaged). fsdp and deepspeed are not implemented yet (docs/distributed.md).")
+
+    def __post_init__(self) -> None:
+        if self.strategy != "ddp":
+            raise ConfigError(f"distributed.strategy: {self.strategy} is not implemented yet (FSDP and DeepSpeed also "
+                              "run only on accelerators such as CUDA GPUs, never on the CPU); use strategy=ddp "
+                              "(docs/distributed.md)")
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig,
-                             "generation": GenerationConfig, "lora": LoraConfig, "freeze": FreezeConfig}
+                             "generation": GenerationConfig, "lora": LoraConfig, "freeze": FreezeConfig,
+                             "distributed": DistributedConfig}
 
 
 @dataclass
@@ -388,6 +403,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field that applies to this task (reloads with load_config to the same config)."""

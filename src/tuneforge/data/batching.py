@@ -84,7 +84,24 @@ def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
     return batches
 
 
-def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Evaluation batches sorted by length (least padding); metrics never depend on order."""
-    order = np.argsort(-lengths, kind="stable")
+def share(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Process `rank`'s part of one global training batch: contiguous parts whose sizes differ by at most one,
+    so the global batch, and with it the data order, is the same whatever the number of processes. A part is
+    empty when the batch has fewer rows than processes (the loop then runs a zero-weight step).
+
+    >>> [share(np.arange(5), r, 2).tolist() for r in range(2)], share(np.arange(1), 1, 2).tolist()
+    ([[0, 1, 2], [3, 4]], [])
+    """
+    return np.array_split(batch, world)[rank]
+
+
+def eval_order(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """Evaluation batches sorted by length (least padding); metrics never depend on order. With `world`
+    processes, process `rank` takes every world-th row of that order: each row is evaluated exactly once, with
+    no padding rows, and every process gets rows of every length.
+
+    >>> [b.tolist() for b in eval_order(np.array([1, 5, 3, 4, 2]), 2, rank=1, world=2)]
+    [[3, 4]]
+    """
+    order = np.argsort(-lengths, kind="stable")[rank::world]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

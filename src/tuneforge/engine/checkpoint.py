@@ -52,30 +52,74 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-                    state: dict[str, Any]) -> Path:
+def _rng_file(rank: int) -> str:
+    return "rng_state.pt" if rank == 0 else f"rng_state_{rank}.pt"
+
+
+def _save_rng(path: Path) -> None:
     import numpy as np
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    rng = {"python": [py_state[0], list(py_state[1]), py_state[2]],
+           "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, path)
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
+                    state: dict[str, Any], keep: set[Path] | None = None, limit: int | None = None) -> Path:
+    """Write checkpoint-`step` (then rotate to `limit`, never deleting `keep` or the new one). Called by every
+    process of a distributed run: each writes its own RNG state, the main process everything else (the
+    weights and optimizer state are the same on every process under DDP)."""
+    from tuneforge.engine.distributed import current
+
+    procs = current()
     final = folder / f"checkpoint-{step}"
     tmp = folder / f".tmp-checkpoint-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+
+    def fail(err: OSError) -> UserError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return UserError(f"could not write checkpoint {final}: {err.strerror or err}; "
+                         "free disk space or choose another output_dir (the previous checkpoint is intact)")
+
+    def prepare() -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as err:
+            raise fail(err) from None
+
+    def own_rng() -> None:
+        try:
+            _save_rng(tmp / _rng_file(procs.rank))
+        except OSError as err:
+            raise fail(err) from None
+
+    procs.on_main(prepare)
+    procs.all_ok(own_rng)  # every process's RNG (dropout differs per process), so a resume continues each
+    procs.on_main(lambda: _write_main(final, tmp, model, optimizer, scheduler, scaler, state, fail,
+                                      (keep or set()) | {final}, limit))
+    return final
+
+
+def _write_main(final: Path, tmp: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
+                state: dict[str, Any], fail: Any, keep: set[Path], limit: int | None) -> None:
+    import torch
+
+    folder = final.parent
     try:
         model.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        py_state = random.getstate()
-        np_state = np.random.get_state()
-        rng = {"python": [py_state[0], list(py_state[1]), py_state[2]],
-               "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-               "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng_state.pt")
         (tmp / STATE).write_text(json.dumps(state, indent=2, default=str))
         (tmp / MARKER).write_text("ok\n")
         _fsync_tree(tmp)
@@ -84,13 +128,11 @@ def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, schedul
         os.replace(tmp, final)
         _fsync_dir(folder)  # the rename itself survives a power cut
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"could not write checkpoint {final}: {err.strerror or err}; "
-                        "free disk space or choose another output_dir (the previous checkpoint is intact)") from None
+        raise fail(err) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    rotate(folder, limit, keep)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -115,27 +157,35 @@ def _load_tensors(file: Path) -> Any:
                         "was not written by tuneforge") from None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> dict[str, Any]:
-    """Restore everything saved by save_checkpoint into the given objects; return the run state."""
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, rank: int = 0,
+                    world: int = 1) -> dict[str, Any]:
+    """Restore everything saved by save_checkpoint into the given objects (process `rank` of `world` reads
+    its own RNG state); return the run state."""
     import numpy as np
     import torch
 
     if not (path / MARKER).exists():
         raise UserError(f"training.resume_from_checkpoint: {path} is not a complete checkpoint "
                         f"(no {MARKER} marker); pick another or use 'auto'")
+    run_state = json.loads((path / STATE).read_text())
+    written = int(run_state.get("num_processes", 1))
+    if written != world:  # the global batch, the data shares and the RNG states all depend on it
+        raise UserError(f"training.resume_from_checkpoint: {path} was written by {written} process(es), this run "
+                        f"has {world}; resume with the same number of processes (elastic resume is not supported "
+                        "yet: docs/distributed.md)")
     load_weights(path, model)
     optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
         scaler.load_state_dict(_load_tensors(path / "scaler.pt"))
-    rng = _load_tensors(path / "rng_state.pt")
+    rng = _load_tensors(path / _rng_file(rank))
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
     np_state = rng["numpy"]
     np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / STATE).read_text())
+    return run_state
 
 
 def load_weights(path: Path, model: Any) -> None:

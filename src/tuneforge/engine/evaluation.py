@@ -64,26 +64,38 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
     """Streaming evaluation: per batch the task folds predictions into a small state, never all logits.
     `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis; `batch` is
     the run's evaluation batch (a fresh one at per_device_eval_batch_size when not given)."""
+    from tuneforge.engine.distributed import current
+    from tuneforge.evaluate.shards import increments, merge, snapshot
+
     batch = batch if batch is not None else EvalBatch.of(cfg, device.type)
+    procs = current()
+    # the plain module: DDP's forward would synchronise buffers, a collective that processes evaluating
+    # different numbers of batches never all reach (mixed-precision autocast sits on the module itself)
+    model = getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def run(batch_size: int) -> dict[str, Any]:
+    def run(batch_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
         state: dict[str, Any] = task.init_eval_state(model, tokenizer, cfg)
         if errors is not None:
             errors.reset()  # a retry after out-of-memory must not count the failed pass's rows twice
             state["errors"] = errors
-        for indices in eval_order(split.batch_lengths, batch_size):
+        base = snapshot(state)
+        # with several processes each evaluates its own rows (each row exactly once, no padding rows)
+        for indices in eval_order(split.batch_lengths, batch_size, procs.rank, procs.world):
             state["rows"] = indices
             task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
-        return state
+        state.pop("rows", None)
+        return state, base
 
     # out of memory here halves the evaluation batch only (and later evaluations with the same `batch` start
     # from it); a compiled model evaluates uncompiled (engine/compiling.py)
     with eager():
-        state, batch.size = run_with_backoff(run, batch.size)
+        (state, base), batch.size = run_with_backoff(run, batch.size)
     model.train(was_training)
+    if procs.distributed:  # every process merges every process's part alike, so all compute the same metrics
+        state = merge(state, base, procs.gather(increments(state, base)))
     return task.eval_metrics(state, data)
 
 

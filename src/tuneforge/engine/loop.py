@@ -22,14 +22,13 @@ import numpy as np
 import torch
 
 from tuneforge.config.schema import RunConfig
-from tuneforge.data.batching import batch_count, batch_order
+from tuneforge.data.batching import batch_count, batch_order, share
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.engine.checkpoint import (
     clean_stale,
     complete_checkpoints,
     load_checkpoint,
     load_weights,
-    rotate,
     save_checkpoint,
 )
 from tuneforge.engine.compiling import compile_for_training, resolve_compile
@@ -61,8 +60,9 @@ class _Batches(torch.utils.data.Dataset):
     def __init__(self, task: Any, split: TokenizedSplit, pad_id: int, multiple: int | None) -> None:
         self.task, self.split, self.pad_id, self.multiple = task, split, pad_id, multiple
 
-    def __getitem__(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        return self.task.collate(self.split, indices, self.pad_id, self.multiple)
+    def __getitem__(self, item: tuple[np.ndarray, float]) -> tuple[dict[str, torch.Tensor], float]:
+        indices, weight = item  # weight 0.0: a stand-in row for an empty share (see `fit`)
+        return self.task.collate(self.split, indices, self.pad_id, self.multiple), weight
 
     def __len__(self) -> int:  # pragma: no cover - the sampler drives iteration
         return len(self.split)
@@ -95,9 +95,13 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     # in fp32 they did not).
     cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
     G = t.gradient_accumulation_steps
+    # Several processes (DDP) split each *global* batch of per_device x processes rows: the batch order, and so
+    # the data order, depends on the global batch only, never on how many processes share it.
+    rank, world = accelerator.process_index, accelerator.num_processes
+    global_batch = t.per_device_train_batch_size * world
 
     def plan(drop_last: bool) -> tuple[int, int]:  # (steps per epoch, total steps)
-        per_epoch = math.ceil(batch_count(len(train), t.per_device_train_batch_size, drop_last=drop_last) / G)
+        per_epoch = math.ceil(batch_count(len(train), global_batch, drop_last=drop_last) / G)
         return per_epoch, t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * per_epoch)
 
     compiled, note = resolve_compile(t.torch_compile, device.type, cfg.task, plan(False)[1])
@@ -119,13 +123,18 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         tracker.print(note)
     scaler = accelerator.scaler
     ckpt_dir = run_dir / "checkpoints"
-    clean_stale(ckpt_dir)
+    if rank == 0:
+        clean_stale(ckpt_dir)
     metric_name, greater = _metric_key(cfg, task.spec)
     result = FitResult()
+    if world > 1:  # dropout masks of their own per process (the model's initialisation was the same everywhere)
+        from accelerate.utils import set_seed
+
+        set_seed(t.seed, device_specific=True)
     start_epoch, skip_windows, bad_evals, best_path = 0, 0, 0, None
     path = _resolve_resume(t.resume_from_checkpoint, ckpt_dir, tracker) if t.resume_from_checkpoint else None
     if path is not None:
-        state = load_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, scaler)
+        state = load_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, scaler, rank, world)
         result.global_step, start_epoch, skip_windows = state["global_step"], state["epoch"], state["window"]
         result.best_metric, result.best_step = state["best_metric"], state["best_step"]
         result.best_metrics, bad_evals = state.get("best_metrics", {}), state.get("bad_evals", 0)
@@ -135,19 +144,21 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
 
     dataset = _Batches(task, train, pad_id, multiple)
 
-    def loader(batches: list[np.ndarray]) -> Any:  # the sampler yields whole batches of row indices
+    def loader(batches: list[tuple[np.ndarray, float]]) -> Any:  # the sampler yields whole batches of row indices
         # its own generator: a DataLoader draws a seed from the global RNG, which would shift dropout
         # masks after a resume
         return iter(torch.utils.data.DataLoader(dataset, batch_size=None, sampler=batches,
                                                 num_workers=t.dataloader_num_workers,
                                                 pin_memory=device.type == "cuda",
                                                 generator=torch.Generator().manual_seed(t.seed)))
+    processes = f" = {t.per_device_train_batch_size} x {world} processes x {G}" if world > 1 else ""
     tracker.print(f"training: {len(train)} examples, {total_steps} optimizer steps "
-                  f"({steps_per_epoch} per epoch), effective batch {t.per_device_train_batch_size * G}")
+                  f"({steps_per_epoch} per epoch), effective batch {global_batch * G}{processes}")
     tracker.start(result.global_step)
     # fp16's GradScaler already skips inf/NaN steps (and expects a few while it searches for a scale)
     guard = NonFiniteGuard(t.max_nonfinite_steps) if scaler is None else None
-    id_log = _SampleIds(run_dir / "sample_ids.jsonl", result.global_step) if t.record_sample_ids else None
+    id_log = _SampleIds(run_dir / "sample_ids.jsonl", result.global_step) \
+        if t.record_sample_ids and rank == 0 else None
     last_saved = -1
     started = time.perf_counter()
     log_loss = torch.zeros((), device=device)
@@ -159,12 +170,12 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         state = {"global_step": step, "epoch": epoch, "window": window, "best_metric": result.best_metric,
                  "best_step": result.best_step, "best_metrics": result.best_metrics, "bad_evals": bad_evals,
                  "best_path": str(ckpt_dir / f"checkpoint-{result.best_step}") if result.best_step else None,
-                 "metric_for_best_model": metric_name}
+                 "metric_for_best_model": metric_name, "num_processes": world}
         nonlocal last_saved
         if id_log is not None:
             id_log.flush()
-        path = save_checkpoint(ckpt_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, scaler, state)
-        rotate(ckpt_dir, t.save_total_limit, {path} | ({best_path} if best_path else set()))
+        save_checkpoint(ckpt_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, scaler, state,
+                        keep={best_path} if best_path else set(), limit=t.save_total_limit)
         last_saved = step
 
     def run_eval(epoch_float: float) -> bool:
@@ -198,14 +209,18 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     epoch, epoch_float = start_epoch, float(start_epoch)
     with GracefulStop(tracker.print) as stop:
         while result.global_step < total_steps and not result.stopped_early:
-            batches = batch_order(lengths, t.per_device_train_batch_size, t.seed, epoch, t.train_sampling_strategy,
-                                  drop_last=compiled)
+            batches = batch_order(lengths, global_batch, t.seed, epoch, t.train_sampling_strategy, drop_last=compiled)
             windows = [batches[i:i + G] for i in range(0, len(batches), G)]
             first = skip_windows if epoch == start_epoch else 0
-            it = loader([b for w in windows[first:] for b in w])
+            it = loader([_share(b, rank, world) for w in windows[first:] for b in w])
             for window_index in range(first, len(windows)):
-                micro = [next(it) for _ in windows[window_index]]
-                window_loss = forward_backward(accelerator, model, task, micro, loss_fn)
+                micro, weights = zip(*[next(it) for _ in windows[window_index]])
+                window_loss = forward_backward(accelerator, model, task, list(micro), loss_fn, list(weights))
+                if world > 1:  # one small collective: the global window loss, and a stop any process was asked for
+                    flag = torch.tensor(1.0 if stop.requested else 0.0, device=device)
+                    window_loss, flag = accelerator.reduce(torch.stack([window_loss, flag]), "sum")
+                    if flag > 0 and not stop.requested:
+                        stop.requested = "SIGTERM"
                 grad_norm = None
                 if t.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -286,6 +301,13 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         load_weights(best_path, accelerator.unwrap_model(model))
         tracker.print(f"restored the best model (step {result.best_step}, {metric_name} {result.best_metric:.4f})")
     return result
+
+
+def _share(batch: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
+    """This process's rows of a global batch, weight 1.0; when the batch has fewer rows than processes and this
+    share is empty, the batch's first row at weight 0.0 (DDP needs every process in every backward)."""
+    mine = share(batch, rank, world)
+    return (mine, 1.0) if len(mine) else (batch[:1], 0.0)
 
 
 def _total_norm(model: Any) -> torch.Tensor:

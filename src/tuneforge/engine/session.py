@@ -44,7 +44,8 @@ class Session:
         # the held-out split: test when given (else validation); the best model is evaluated on it at the end
         target = "test" if "test" in splits else "validation" if "validation" in splits else None
         before = self.base_model_baseline(cfg, task, model, tokenizer, splits, data, target)
-        tracker = Tracker(run_dir, 0, cfg.training.report_to, self.console, config=cfg.to_dict())
+        tracker = Tracker(run_dir, 0, cfg.training.report_to, self.console, config=cfg.to_dict(),
+                          main=self.accelerator.is_main_process)
         try:
             result = fit(cfg, task, model, tokenizer, splits, data, run_dir, tracker, self.accelerator,
                          self.eval_batch, analyse=target == "validation")
@@ -122,13 +123,20 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
+def wants_cuda(cfg: RunConfig) -> bool:
+    """The session's device kind: a CUDA GPU when there is one, unless use_cpu."""
+    import torch
+
+    return torch.cuda.is_available() and not cfg.training.use_cpu
+
+
 def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Session:
     """Pick device and precision; `fp16_safe=False` (T5 family) rules fp16 out of the automatic choice."""
     import torch
     from accelerate import Accelerator
 
     t = cfg.training
-    cuda = torch.cuda.is_available() and not t.use_cpu
+    cuda = wants_cuda(cfg)
     device_type = "cuda" if cuda else "cpu"
     bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
     mixed, warning = resolve_mixed_precision(t.mixed_precision, device_type, bf16, fp16_safe)

@@ -18,17 +18,31 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: list[dict[str, Any]],
-                     loss_fn: Any = None) -> torch.Tensor:
+                     loss_fn: Any = None, weights: list[float] | None = None) -> torch.Tensor:
     """Backpropagate one accumulation window; returns the window's mean loss (a device tensor, no sync).
-    `loss_fn` (default task.loss) is the compiled forward + loss under torch_compile."""
+    `loss_fn` (default task.loss) is the compiled forward + loss under torch_compile.
+
+    Under DDP (a wrapped model, several processes) the window's items are summed over the processes before the
+    first backward, and each process's loss is scaled by the process count, because DDP *averages* gradients:
+    the result equals one process backpropagating the whole global window. Then the returned loss is this
+    process's part of the global mean (the loop adds the parts). `weights`: 0.0 for a micro-batch that only
+    keeps a process in step (its share of a global batch was empty; engine/loop.py): it counts no items and
+    adds nothing to the gradients."""
     assert accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
     loss_fn = loss_fn or task.loss
-    n_items = sum(task.num_items(b) for b in micro_batches)
+    weights = weights or [1.0] * len(micro_batches)
+    ddp = accelerator.num_processes > 1 and type(model).__name__ == "DistributedDataParallel"
+    n_items: Any = sum(task.num_items(b) for b, w in zip(micro_batches, weights) if w)
+    world = 1
+    if ddp:
+        counted = torch.tensor(float(n_items), dtype=torch.float64, device=accelerator.device)
+        n_items, world = float(accelerator.reduce(counted, "sum")), accelerator.num_processes
     total = torch.zeros((), device=accelerator.device)
-    for j, batch in enumerate(micro_batches):
+    for j, (batch, weight) in enumerate(zip(micro_batches, weights)):
         last = j == len(micro_batches) - 1
-        with nullcontext() if last or accelerator.num_processes == 1 else accelerator.no_sync(model):
-            loss = loss_fn(model, to_device(batch, accelerator.device)) / (n_items or 1)  # items or weights
-            accelerator.backward(loss)
+        with nullcontext() if last or not ddp else accelerator.no_sync(model):
+            loss = loss_fn(model, to_device(batch, accelerator.device))
+            loss = (loss if weight else loss * 0.0) / (n_items or 1)  # items or weights
+            accelerator.backward(loss * world if world > 1 else loss)
         total += loss.detach()
     return total

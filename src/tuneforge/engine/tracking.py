@@ -25,12 +25,13 @@ def _fmt(value: Any) -> str:
 
 class Tracker:
     def __init__(self, run_dir: Path, total_steps: int, report_to: str, console: Console | None = None,
-                 config: dict[str, Any] | None = None) -> None:
-        self.console = console or Console(stderr=False)
+                 config: dict[str, Any] | None = None, main: bool = True) -> None:
+        """`main=False` (the other processes of a distributed run): no file, no tracker, nothing printed."""
+        self.console = (console or Console(stderr=False)) if main else Console(quiet=True)
         self.total_steps = total_steps
-        self.interactive = sys.stdout.isatty()
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.writer = external_tracker(report_to, run_dir, config)
+        self.interactive = sys.stdout.isatty() and main
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if main else None
+        self.writer = external_tracker(report_to, run_dir, config) if main else None
         self.progress = None
         self.task_id = None
         self.started = time.perf_counter()
@@ -60,8 +61,9 @@ class Tracker:
 
     def log(self, step: int, metrics: dict[str, Any], epoch: float | None = None) -> None:
         record = {"step": step, **({"epoch": round(epoch, 4)} if epoch is not None else {}), **metrics}
-        self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl.flush()
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
         if self.writer is not None:
             self.writer.log({f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}": value
                              for key, value in metrics.items()
@@ -86,7 +88,8 @@ class Tracker:
         if self.writer is not None:
             self.writer.finish()
             self.writer = None
-        self.jsonl.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
 
 
 def external_tracker(report_to: str, run_dir: Path, config: dict[str, Any] | None = None) -> Any:

@@ -34,6 +34,18 @@ class ByExample:
     def __len__(self) -> int:
         return len(self._by_example)
 
+    def shard_state(self) -> dict[int, list[tuple[int, Any]]]:
+        """What this process gathered (evaluate/shards.py merges the processes' parts)."""
+        return dict(self._by_example)
+
+    def merge_shards(self, parts: list[dict[int, list[tuple[int, Any]]]]) -> None:
+        """Become the union of every process's part (this one's included): windows of one example evaluated
+        on different processes meet again."""
+        self._by_example = defaultdict(list)
+        for part in parts:
+            for example, rows in part.items():
+                self._by_example[example].extend(rows)
+
     def groups(self) -> Iterator[tuple[int, list[tuple[int, Any]]]]:
         """(example id, [(row, item), ...] in row order), in example order."""
         for example in sorted(self._by_example):

@@ -157,6 +157,16 @@ class RougeAccumulator:
         self.count += len(predictions)
         return per_example
 
+    def shard_state(self) -> tuple[dict[str, float], float, int]:
+        """The running sums (evaluate/shards.py merges the processes' parts)."""
+        return dict(self._sums), self._length_sum, self.count
+
+    def merge_shards(self, parts: list[tuple[dict[str, float], float, int]]) -> None:
+        """Become the sum of every process's part (this one's included), added in the order given."""
+        self._sums = {key: sum(p[0][key] for p in parts) for key in ROUGE_KEYS}
+        self._length_sum = sum(p[1] for p in parts)
+        self.count = sum(p[2] for p in parts)
+
     def result(self) -> dict[str, float]:
         """Mean F-measure per ROUGE type (fractions in [0, 1]) and mean ``gen_len``; all zeros when empty."""
         n = max(self.count, 1)

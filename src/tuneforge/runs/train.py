@@ -85,6 +85,18 @@ def _tags() -> dict[str, Any]:
     return {"tags": tags}
 
 
+def _processes(cfg: RunConfig) -> Any:
+    """This process's place in the run: one process (torch not imported) unless a launcher started several."""
+    from tuneforge.engine.distributed import Processes, launched
+
+    if not launched():
+        return Processes()
+    from tuneforge.engine.distributed import start_processes
+    from tuneforge.engine.session import wants_cuda
+
+    return start_processes(wants_cuda(cfg))
+
+
 @dataclass
 class Prepared:
     """Everything a training (or an LR range test) starts from."""
@@ -98,15 +110,19 @@ class Prepared:
     max_length: int
 
 
-def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prepared:
-    """Load model and tokenizer, apply LoRA / freezing / memory savers, start the session, tokenize."""
+def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any, procs: Any = None) -> Prepared:
+    """Load model and tokenizer, apply LoRA / freezing / memory savers, start the session, tokenize. `procs`
+    (engine/distributed.py Processes): with several processes the main one loads (a hub download lands in the
+    cache once) and tokenizes (into the shared cache) first, then the others read what it cached."""
     from accelerate.utils import set_seed
 
+    from tuneforge.engine.distributed import Processes
     from tuneforge.engine.memory import apply_memory_savers
     from tuneforge.engine.session import start_session
 
+    procs = procs or Processes()
     set_seed(cfg.training.seed)  # before loading: a new head's initialisation depends on it
-    model, tokenizer, revision = task.load(cfg, data)
+    model, tokenizer, revision = procs.main_first(lambda: task.load(cfg, data))
     from tuneforge.engine.lora import resolve_learning_rate
 
     cfg = resolve_learning_rate(cfg)  # LoRA's default rate, before the task's model-family one
@@ -140,7 +156,7 @@ def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prep
         console.print(note, highlight=False)
     max_length = task.max_length(cfg, tokenizer, model.config)
     started = time.perf_counter()
-    splits = task.tokenize(tokenizer, data, cfg, max_length)
+    splits = procs.main_first(lambda: task.tokenize(tokenizer, data, cfg, max_length))
     seconds = time.perf_counter() - started
     tokens = sum(len(s.input_ids) for s in splits.values())
     console.print(f"tokenized {sum(len(t) for t in data.splits.values())} rows into {tokens} tokens in {seconds:.1f} s "
@@ -150,43 +166,68 @@ def prepare_training(cfg: RunConfig, task: Any, data: Any, console: Any) -> Prep
 
 def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
           overrides: list[str] | dict[str, Any] | None = None, console: Any = None) -> Run:
-    """Train a model as described by `config` (+ overrides) and return its finished Run."""
-    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
-    run_dir = prepare_output_dir(cfg)
-    if cfg.training.output_dir is None:  # run_config.yaml then resumes this very folder
-        import dataclasses
+    """Train a model as described by `config` (+ overrides) and return its finished Run. Under a launcher
+    (torchrun, accelerate launch, `tuneforge train --nproc N`) every process calls this: the main process
+    decides (run folder, data, batch size, learning rate) and writes; the others train their share."""
+    from tuneforge.engine.distributed import env_rank, launched
 
-        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, output_dir=str(run_dir)))
-    from tuneforge.runs.integrations import check_integrations
-    from tuneforge.runs.lineage import lineage
-    from tuneforge.runs.liveness import start_heartbeat
+    try:
+        cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    except UserError as err:
+        err.shared = launched() and env_rank() != 0  # every process read the same config: print it once
+        raise
+    procs = _processes(cfg)
 
-    check_integrations(cfg)  # report_to package, hub token: before hours of training, not after
-    task = get_task(cfg.task)
-    data = task.prepare_data(cfg)  # every data error is raised here, before torch is imported
+    def decide() -> tuple[RunConfig, Path, Any, Any]:
+        """The run folder (and id), the integrations and the validated data: once, on the main process."""
+        run_dir = prepare_output_dir(cfg)
+        c = cfg
+        if c.training.output_dir is None:  # run_config.yaml then resumes this very folder
+            import dataclasses
 
+            c = dataclasses.replace(c, training=dataclasses.replace(c.training, output_dir=str(run_dir)))
+        from tuneforge.runs.integrations import check_integrations
+
+        check_integrations(c)  # report_to package, hub token: before hours of training, not after
+        task = get_task(c.task)
+        data = task.prepare_data(c)  # every data error is raised here, before torch is imported (one process)
+        return c, run_dir, task, data
+
+    cfg, run_dir, task, data = procs.on_main(decide)
     from rich.console import Console
 
-    console = console or Console(soft_wrap=True)
-    p = prepare_training(cfg, task, data, console)
+    main = procs.is_main
+    console = (console or Console(soft_wrap=True)) if main else Console(quiet=True)  # messages print once
+    p = prepare_training(cfg, task, data, console, procs)
     cfg, model, tokenizer, session, splits = p.cfg, p.model, p.tokenizer, p.session, p.splits
     revision, max_length = p.revision, p.max_length
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     from tuneforge.engine.preflight import preflight
+    from tuneforge.runs.lineage import lineage
+    from tuneforge.runs.liveness import start_heartbeat
     from tuneforge.tasks.tokenize import tokenizer_fingerprint
 
     run = Run(run_dir)
-    recorded = run.info if is_run(run_dir) else {}
-    # a resumed run reuses the batch size and learning rate it chose before instead of searching again
-    previous = recorded if cfg.training.resume_from_checkpoint else {}
-    cfg, chosen = preflight(cfg, session, task, model, tokenizer, splits, run_dir, console, previous)
+
+    def choose() -> tuple[RunConfig, dict[str, Any], dict[str, Any]]:
+        """Batch size and learning rate (auto_find_batch_size, learning_rate: auto): decided on one process."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recorded = run.info if is_run(run_dir) else {}
+        # a resumed run reuses the batch size and learning rate it chose before instead of searching again
+        previous = recorded if cfg.training.resume_from_checkpoint else {}
+        return (*preflight(cfg, session, task, model, tokenizer, splits, run_dir, console, previous), recorded)
+
+    cfg, chosen, recorded = procs.on_main(choose)
+    if not main:  # the main process writes the run folder; this one trains its share and leaves
+        session.fit(cfg, task, model, tokenizer, splits, data, run_dir)
+        return run
     info = recorded or {"id": run_dir.name, "created_at": now()}
     info |= {"task": cfg.task, "status": "running", "base_model": cfg.model.model_name_or_path,
              "model_revision": revision, "data_fingerprint": data.fingerprint, "max_length": max_length,
              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
              "device": session.device_description, "mixed_precision": session.mixed_precision,
              "versions": _versions(), "pid": os.getpid(), "updated_at": now(), **chosen,
+             **({"num_processes": procs.world} if procs.distributed else {}),
              **lineage(cfg, info), **_tags()}
     write_info(run_dir, info)
     start_heartbeat(run_dir)  # lets `tuneforge runs list` tell a silently dead run from a running one

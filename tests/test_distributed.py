@@ -1,0 +1,238 @@
+"""Multi-process training (DDP) on the CPU: gloo on loopback, tiny BERT, a few steps.
+
+2 processes x batch 8 must end with the weights of 1 process x batch 16 (dropout 0: masks differ per process),
+in one run folder, with validation metrics over every example exactly once (41 rows: odd); the same through
+`tuneforge train --nproc 2` and a simulated 2-node run (two torchrun invocations on loopback); kill -9 of a
+2-process run and `--resume auto` equals the uninterrupted run (dropout on, so every process's RNG matters).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import base_overrides, one_line_error, toy_rows, write_csv
+from safetensors.torch import load_file
+
+BIN = Path(sys.executable).parent
+TRAIN_ROWS, VAL_ROWS = 97, 41  # 97 = 6 x 16 + 1: the last global batch has one row, one process gets none
+COMMON = dict(num_train_epochs=2, per_device_eval_batch_size=8, use_cpu="true", mixed_precision="no",
+              baselines="false", save_strategy="steps", save_steps=2, save_total_limit=2, logging_steps=1,
+              load_best_model_at_end="false")  # the last weights: every step compared
+# float round-off only: summing two halves' gradients instead of one batch's (measured: 1.5e-7 after 7 steps)
+WEIGHT_TOLERANCE = 1e-5
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                          "MASTER_PORT")}
+    return env | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1",
+                  "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [str(BIN / "torchrun"), "--master_addr", "127.0.0.1", "--master_port", str(_port()), *args]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ddp_data")
+    return {"train": write_csv(folder / "train.csv", toy_rows(TRAIN_ROWS, 1)),
+            "validation": write_csv(folder / "validation.csv", toy_rows(VAL_ROWS, 2))}
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tiny_bert, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bert_no_dropout") / "model"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _overrides(model: Path, data: dict[str, Path], out: Path, **extra: object) -> list[str]:
+    items = base_overrides(model, data, out, **(COMMON | extra))
+    return [i for i in items if not i.startswith("output_dir=")] if out.name == "-" else items
+
+
+@pytest.fixture(scope="module")
+def reference(no_dropout_bert, data, tmp_path_factory) -> Path:
+    """One process, batch 16: the run every 2-process run at global batch 16 must equal."""
+    import tuneforge
+
+    out = tmp_path_factory.mktemp("ddp_reference") / "one"
+    return tuneforge.train(None, _overrides(no_dropout_bert, data, out, per_device_train_batch_size=16)).path
+
+
+def _assert_all_examples_once(run: Path, reference: Path) -> None:
+    metrics, expected = json.loads((run / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
+    assert sum(map(sum, metrics["eval"]["confusion_matrix"])) == VAL_ROWS  # each validation row counted once
+    assert metrics["eval"]["confusion_matrix"] == expected["eval"]["confusion_matrix"]
+    assert metrics["eval"]["loss"] == pytest.approx(expected["eval"]["loss"], abs=1e-6)
+    analysis = json.loads((run / "error_analysis.json").read_text())
+    assert sum(s["rows"] for s in analysis["length_slices"]) == VAL_ROWS
+    assert metrics["train"]["global_step"] == expected["train"]["global_step"] == 14
+
+
+def test_two_processes_train_the_weights_of_one(reference, no_dropout_bert, data, tmp_path):
+    started = time.perf_counter()
+    result = _run(_torchrun("--nproc_per_node", "2", "-m", "tuneforge", "train",
+                            *_overrides(no_dropout_bert, data, tmp_path / "-", per_device_train_batch_size=8)),
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs  # rank 0 chose the folder (and id) for both
+    run = runs[0]
+    assert _max_diff(run, reference) < WEIGHT_TOLERANCE
+    assert _max_diff(run, no_dropout_bert) > 1e-3  # it trained
+    _assert_all_examples_once(run, reference)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["num_processes"] == 2
+    assert result.stdout.count("training: ") == 1 and result.stdout.count("Data report") == 1  # printed once
+    assert "effective batch 16 = 8 x 2 processes x 1" in result.stdout
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in line and "eval_loss" not in line]
+    assert steps == list(range(1, 15))  # one writer
+    print(f"2 processes: {time.perf_counter() - started:.1f} s, max weight difference {_max_diff(run, reference):.2e}")
+
+
+def test_gradient_accumulation_across_processes(reference, no_dropout_bert, data, tmp_path):
+    """2 processes x batch 4 x accumulation 2 is a window of 16 rows, as batch 16, but cut from the global batch
+    order of 8 rows: only the window's loss normalisation is shared, so it is compared with 1 process x 8 x 2."""
+    import tuneforge
+
+    one = tuneforge.train(None, _overrides(no_dropout_bert, data, tmp_path / "one", per_device_train_batch_size=8,
+                                           gradient_accumulation_steps=2)).path
+    result = _run(_torchrun("--nproc_per_node", "2", "-m", "tuneforge", "train",
+                            *_overrides(no_dropout_bert, data, tmp_path / "two", per_device_train_batch_size=4,
+                                        gradient_accumulation_steps=2)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _max_diff(tmp_path / "two", one) < WEIGHT_TOLERANCE
+
+
+def test_two_nodes_on_one_machine(reference, no_dropout_bert, data, tmp_path):
+    port = str(_port())
+    args = _overrides(no_dropout_bert, data, tmp_path / "run", per_device_train_batch_size=8)
+    nodes = [subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node",
+                               "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "tuneforge", "train",
+                               *args], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outputs]
+    assert _max_diff(tmp_path / "run", reference) < WEIGHT_TOLERANCE
+    _assert_all_examples_once(tmp_path / "run", reference)
+    assert "training: " not in outputs[1][0]  # node 1 prints nothing of its own
+
+
+def test_a_data_error_is_one_line_from_two_processes(tiny_bert, data, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,category\nhello,a\n")  # no label column: found by the main process's data checks
+    result = _run([str(BIN / "tuneforge"), "train", "--nproc", "2",
+                   *_overrides(tiny_bert, {"train": bad, "validation": data["validation"]}, tmp_path / "run")],
+                  cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "label" in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_fsdp_is_refused_in_one_line(capsys, tiny_bert, data, tmp_path):
+    line = one_line_error(capsys, ["train", *base_overrides(tiny_bert, data, tmp_path / "run", strategy="fsdp")])
+    assert "distributed.strategy" in line and "not implemented" in line
+
+
+# Runs the CLI under torchrun; with TF_TEST_SAVE_FLAG set, the main process pauses in the middle of writing
+# checkpoint-4 (after its files, before the rename) and says so, so the test kills every process then.
+HARNESS = """
+import os, sys, time
+import tuneforge.engine.checkpoint as checkpoint
+flag = os.environ.get("TF_TEST_SAVE_FLAG")
+if flag:
+    original = checkpoint._fsync_tree
+    def slow(path):
+        if path.name.endswith("-4"):
+            open(flag, "w").write(str(path))
+            time.sleep(120)
+        original(path)
+    checkpoint._fsync_tree = slow
+from tuneforge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def nproc_run(tiny_bert, data, tmp_path_factory) -> Path:
+    """`tuneforge train --nproc 2`, uninterrupted, with dropout (the tiny BERT's own 0.1)."""
+    out = tmp_path_factory.mktemp("ddp_nproc") / "run"
+    result = _run([str(BIN / "tuneforge"), "train", "--nproc", "2",
+                   *_overrides(tiny_bert, data, out, per_device_train_batch_size=8)], cwd=out.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("training: ") == 1
+    return out
+
+
+def test_nproc_starts_two_processes(nproc_run):
+    info = json.loads((nproc_run / "run.json").read_text())
+    assert info["status"] == "finished" and info["num_processes"] == 2
+    assert {p.name for p in (nproc_run / "checkpoints" / "checkpoint-14").iterdir()} >= {"rng_state.pt",
+                                                                                          "rng_state_1.pt"}
+
+
+def test_kill_two_processes_then_resume_gives_the_uninterrupted_weights(nproc_run, tiny_bert, data, tmp_path):
+    harness = tmp_path / "harness.py"
+    harness.write_text(HARNESS)
+    out, flag = tmp_path / "run", tmp_path / "saving"
+    args = _overrides(tiny_bert, data, out, per_device_train_batch_size=8)
+    proc = subprocess.Popen(_torchrun("--nproc_per_node", "2", str(harness), "train", *args), cwd=tmp_path,
+                            env=_env() | {"TF_TEST_SAVE_FLAG": str(flag)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "checkpoint-4 never started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both processes, mid-write of checkpoint-4
+    proc.wait()
+    assert not (out / "checkpoints" / "checkpoint-4").exists()
+    result = _run(_torchrun("--nproc_per_node", "2", "-m", "tuneforge", "train", *args, "--resume", "auto"),
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout and "checkpoint-2" in result.stdout
+    assert _max_diff(out, nproc_run) < 1e-6  # the same code path, the same order of operations
+
+
+def test_resume_with_another_process_count_is_refused(nproc_run, tmp_path):
+    import tuneforge
+    from tuneforge.errors import UserError
+
+    out = tmp_path / "run"
+    shutil.copytree(nproc_run, out)
+    cfg = (out / "run_config.yaml").read_text().replace(str(nproc_run), str(out))
+    (out / "run_config.yaml").write_text(cfg)
+    with pytest.raises(UserError, match="written by 2 process"):
+        tuneforge.train(str(out / "run_config.yaml"), ["resume_from_checkpoint=auto", "num_train_epochs=3"])
