@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,8 @@ from tuneforge.runs.record import Run, is_run
 from tuneforge.runs.registry import list_runs
 from tuneforge.tune import tune
 from tuneforge.tune.space import parse_expression, parse_space
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 # short trials: 2 evaluations each (one per epoch), one thread (the suite shares two cores)
 FAST = dict(num_train_epochs=2, save_strategy="no", baselines="false", logging_steps=5)
@@ -105,6 +109,14 @@ def test_study_finds_a_better_setting_and_resumes_counting_all_trials(tiny_bert,
     assert best.training.output_dir is None
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 2 and f"{result.best_value:.4f}" in report
+    if CHROMIUM:  # .ci/run installs it: every embedded figure decodes in a real browser
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                              "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True,
+                             timeout=120).stdout
+        body = re.search(r"<body[^>]*>", dom)
+        assert body, dom[-2000:]
+        n = int(re.search(r'data-images="(\d+)"', body.group(0)).group(1))
+        assert n >= 2 and f'data-images-loaded="{n}"' in body.group(0)
     listed = [r for r in list_runs(out.parent) if r.get("tags", {}).get("study") == result.name]
     assert sorted(r["tags"]["trial"] for r in listed) == [0, 1, 2] and {r["status"] for r in listed} == {"finished"}
 
@@ -245,3 +257,14 @@ def test_two_workers_share_one_postgresql_study(tiny_bert, toy_data, tmp_path, p
     assert sorted(numbers) == list(range(len(trials)))  # no duplicate trial numbers
     assert all("trial" in o for o in outputs)  # both workers ran trials
     assert {Path(t.user_attrs["run"]).name for t in complete} == {f"trial-{t.number:04d}" for t in complete}
+
+
+def test_a_trial_may_itself_be_distributed(tiny_bert, toy_data, tmp_path):
+    out = tmp_path / "study"
+    items = study_overrides(tiny_bert, toy_data, out, learning_rate="log(1e-3, 1e-2)", num_train_epochs=1,
+                            per_device_train_batch_size=8)
+    result = tune(None, items, n_trials=1, pruner="none", threads=1, nproc=2)
+    assert result.counts["complete"] == 1
+    log = (out / "logs" / "trial-0000.log").read_text()
+    assert "2 processes" in log, log[-2000:]  # the trial's own DDP run: effective batch 8 x 2 processes
+    assert len([p for p in out.glob("trial-*") if p.is_dir()]) == 1  # one run folder for both processes

@@ -65,7 +65,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         items.insert(0, config)
         config = None
     tune(config, items, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage,
-         study_name=args.study_name, pruner=args.pruner, threads=args.threads, heartbeat=args.heartbeat)
+         study_name=args.study_name, pruner=args.pruner, threads=args.threads, heartbeat=args.heartbeat,
+         nproc=args.nproc)
     return 0
 
 
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "when several workers run on one machine)")
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between a trial's heartbeats; a trial silent "
                                                              "for twice this is failed and retried (default: 60)")
+    p.add_argument("--nproc", type=int, metavar="N", help="each trial trains in N processes on this machine (DDP, "
+                                                          "as `tuneforge train --nproc N`)")
     commands["tune"] = _cmd_tune
 
     p = sub.add_parser("lr-find", help="learning-rate range test: writes lr_find.csv and lr_find.png, suggests a rate",

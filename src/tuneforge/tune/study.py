@@ -180,10 +180,12 @@ def _line(trial: Any, best: Any, metric: str) -> str:
 def tune(config: str | os.PathLike | None, overrides: list[str] | None = None, *, n_trials: int = 20,
          timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
          pruner: Any = "median", threads: int | None = None, heartbeat: int = HEARTBEAT_SECONDS,
-         enqueue: list[dict[str, Any]] | None = None, sampler: Any = None, console: Any = None) -> StudyResult:
+         enqueue: list[dict[str, Any]] | None = None, sampler: Any = None, nproc: int | None = None,
+         console: Any = None) -> StudyResult:
     """Run (or continue) a study until it has `n_trials` finished trials or `timeout` seconds passed.
     `pruner`: median, hyperband, none or an Optuna pruner; `enqueue`: settings ({key: value}) to try first, after
-    the config's own values; `sampler`: an Optuna sampler (default TPE)."""
+    the config's own values; `sampler`: an Optuna sampler (default TPE); `nproc`: each trial trains in that many
+    processes (DDP, `tuneforge train --nproc`)."""
     try:
         import optuna
         from optuna.trial import TrialState
@@ -231,7 +233,7 @@ def tune(config: str | os.PathLike | None, overrides: list[str] | None = None, *
 
     console = console or Console(soft_wrap=True)
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    n_threads = threads or os.cpu_count() or 1
+    n_threads = threads or max(1, (os.cpu_count() or 1) // (nproc or 1))
     base_trial = {k: v for k, v in base.items() if k not in ("output_dir", "training.output_dir")}
     if isinstance(base_trial.get("training"), dict):
         base_trial["training"] = {k: v for k, v in base_trial["training"].items() if k != "output_dir"}
@@ -245,7 +247,7 @@ def tune(config: str | os.PathLike | None, overrides: list[str] | None = None, *
                                               sort_keys=False), encoding="utf-8")
         log = folder / "logs" / f"trial-{trial.number:04d}.log"
         process = TrialProcess(config_path, run_dir, f"eval_{metric}", log, n_threads,
-                               {"study": name, "trial": trial.number})
+                               {"study": name, "trial": trial.number}, nproc)
         try:
             return run_trial(trial, process)
         except TrialPrunedByStudy as err:

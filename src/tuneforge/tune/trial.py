@@ -45,6 +45,7 @@ class TrialProcess:
     log_path: Path
     threads: int
     tags: dict[str, Any]
+    nproc: int | None = None  # a distributed trial: `tuneforge train --nproc N` (DDP on this machine)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -61,7 +62,8 @@ def start(t: TrialProcess) -> subprocess.Popen:
            "MKL_NUM_THREADS": str(t.threads), "TOKENIZERS_PARALLELISM": "false"}
     log = open(t.log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "tuneforge", "train", str(t.config_path)], stdout=log,
+        nproc = ["--nproc", str(t.nproc)] if t.nproc else []
+        return subprocess.Popen([sys.executable, "-m", "tuneforge", "train", *nproc, str(t.config_path)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 preexec_fn=_die_with_parent)
     finally:
