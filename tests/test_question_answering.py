@@ -24,7 +24,7 @@ def _overrides(model, folder, **extra) -> list[str]:
              "train_file": str(write_squad(folder / "train.json", qa_rows(400, 1, words=(4, 40)))),
              "validation_file": str(write_jsonl(folder / "validation.jsonl", qa_rows(100, 2, words=(4, 40)))),
              "test_file": str(write_jsonl(folder / "test.jsonl", qa_rows(100, 3, words=(4, 40)))),
-             "output_dir": str(folder / "run"), "max_length": WINDOW, "stride": STRIDE, "learning_rate": 3e-3,
+             "output_dir": str(folder / "run"), "max_length": WINDOW, "stride": STRIDE, "learning_rate": 1e-3,
              "num_train_epochs": 15, "mixed_precision": "no", "per_device_train_batch_size": 16, "report_to": "none",
              "seed": 0,
              "save_strategy": "no", "preprocessing_cache_dir": str(folder / "cache"), **extra}
