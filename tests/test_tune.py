@@ -268,3 +268,20 @@ def test_a_trial_may_itself_be_distributed(tiny_bert, toy_data, tmp_path):
     log = (out / "logs" / "trial-0000.log").read_text()
     assert "2 processes" in log, log[-2000:]  # the trial's own DDP run: effective batch 8 x 2 processes
     assert len([p for p in out.glob("trial-*") if p.is_dir()]) == 1  # one run folder for both processes
+
+
+def test_a_study_whose_trials_all_fail_stops_with_the_reason(tiny_bert, toy_data, tmp_path, capsys):
+    import shutil as sh
+
+    broken = tmp_path / "no_weights"
+    sh.copytree(tiny_bert, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.unlink()  # the parent never loads the model: every trial fails the same way
+    out = tmp_path / "study"
+    line = one_line_error(capsys, ["tune", *study_overrides(broken, toy_data, out, learning_rate="log(1e-4, 1e-2)"),
+                                   "--n-trials", "10", "--threads", "1"])
+    assert "every trial failed; the last:" in line
+    study = json.loads((out / "study.json").read_text())
+    trials = optuna.load_study(study_name=study["study_name"], storage=f"sqlite:///{(out / 'study.db').resolve()}"
+                               ).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3  # stopped after 3, not 10

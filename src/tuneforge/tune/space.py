@@ -130,12 +130,18 @@ def parse_expression(key: str, text: str) -> Any:
 
 
 def edge_values(distribution: Any) -> list[Any]:
-    """The values a config must accept for the space to be valid: both ends of a range, every choice."""
-    from optuna.distributions import CategoricalDistribution
+    """The values a config must accept for the space to be valid: both ends of a range (and a value between them
+    for a continuous one), every choice."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     if isinstance(distribution, CategoricalDistribution):
         return list(distribution.choices)
-    return [distribution.low, distribution.high]
+    values = [distribution.low, distribution.high]
+    if isinstance(distribution, FloatDistribution) and distribution.step is None:
+        # a continuous range also samples between its ends: a non-integral value catches an integer key
+        # (float(4, 8) for a batch size: 4.0 and 8.0 alone would pass as integers)
+        values.append(distribution.low + (distribution.high - distribution.low) / 3)
+    return values
 
 
 def parse_space(search: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from tuneforge.tune.trial import TrialFailed, TrialProcess, TrialPrunedByStudy, 
 STUDY_JSON = "study.json"
 HEARTBEAT_SECONDS = 60  # a trial's heartbeat in the storage; stale (failed, retried) after twice this
 MAX_RETRIES = 2  # a stale trial is retried at most this many times
-FAILURE_STOP = 3  # this many failures in a row, with the same reason and no finished trial: stop the study
+FAILURE_STOP = 3  # the first this many trials all failed (none finished): stop the study
 
 
 @dataclass
@@ -266,9 +266,8 @@ def tune(config: str | os.PathLike | None, overrides: list[str] | None = None, *
         failed = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         recent = failed[-FAILURE_STOP:]
         if len(recent) == FAILURE_STOP and all(t.state == TrialState.FAIL for t in recent) and \
-                not any(t.state in done_states for t in failed) and \
-                len({t.user_attrs.get("error") for t in recent}) == 1:
-            study.stop()  # the same failure every time: the data or config, not the hyperparameters
+                not any(t.state in done_states for t in failed):
+            study.stop()  # no trial ever finished: the data, the config or the machine, not the hyperparameters
 
     finished = sum(_finished(study)[s.name.lower()] for s in done_states)
     console.print(f"study {name}: {finished} of {n_trials} trials finished, {direction} validation {metric}; "
