@@ -161,50 +161,19 @@ class OnnxModel:
 
 
 class OnnxClassifier(OnnxModel):
-    @staticmethod
-    def export(model: Any, ids: Any, mask: Any, folder: Path, use_token_types: bool) -> list[str]:
-        """Write this layout's ONNX graph(s) of `model`, traced on the sample batch (ids, mask)."""
+    """model.onnx (input_ids, attention_mask[, token_type_ids]) -> the head's OUTPUTS (a classifier's logits)."""
+
+    OUTPUTS: tuple[str, ...] = ("logits",)
+
+    @classmethod
+    def export(cls, model: Any, ids: Any, mask: Any, folder: Path, use_token_types: bool) -> list[str]:
+        """Write this layout's ONNX graph of `model`, traced on the sample batch (ids, mask)."""
         import torch
 
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_token_types else [])
+        outputs = cls.OUTPUTS
 
-        class Classifier(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-                extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-                return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-
-        args = (ids, mask) + ((torch.zeros_like(ids),) if use_token_types else ())
-        _export(Classifier(), args, names, ["logits"], folder / "model.onnx")
-        return ["model.onnx"]
-
-    def __init__(self, folder: Path, config: Any, generation_config: Any = None) -> None:
-        super().__init__(folder, config, generation_config)
-        self.session = _session(folder / "model.onnx")
-        self.inputs = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, **_: Any) -> Any:
-        ids = _np(input_ids)
-        feed = {"input_ids": ids, "attention_mask": _np(attention_mask) if attention_mask is not None
-                else np.ones_like(ids)}
-        if "token_type_ids" in self.inputs:
-            feed["token_type_ids"] = _np(token_type_ids) if token_type_ids is not None else np.zeros_like(ids)
-        return self._out(self.session.run(["logits"], feed)[0])
-
-
-class OnnxQuestionAnswering(OnnxClassifier):
-    """model.onnx (input_ids, attention_mask[, token_type_ids]) -> start_logits, end_logits (extractive QA)."""
-
-    @staticmethod
-    def export(model: Any, ids: Any, mask: Any, folder: Path, use_token_types: bool) -> list[str]:
-        import torch
-
-        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if use_token_types else [])
-
-        class Spans(torch.nn.Module):
+        class Encoder(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
                 self.model = model
@@ -212,21 +181,38 @@ class OnnxQuestionAnswering(OnnxClassifier):
             def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
                 extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
                 out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-                return out.start_logits, out.end_logits
+                return tuple(getattr(out, name) for name in outputs)
 
         args = (ids, mask) + ((torch.zeros_like(ids),) if use_token_types else ())
-        _export(Spans(), args, names, ["start_logits", "end_logits"], folder / "model.onnx")
+        _export(Encoder(), args, names, list(outputs), folder / "model.onnx")
         return ["model.onnx"]
 
-    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, **_: Any) -> Any:
-        import torch
+    def __init__(self, folder: Path, config: Any, generation_config: Any = None) -> None:
+        super().__init__(folder, config, generation_config)
+        self.session = _session(folder / "model.onnx")
+        self.inputs = [i.name for i in self.session.get_inputs()]
 
+    def _run(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> list[np.ndarray]:
         ids = _np(input_ids)
         feed = {"input_ids": ids, "attention_mask": _np(attention_mask) if attention_mask is not None
                 else np.ones_like(ids)}
         if "token_type_ids" in self.inputs:
             feed["token_type_ids"] = _np(token_type_ids) if token_type_ids is not None else np.zeros_like(ids)
-        start, end = self.session.run(["start_logits", "end_logits"], feed)
+        return self.session.run(list(self.OUTPUTS), feed)
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, **_: Any) -> Any:
+        return self._out(self._run(input_ids, attention_mask, token_type_ids)[0])
+
+
+class OnnxQuestionAnswering(OnnxClassifier):
+    """model.onnx (input_ids, attention_mask[, token_type_ids]) -> start_logits, end_logits (extractive QA)."""
+
+    OUTPUTS = ("start_logits", "end_logits")
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, **_: Any) -> Any:
+        import torch
+
+        start, end = self._run(input_ids, attention_mask, token_type_ids)
         return SimpleNamespace(start_logits=torch.from_numpy(np.ascontiguousarray(start)),
                                end_logits=torch.from_numpy(np.ascontiguousarray(end)))
 
