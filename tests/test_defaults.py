@@ -10,7 +10,7 @@ import yaml
 from conftest import base_overrides
 
 import tuneforge
-from tuneforge.tasks.classification import MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, learning_rate_for, training_budget
+from tuneforge.tasks.encoder_defaults import MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, learning_rate_for, training_budget
 
 
 def test_learning_rate_by_encoder_width():

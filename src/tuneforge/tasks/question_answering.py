@@ -144,7 +144,7 @@ class QuestionAnsweringTask(TaskBase):
         data is: SQuAD v2 (a threshold is tuned) or v1 (never abstains)."""
         import dataclasses
 
-        from tuneforge.tasks.classification import learning_rate_for
+        from tuneforge.tasks.encoder_defaults import learning_rate_for
 
         t, notes = config.training, []
         if t.learning_rate is None:

@@ -250,7 +250,7 @@ class TokenClassificationTask(TaskBase):
         """The learning rate from the encoder's width (as classification) and data.stride from max_length."""
         import dataclasses
 
-        from tuneforge.tasks.classification import learning_rate_for
+        from tuneforge.tasks.encoder_defaults import learning_rate_for
 
         t, d, notes = config.training, config.data, []
         if t.learning_rate is None:
