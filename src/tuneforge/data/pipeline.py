@@ -94,6 +94,15 @@ def held_out_percent(rows: int, data: DataConfig) -> tuple[float, bool]:
     return percent, False
 
 
+def as_eval_split(tables: dict[str, Table], report: DataReport) -> Table:
+    """The one file `tuneforge evaluate` reads (read as the training split) renamed "eval", in its table and in
+    the data report; the table is returned."""
+    table = tables["train"]
+    table.name = "eval"
+    report.splits["eval"] = report.splits.pop("train")
+    return table
+
+
 def finish_splits(tables: dict[str, Table], report: DataReport, data: DataConfig, seed: int,
                   text_columns: list[str], target_column: str | None, stratify: bool,
                   splitter: Callable[[list[Any], float, int], tuple[list[int], list[int], list[str]]] | None = None

@@ -24,7 +24,7 @@ from tuneforge.data.batching import gather, row_layout
 from tuneforge.data.cache import cache_root, cached_tokenize
 from tuneforge.data.checks import fingerprint
 from tuneforge.data.packing import packed_batch, packed_split
-from tuneforge.data.pipeline import clean_tables, finish_splits, read_splits
+from tuneforge.data.pipeline import as_eval_split, clean_tables, finish_splits, read_splits
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.errors import DataError
 from tuneforge.tasks.base import TaskBase
@@ -83,9 +83,7 @@ class CausalLMTask(TaskBase):
         """Read config.data.train_file (text, prompt/completion or chat, in the run's data format) to evaluate a
         trained model: loss and perplexity, packed into blocks as in training when the run packed."""
         tables, report, _fmt = self._read_and_clean(config)
-        table = tables["train"]
-        table.name = "eval"
-        report.splits["eval"] = report.splits.pop("train")
+        table = as_eval_split(tables, report)
         return table, report, []
 
     # ---- model ---------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from tuneforge.data.labels import (
     pos_weight_vector,
     target_scale,
 )
-from tuneforge.data.pipeline import finish_splits, read_and_clean
+from tuneforge.data.pipeline import as_eval_split, finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.errors import ConfigError
 from tuneforge.tasks.base import TaskBase, TaskSpec
@@ -200,8 +200,7 @@ class ClassificationTask(TaskBase):
                                     f"model does not know (model labels: {', '.join(label_names)})")
             table.columns[d.label_column] = [tuple(row) for row in rows]
         if self.problem != SINGLE_LABEL:
-            table.name = "eval"
-            report.splits["eval"] = report.splits.pop("train")
+            as_eval_split(tables, report)
             return table, report, label_names
         column = table.columns[d.label_column]
         for i, value in enumerate(column):
@@ -211,8 +210,7 @@ class ClassificationTask(TaskBase):
                 raise UserError(f"{table.where(i)}: column {d.label_column!r} {what} "
                                 f"(model labels: {', '.join(label_names)})")
             column[i] = label
-        table.name = "eval"
-        report.splits["eval"] = report.splits.pop("train")
+        as_eval_split(tables, report)
         return table, report, label_names
 
     # ---- model ---------------------------------------------------------------------------------------

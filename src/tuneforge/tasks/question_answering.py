@@ -28,7 +28,7 @@ from tuneforge.config.schema import DataConfig, RunConfig
 from tuneforge.data.batching import gather, pad_rows, row_layout
 from tuneforge.data.cache import cache_root, cached_tokenize, tokenize_in_memory
 from tuneforge.data.checks import fingerprint
-from tuneforge.data.pipeline import finish_splits, read_and_clean
+from tuneforge.data.pipeline import as_eval_split, finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.data.squad import check_answers, question_where
 from tuneforge.data.table import Table
@@ -115,9 +115,7 @@ class QuestionAnsweringTask(TaskBase):
 
     def read_eval_file(self, config: RunConfig, model_config: Any) -> tuple[Any, Any, list[str]]:
         tables, report = self._read(config)
-        table = tables["train"]
-        table.name = "eval"
-        report.splits["eval"] = report.splits.pop("train")
+        table = as_eval_split(tables, report)
         return table, report, []
 
     # ---- model ---------------------------------------------------------------------------------------

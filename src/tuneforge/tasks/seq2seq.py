@@ -21,7 +21,7 @@ from tuneforge.config.schema import RunConfig
 from tuneforge.data.batching import pad_rows
 from tuneforge.data.cache import cache_root, cached_tokenize, tokenize_in_memory
 from tuneforge.data.checks import fingerprint
-from tuneforge.data.pipeline import finish_splits, read_and_clean
+from tuneforge.data.pipeline import as_eval_split, finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.tasks.base import TaskBase
 from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
@@ -55,9 +55,7 @@ class Seq2SeqTask(TaskBase):
         d = config.data
         tables, report = read_and_clean(d, {"data.text_column": d.text_column,
                                             "data.target_column": d.target_column}, [d.text_column, d.target_column])
-        table = tables["train"]
-        table.name = "eval"
-        report.splits["eval"] = report.splits.pop("train")
+        table = as_eval_split(tables, report)
         return table, report, []
 
     # ---- model ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tuneforge.config.schema import RunConfig
 from tuneforge.data.batching import gather, row_layout
 from tuneforge.data.cache import cache_root, cached_tokenize, tokenize_in_memory
 from tuneforge.data.checks import fingerprint, require_columns
-from tuneforge.data.pipeline import finish_splits, read_splits
+from tuneforge.data.pipeline import as_eval_split, finish_splits, read_splits
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.data.table import DataReport, SplitReport, Table
 from tuneforge.data.tags import (
@@ -219,10 +219,8 @@ class TokenClassificationTask(TaskBase):
         """config.data.train_file as tagged evaluation data for a trained model (the model's entity types only)."""
         names = [model_config.id2label[i] for i in range(model_config.num_labels)]
         tables, report = self._read(config)
-        table = tables["train"]
+        table = as_eval_split(tables, report)
         check_known_types(table, config.data.tags_column, {entity_type(n) for n in names} - {None}, "the model")
-        table.name = "eval"
-        report.splits["eval"] = report.splits.pop("train")
         report.splits["eval"].rows_kept = len(table)
         return table, report, names
 
