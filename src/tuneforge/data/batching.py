@@ -105,3 +105,29 @@ def eval_order(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int =
     """
     order = np.argsort(-lengths, kind="stable")[rank::world]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def step_micro_batches(step_rows: np.ndarray, micro_rows: int) -> list[np.ndarray]:
+    """One optimizer step's rows cut into its micro-batches of `micro_rows` (per-device batch x processes)
+    rows, in order; the last may be short.
+
+    >>> [m.tolist() for m in step_micro_batches(np.arange(5), 2)]
+    [[0, 1], [2, 3], [4]]
+    """
+    return [step_rows[i:i + micro_rows] for i in range(0, len(step_rows), micro_rows)]
+
+
+def layout_for(effective: int, world: int, per_device_max: int) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) that give `effective` rows per optimizer step on `world`
+    processes with at most `per_device_max` rows per device and forward pass: the largest per-device batch that
+    divides each process's share (fewest accumulation steps). None fits when `world` does not divide
+    `effective`.
+
+    >>> layout_for(16, 1, 8), layout_for(16, 2, 16), layout_for(24, 2, 8), layout_for(12, 2, 4)
+    ((8, 2), (8, 1), (6, 2), (3, 2))
+    """
+    if effective % world:
+        raise ValueError(f"{world} processes cannot share an effective batch of {effective} rows evenly")
+    per_process = effective // world
+    per_device = max(d for d in range(1, min(per_device_max, per_process) + 1) if per_process % d == 0)
+    return per_device, per_process // per_device

@@ -157,27 +157,31 @@ def _load_tensors(file: Path) -> Any:
                         "was not written by tuneforge") from None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, rank: int = 0,
-                    world: int = 1) -> dict[str, Any]:
-    """Restore everything saved by save_checkpoint into the given objects (process `rank` of `world` reads
-    its own RNG state); return the run state."""
-    import numpy as np
-    import torch
-
+def read_state(path: Path) -> dict[str, Any]:
+    """The run state of a complete checkpoint (step, epoch, best, the process count and effective batch)."""
     if not (path / MARKER).exists():
         raise UserError(f"training.resume_from_checkpoint: {path} is not a complete checkpoint "
                         f"(no {MARKER} marker); pick another or use 'auto'")
-    run_state = json.loads((path / STATE).read_text())
-    written = int(run_state.get("num_processes", 1))
-    if written != world:  # the global batch, the data shares and the RNG states all depend on it
-        raise UserError(f"training.resume_from_checkpoint: {path} was written by {written} process(es), this run "
-                        f"has {world}; resume with the same number of processes (elastic resume is not supported "
-                        "yet: docs/distributed.md)")
+    return json.loads((path / STATE).read_text())
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, rank: int = 0,
+                    world: int = 1) -> dict[str, Any]:
+    """Restore everything saved by save_checkpoint into the given objects (process `rank` of `world` reads
+    its own RNG state); return the run state. A checkpoint of another process count (elastic resume: the loop
+    keeps its effective batch) has no RNG state for the processes it did not have: they keep the stream they
+    were seeded with, and the ones it had left over are unused."""
+    import numpy as np
+    import torch
+
+    run_state = read_state(path)
     load_weights(path, model)
     optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
         scaler.load_state_dict(_load_tensors(path / "scaler.pt"))
+    if not (path / _rng_file(rank)).exists() and int(run_state.get("num_processes", 1)) != world:
+        return run_state
     rng = _load_tensors(path / _rng_file(rank))
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
     np_state = rng["numpy"]

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from tuneforge.config.schema import RunConfig
-from tuneforge.data.batching import batch_count, batch_order, share
+from tuneforge.data.batching import batch_count, batch_order, layout_for, share, step_micro_batches
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.engine.checkpoint import (
     clean_stale,
     complete_checkpoints,
     load_checkpoint,
     load_weights,
+    read_state,
     save_checkpoint,
 )
 from tuneforge.engine.compiling import compile_for_training, resolve_compile
@@ -94,14 +95,21 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     # unseen lengths took up to 2 s against 0.2 s), so buckets of 16 pay for their padding there (docs/BENCHMARKS.md;
     # in fp32 they did not).
     cpu_bf16 = device.type == "cpu" and accelerator.mixed_precision == "bf16"
-    G = t.gradient_accumulation_steps
-    # Several processes (DDP) split each *global* batch of per_device x processes rows: the batch order, and so
-    # the data order, depends on the global batch only, never on how many processes share it.
+    # The batch order is one of optimizer steps (the effective batch: per_device x processes x accumulation
+    # rows), each cut into micro-batches of per_device x processes rows and those into one share per process:
+    # the data order depends on the effective batch only, never on how many processes or accumulation steps
+    # carry it, so a checkpoint resumes on another process count with the same data from the same step.
     rank, world = accelerator.process_index, accelerator.num_processes
-    global_batch = t.per_device_train_batch_size * world
+    per_device, G = t.per_device_train_batch_size, t.gradient_accumulation_steps
+    ckpt_dir = run_dir / "checkpoints"
+    path = _resolve_resume(t.resume_from_checkpoint, ckpt_dir, tracker) if t.resume_from_checkpoint else None
+    if path is not None:
+        per_device, G = _elastic(read_state(path), per_device, G, world, tracker)
+    micro_rows = per_device * world
+    step_rows = micro_rows * G
 
     def plan(drop_last: bool) -> tuple[int, int]:  # (steps per epoch, total steps)
-        per_epoch = math.ceil(batch_count(len(train), global_batch, drop_last=drop_last) / G)
+        per_epoch = batch_count(len(train), step_rows, drop_last=drop_last)
         return per_epoch, t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * per_epoch)
 
     compiled, note = resolve_compile(t.torch_compile, device.type, cfg.task, plan(False)[1])
@@ -122,7 +130,6 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
                                              fall_back=t.torch_compile == "auto")
         tracker.print(note)
     scaler = accelerator.scaler
-    ckpt_dir = run_dir / "checkpoints"
     if rank == 0:
         clean_stale(ckpt_dir)
     metric_name, greater = _metric_key(cfg, task.spec)
@@ -132,7 +139,6 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
 
         set_seed(t.seed, device_specific=True)
     start_epoch, skip_windows, bad_evals, best_path = 0, 0, 0, None
-    path = _resolve_resume(t.resume_from_checkpoint, ckpt_dir, tracker) if t.resume_from_checkpoint else None
     if path is not None:
         state = load_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, scaler, rank, world)
         result.global_step, start_epoch, skip_windows = state["global_step"], state["epoch"], state["window"]
@@ -151,9 +157,9 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
                                                 num_workers=t.dataloader_num_workers,
                                                 pin_memory=device.type == "cuda",
                                                 generator=torch.Generator().manual_seed(t.seed)))
-    processes = f" = {t.per_device_train_batch_size} x {world} processes x {G}" if world > 1 else ""
+    processes = f" = {per_device} x {world} processes x {G}" if world > 1 else ""
     tracker.print(f"training: {len(train)} examples, {total_steps} optimizer steps "
-                  f"({steps_per_epoch} per epoch), effective batch {global_batch * G}{processes}")
+                  f"({steps_per_epoch} per epoch), effective batch {step_rows}{processes}")
     tracker.start(result.global_step)
     # fp16's GradScaler already skips inf/NaN steps (and expects a few while it searches for a scale)
     guard = NonFiniteGuard(t.max_nonfinite_steps) if scaler is None else None
@@ -170,7 +176,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         state = {"global_step": step, "epoch": epoch, "window": window, "best_metric": result.best_metric,
                  "best_step": result.best_step, "best_metrics": result.best_metrics, "bad_evals": bad_evals,
                  "best_path": str(ckpt_dir / f"checkpoint-{result.best_step}") if result.best_step else None,
-                 "metric_for_best_model": metric_name, "num_processes": world}
+                 "metric_for_best_model": metric_name, "num_processes": world, "effective_batch": step_rows}
         nonlocal last_saved
         if id_log is not None:
             id_log.flush()
@@ -209,8 +215,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     epoch, epoch_float = start_epoch, float(start_epoch)
     with GracefulStop(tracker.print) as stop:
         while result.global_step < total_steps and not result.stopped_early:
-            batches = batch_order(lengths, global_batch, t.seed, epoch, t.train_sampling_strategy, drop_last=compiled)
-            windows = [batches[i:i + G] for i in range(0, len(batches), G)]
+            steps = batch_order(lengths, step_rows, t.seed, epoch, t.train_sampling_strategy, drop_last=compiled)
+            windows = [step_micro_batches(rows, micro_rows) for rows in steps]
             first = skip_windows if epoch == start_epoch else 0
             it = loader([_share(b, rank, world) for w in windows[first:] for b in w])
             for window_index in range(first, len(windows)):
@@ -313,6 +319,28 @@ def _share(batch: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]
 def _total_norm(model: Any) -> torch.Tensor:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+
+
+def _elastic(state: dict[str, Any], per_device: int, G: int, world: int, tracker: Tracker) -> tuple[int, int]:
+    """(per-device batch, accumulation) for resuming a checkpoint with its effective batch: unchanged when the
+    config's layout gives it on `world` processes, else the config's per-device batch is the most a device takes
+    (elastic resume: a checkpoint of N processes continues on M)."""
+    written = int(state.get("num_processes", 1))
+    effective = int(state.get("effective_batch") or per_device * written * G)  # older checkpoints: the config's
+    asked = (per_device, G)
+    if per_device * world * G != effective:
+        try:
+            per_device, G = layout_for(effective, world, per_device)
+        except ValueError:
+            raise UserError(f"training.resume_from_checkpoint: the checkpoint trained with an effective batch of "
+                            f"{effective} rows on {written} process(es), which {world} processes cannot share "
+                            f"evenly; resume on a process count that divides {effective}, or start a new run "
+                            "for another batch") from None
+    if written != world or (per_device, G) != asked:
+        tracker.print(f"elastic resume: the checkpoint's effective batch of {effective} rows ({written} "
+                      f"process(es)) kept as {per_device} x {world} process(es) x {G} accumulation; the data order "
+                      "is the same, dropout streams are not")
+    return per_device, G
 
 
 def _resolve_resume(value: str, ckpt_dir: Path, tracker: Tracker) -> Path | None:

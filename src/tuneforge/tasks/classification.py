@@ -19,6 +19,7 @@ regression only when configured), written into run_config.yaml by `resolve` and 
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
@@ -272,8 +273,9 @@ class ClassificationTask(TaskBase):
             t = dataclasses.replace(t, learning_rate=lr)
             notes.append(f"learning_rate {lr:g} ({why})")
         if t.num_train_epochs is None:
-            epochs, why = training_budget(len(data.splits["train"]),
-                                          t.per_device_train_batch_size * t.gradient_accumulation_steps)
+            processes = int(os.environ.get("WORLD_SIZE", "1") or 1)  # the launcher's count: steps of the global batch
+            epochs, why = training_budget(len(data.splits["train"]), t.per_device_train_batch_size
+                                          * t.gradient_accumulation_steps * max(1, processes))
             t = dataclasses.replace(t, num_train_epochs=epochs)
             notes.append(f"num_train_epochs {epochs:g} ({why})")
         return dataclasses.replace(config, training=t), notes
