@@ -377,14 +377,46 @@ class FreezeConfig:
 class DistributedConfig:
     strategy: Literal["ddp", "fsdp", "deepspeed"] = opt(
         "ddp", "How several processes train one model (launched by torchrun, accelerate launch or "
-               "`tuneforge train --nproc N`; one process ignores it): ddp (a full copy per process, gradients "
-               "averaged). fsdp and deepspeed are not implemented yet (docs/distributed.md).")
+               "`tuneforge train --nproc N`; one process ignores ddp): ddp (a full copy per process, gradients "
+               "averaged), fsdp (PyTorch FSDP2: weights, gradients and optimizer state sharded over the processes) "
+               "or deepspeed (DeepSpeed ZeRO, zero_stage). fsdp and deepspeed run only on CUDA GPUs, under a "
+               "launcher even for one GPU (docs/distributed.md).")
+    timeout_minutes: float = opt(
+        30.0, "How long a collective waits for the other processes before the run fails (torch.distributed's "
+              "timeout: it bounds how long the others wait while the main process validates and tokenizes the "
+              "data). A process that dies is detected within a minute whatever this says (docs/distributed.md).")
+    zero_stage: int = opt(
+        2, "DeepSpeed ZeRO stage (strategy=deepspeed): 2 shards gradients and optimizer state over the processes, "
+           "3 also the weights (each block gathered when used).")
+    fsdp_reshard_after_forward: bool = opt(
+        True, "FSDP2 (strategy=fsdp): free each block's gathered weights after its forward and gather them again "
+              "for the backward (least memory); false keeps them gathered until the backward (one all-gather less "
+              "per block, ZeRO-2-like memory).")
+    cpu_offload: bool = opt(
+        False, "Keep the optimizer state in CPU memory, and with fsdp or zero_stage 3 the weights too (less GPU "
+               "memory, slower steps; strategy=fsdp or deepspeed).")
+    fsdp_config: str | None = opt(
+        None, "A YAML/JSON file in accelerate's FSDP format (an `accelerate config` file, or its fsdp_config "
+              "section) merged over the FSDP2 settings tuneforge builds (strategy=fsdp; docs/distributed.md).")
+    deepspeed_config: str | None = opt(
+        None, "A DeepSpeed config file (JSON/YAML) merged over the one tuneforge builds (strategy=deepspeed); its "
+              "micro batch, accumulation, clipping and precision must agree with training.* or be \"auto\".")
 
     def __post_init__(self) -> None:
-        if self.strategy != "ddp":
-            raise ConfigError(f"distributed.strategy: {self.strategy} is not implemented yet (FSDP and DeepSpeed also "
-                              "run only on accelerators such as CUDA GPUs, never on the CPU); use strategy=ddp "
-                              "(docs/distributed.md)")
+        if not self.timeout_minutes > 0:
+            raise ConfigError(f"distributed.timeout_minutes: must be positive, got {self.timeout_minutes}")
+        if self.zero_stage not in (2, 3):
+            raise ConfigError(f"distributed.zero_stage: must be 2 (gradients and optimizer state sharded) or 3 "
+                              f"(weights too), got {self.zero_stage}")
+        for key in ("fsdp_config", "deepspeed_config"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            path = Path(value).expanduser()
+            if path.suffix.lower() not in (".json", ".yaml", ".yml"):
+                raise ConfigError(f"distributed.{key}: {value!r} is not a .json, .yaml or .yml file")
+            if not path.is_file():
+                raise ConfigError(f"distributed.{key}: file not found: {value!r} (relative to the working directory)")
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig,

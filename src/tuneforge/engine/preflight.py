@@ -29,9 +29,10 @@ def preflight(cfg: Any, session: Any, task: Any, model: Any, tokenizer: Any, spl
     device = session.accelerator.device
     longest = int(split.batch_lengths.max()) if len(split) else 1
 
-    def estimate() -> Any:
+    def estimate() -> Any:  # per process, sharded by the strategy over the processes (engine/memory.py)
         return estimate_for_model(model, cfg.task, cfg.training.per_device_train_batch_size, longest,
-                                  session.accelerator.mixed_precision, cfg.training.gradient_checkpointing)
+                                  session.accelerator.mixed_precision, cfg.training.gradient_checkpointing,
+                                  cfg.distributed, session.accelerator.num_processes)
 
     first = estimate()
     if t.auto_find_batch_size:

@@ -16,6 +16,7 @@ from typing import Any
 from tuneforge.config.schema import RunConfig
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.engine.precision import cpu_has_native_bf16, explain_precision, resolve_mixed_precision
+from tuneforge.engine.strategy import accelerator_kwargs
 
 BASELINE_PROBE_ROWS = 64  # rows scored first to tell an untrained base model from a pretrained one
 
@@ -153,7 +154,8 @@ def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Sessi
         # and one precision: a second run (lr-find then train) with another precision would raise; the
         # device/distributed state is kept
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1,
+                              **accelerator_kwargs(cfg, cuda, mixed, console))  # engine/strategy.py
     if cuda:
         name = torch.cuda.get_device_name(accelerator.device)
         torch.backends.cuda.matmul.allow_tf32 = True
