@@ -270,6 +270,69 @@ def test_kill_two_processes_then_resume_gives_the_uninterrupted_weights(nproc_ru
     assert _max_diff(out, nproc_run) < 1e-6  # the same code path, the same order of operations
 
 
+def _rank_pid(marker: str, rank: int) -> int | None:
+    """The pid of the training process of `rank` whose environment carries TF_TEST_MARKER=marker."""
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if f"TF_TEST_MARKER={marker}".encode() in env and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
+
+
+def _lose_rank_one(tiny_bert, data, tmp_path, how: signal.Signals, *extra: str) -> tuple[int, str, dict]:
+    """A long `--nproc 2` run; once it has logged a few steps, rank 1 gets `how`; -> (exit code, stderr, run.json)."""
+    out, marker = tmp_path / "run", tmp_path.name
+    args = _overrides(tiny_bert, data, out, per_device_train_batch_size=8, num_train_epochs=500, save_steps=20)
+    proc = subprocess.Popen([str(BIN / "tuneforge"), "train", "--nproc", "2", *args, *extra], cwd=tmp_path,
+                            env=_env() | {"TF_TEST_MARKER": marker}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    log = out / "metrics.jsonl"
+    while not (log.exists() and log.read_text().count('"loss"') >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.poll() else ""
+        time.sleep(0.2)
+    victim = _rank_pid(marker, 1)
+    assert victim is not None
+    os.kill(victim, how)
+    if how == signal.SIGSTOP:  # the launcher would wait 30 s for the frozen process once rank 0 has left
+        main = _rank_pid(marker, 0)
+        while main is not None and Path(f"/proc/{main}").exists() and \
+                Path(f"/proc/{main}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline + 120, "rank 0 never noticed the frozen process"
+            time.sleep(0.2)
+        os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, json.loads((out / "run.json").read_text())
+
+
+def _assert_one_line(err: str, expected: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: process rank 1 of 2 " + expected), err[-3000:]
+    assert "Traceback" not in err and "--resume auto" in lines[0]
+
+
+def test_a_killed_process_stops_the_run_with_one_line_naming_it(tiny_bert, data, tmp_path):
+    """SIGKILL of rank 1: rank 0's next collective fails at once (gloo); it names rank 1 from the heartbeats
+    (engine/watchdog.py), marks the run interrupted and exits 1, instead of a traceback per process."""
+    code, err, info = _lose_rank_one(tiny_bert, data, tmp_path, signal.SIGKILL)
+    assert code == 1, err[-3000:]
+    _assert_one_line(err, "stopped without a word")
+    assert info["status"] == "interrupted" and "rank 1" in info["error"]
+
+
+def test_a_frozen_process_is_found_by_its_heartbeat(tiny_bert, data, tmp_path):
+    """SIGSTOP of rank 1: nothing raises (rank 0 waits in a collective, which would last timeout_minutes); the
+    watchdog finds rank 1's heartbeat still for peer_timeout_seconds and ends the run."""
+    code, err, info = _lose_rank_one(tiny_bert, data, tmp_path, signal.SIGSTOP,
+                                     "distributed.peer_timeout_seconds=5")
+    assert code == 1, err[-3000:]
+    _assert_one_line(err, "has not answered for")
+    assert info["status"] == "interrupted"
+
+
 def test_merged_evaluation_states_equal_one_process_folding_every_batch():
     """evaluate/shards.py on the state kinds the tasks keep: numbers, lists, ByExample (windows of one example on
     different processes), ErrorCollector (worst rows, length buckets), RougeAccumulator; settings stay."""

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tuneforge.errors import Interrupted, UserError
+from tuneforge.errors import Interrupted, PeerLost, UserError
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -425,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         if not rank:
             print(f"interrupted: {err}", file=sys.stderr)
+        return err.exit_code
+    except PeerLost as err:  # printed by one process of the run (engine/watchdog.py)
+        if not err.shared:
+            print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         if not rank:

@@ -40,3 +40,15 @@ class Interrupted(Exception):
 
 class Diverged(UserError):
     """Too many consecutive optimizer steps with a non-finite loss or gradient."""
+
+
+class PeerLost(Exception):
+    """Another process of a distributed run stopped (killed, crashed, hung, its machine gone): the run is marked
+    interrupted and resumes from its last checkpoint. One line, printed by one process (`shared` on the others:
+    engine/watchdog.py), exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, shared: bool = False) -> None:
+        super().__init__(message)
+        self.shared = shared

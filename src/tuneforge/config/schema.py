@@ -385,6 +385,10 @@ class DistributedConfig:
         30.0, "How long a collective waits for the other processes before the run fails (torch.distributed's "
               "timeout: it bounds how long the others wait while the main process validates and tokenizes the "
               "data). A process that dies is detected within a minute whatever this says (docs/distributed.md).")
+    peer_timeout_seconds: float = opt(
+        60.0, "A process whose heartbeat (once a second, through the launcher's store) has not moved for this long "
+              "is taken as lost: the run stops with one line naming its rank and is marked interrupted, instead of "
+              "waiting for timeout_minutes (docs/distributed.md).")
     zero_stage: int = opt(
         2, "DeepSpeed ZeRO stage (strategy=deepspeed): 2 shards gradients and optimizer state over the processes, "
            "3 also the weights (each block gathered when used).")
@@ -405,6 +409,9 @@ class DistributedConfig:
     def __post_init__(self) -> None:
         if not self.timeout_minutes > 0:
             raise ConfigError(f"distributed.timeout_minutes: must be positive, got {self.timeout_minutes}")
+        if not self.peer_timeout_seconds >= 5:
+            raise ConfigError(f"distributed.peer_timeout_seconds: must be at least 5 (heartbeats are a second apart), "
+                              f"got {self.peer_timeout_seconds}")
         if self.zero_stage not in (2, 3):
             raise ConfigError(f"distributed.zero_stage: must be 2 (gradients and optimizer state sharded) or 3 "
                               f"(weights too), got {self.zero_stage}")

@@ -144,18 +144,22 @@ def current() -> Processes:
     return Processes(state.process_index, state.num_processes, state.local_process_index)
 
 
-def start_processes(cuda: bool) -> Processes:
+def start_processes(cuda: bool, timeout_minutes: float = 30.0) -> Processes:
     """Join the process group the launcher prepared (gloo on the CPU, never MPI; NCCL on GPUs) and return this
     process's place in it; a single process when not launched. `cuda`: the device the session will pick, so that
-    accelerate's one-device-per-process state agrees with it (engine/session.py)."""
+    accelerate's one-device-per-process state agrees with it (engine/session.py); `timeout_minutes`: how long a
+    collective waits (distributed.timeout_minutes)."""
     if not launched():
         return Processes()
+    import datetime as dt
+
     import torch.distributed as dist
     from accelerate.state import PartialState
 
     if not dist.is_initialized():
         try:
-            PartialState(cpu=not cuda, **({} if cuda else {"backend": "gloo"}))
+            PartialState(cpu=not cuda, timeout=dt.timedelta(minutes=timeout_minutes),
+                         **({} if cuda else {"backend": "gloo"}))
         except (RuntimeError, ValueError) as err:
             raise UserError(f"distributed start failed ({str(err).splitlines()[0][:160]}); check MASTER_ADDR/"
                             "MASTER_PORT (or --rdzv_endpoint) and that every node reaches it (docs/distributed.md)"

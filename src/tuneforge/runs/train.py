@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 from tuneforge.config import RunConfig, load_config
 from tuneforge.data.cache import cache_root
-from tuneforge.errors import Interrupted, UserError
+from tuneforge.errors import Interrupted, PeerLost, UserError
 from tuneforge.runs.record import RUNS_ROOT, Run, is_run, now, read_info, write_info, write_json
 from tuneforge.tasks import get_task
 
@@ -94,7 +95,7 @@ def _processes(cfg: RunConfig) -> Any:
     from tuneforge.engine.distributed import start_processes
     from tuneforge.engine.session import wants_cuda
 
-    return start_processes(wants_cuda(cfg))
+    return start_processes(wants_cuda(cfg), cfg.distributed.timeout_minutes)
 
 
 @dataclass
@@ -177,7 +178,66 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         err.shared = launched() and env_rank() != 0  # every process read the same config: print it once
         raise
     procs = _processes(cfg)
+    if not procs.distributed:
+        return _train(cfg, procs, console, {})
+    from tuneforge.engine.watchdog import collective_failure, start_watchdog
 
+    watchdog = start_watchdog(procs.rank, procs.world, cfg.distributed.peer_timeout_seconds)
+    where: dict[str, Path] = {}  # the run folder, once the main process has chosen it
+
+    def lost(line: str, reports: bool) -> PeerLost:
+        run_dir = where.get("run_dir")
+        line += f"; the run is interrupted: continue with: tuneforge train {run_dir / 'run_config.yaml'} " \
+                "--resume auto" if run_dir else "; nothing was saved yet"
+        if reports and run_dir is not None and is_run(run_dir):
+            Run(run_dir).update(status="interrupted", error=line)
+        return PeerLost(line, shared=not reports)
+
+    if watchdog is None:
+        return _train(cfg, procs, console, where)
+
+    def on_lost(line: str, reports: bool) -> None:  # the watchdog ends the process after this
+        err = lost(line, reports)
+        if not err.shared:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+
+    watchdog.on_lost = on_lost
+    import signal
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated  # outside the training loop (whose own handler saves a checkpoint first)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        run = _train(cfg, procs, console, where)
+    except BaseException as err:
+        if isinstance(err, _Terminated) or collective_failure(err):
+            # the launcher stops the other processes when one dies (torchrun: SIGTERM, at any point of the
+            # failure's handling): name the lost process first, which takes a few seconds, then leave
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            line, reports, found = watchdog.lost()
+            if found or not isinstance(err, _Terminated):
+                raise lost(line, reports) from None
+            raise Interrupted("SIGTERM: stopped outside the training loop (no checkpoint saved then)", "SIGTERM"
+                              ) from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        watchdog.finish(f"failed: {type(err).__name__}: {first}" if not isinstance(err, UserError) else
+                        f"failed: {first}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    watchdog.finish()
+    return run
+
+
+class _Terminated(BaseException):
+    """SIGTERM in a distributed run outside the training loop: often the launcher stopping this process
+    because another one died."""
+
+
+def _train(cfg: RunConfig, procs: Any, console: Any, where: dict[str, Path]) -> Run:
+    """The training of `train`, in this process (one of several under a launcher); `where` receives the run
+    folder once chosen."""
     def decide() -> tuple[RunConfig, Path, Any, Any]:
         """The run folder (and id), the integrations and the validated data: once, on the main process."""
         run_dir = prepare_output_dir(cfg)
@@ -194,6 +254,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         return c, run_dir, task, data
 
     cfg, run_dir, task, data = procs.on_main(decide)
+    where["run_dir"] = run_dir
     from rich.console import Console
 
     main = procs.is_main
