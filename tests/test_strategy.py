@@ -18,8 +18,10 @@ from tuneforge.engine.sharding import block_classes, check_fsdp_model, fsdp_plug
 from tuneforge.engine.strategy import (
     accelerator_kwargs,
     check_run,
+    check_sharded,
     compile_setting,
     deepspeed_config,
+    deepspeed_plugin,
     engine_clips,
     fsdp_plugin_kwargs,
     loss_scale,
@@ -94,39 +96,50 @@ def test_a_key_of_another_strategy_is_refused_not_ignored():
 
 
 # ---- refusals -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", ["fsdp", "deepspeed"])
+def test_a_strategy_the_engine_does_not_drive_is_refused_everywhere_in_one_line(name, device):
+    with pytest.raises(UserError) as err:
+        check_run(cfg(f"strategy={name}"), device, LAUNCHED)
+    assert one_line(err) == (f"distributed.strategy: {name} is translated (docs/distributed.md) but the training "
+                             "engine does not drive it yet; use ddp")
+    with pytest.raises(UserError, match=f"{name} is translated"):
+        accelerator_kwargs(cfg(f"strategy={name}"), cuda=device == "cuda", mixed="no", env=LAUNCHED)
+
+
+def test_start_session_refuses_fsdp():
+    from rich.console import Console
+
+    from tuneforge.engine.session import start_session
+
+    with pytest.raises(UserError, match="fsdp is translated"):
+        start_session(cfg("strategy=fsdp", "use_cpu=true"), Console(quiet=True))
+
+
 @pytest.mark.parametrize("name", ["fsdp", "deepspeed"])
 def test_the_cpu_is_refused_in_one_line(name):
     with pytest.raises(UserError) as err:
-        accelerator_kwargs(cfg(f"strategy={name}"), cuda=False, mixed="no", env=LAUNCHED)
+        check_sharded(cfg(f"strategy={name}"), "cpu", LAUNCHED)
     line = one_line(err)
     assert line.startswith(f"distributed.strategy: {name} is not implemented on the CPU")
     assert "use strategy=ddp" in line and "docs/distributed.md" in line
 
 
-def test_start_session_refuses_fsdp_on_the_cpu():
-    from rich.console import Console
-
-    from tuneforge.engine.session import start_session
-
-    with pytest.raises(UserError, match="fsdp is not implemented on the CPU"):
-        start_session(cfg("strategy=fsdp", "use_cpu=true"), Console(quiet=True))
-
-
 def test_a_gpu_run_needs_a_launcher_even_for_one_process():
     with pytest.raises(UserError) as err:
-        check_run(cfg("strategy=fsdp"), "cuda", {})
+        check_sharded(cfg("strategy=fsdp"), "cuda", {})
     assert "needs a launcher" in one_line(err) and "--nproc 1" in str(err.value)
-    check_run(cfg("strategy=fsdp"), "cuda", LAUNCHED)  # world size 1 under a launcher is fine
-    check_run(cfg("strategy=fsdp", "lora.enabled=true"), "cuda", LAUNCHED)  # LoRA with FSDP2 too
+    check_sharded(cfg("strategy=fsdp"), "cuda", LAUNCHED)  # world size 1 under a launcher is fine
+    check_sharded(cfg("strategy=fsdp", "lora.enabled=true"), "cuda", LAUNCHED)  # LoRA with FSDP2 too
 
 
 def test_deepspeed_not_installed_says_pip_install(monkeypatch):
     monkeypatch.setattr(strategy, "deepspeed_installed", lambda: False)
     with pytest.raises(UserError) as err:
-        check_run(cfg("strategy=deepspeed", "zero_stage=3", "lora.enabled=true"), "cuda", LAUNCHED)
+        check_sharded(cfg("strategy=deepspeed", "zero_stage=3", "lora.enabled=true"), "cuda", LAUNCHED)
     assert "pip install deepspeed" in one_line(err)
     monkeypatch.setattr(strategy, "deepspeed_installed", lambda: True)
-    check_run(cfg("strategy=deepspeed", "zero_stage=3", "lora.enabled=true"), "cuda", LAUNCHED)  # ZeRO-3 + LoRA
+    check_sharded(cfg("strategy=deepspeed", "zero_stage=3", "lora.enabled=true"), "cuda", LAUNCHED)  # ZeRO-3 + LoRA
 
 
 def test_searches_on_the_main_process_and_compile_under_deepspeed_are_refused(monkeypatch):
@@ -134,10 +147,10 @@ def test_searches_on_the_main_process_and_compile_under_deepspeed_are_refused(mo
     for override, key in (("auto_find_batch_size=true", "auto_find_batch_size"),
                           ("learning_rate=auto", "learning_rate")):
         with pytest.raises(UserError, match=rf"training\.{key}: its search runs the unsharded model"):
-            check_run(cfg("strategy=fsdp", override), "cuda", LAUNCHED)
-    check_run(cfg("strategy=fsdp", "learning_rate=1.0"), "cuda", LAUNCHED)  # 1.0 == True must not read as a search
+            check_sharded(cfg("strategy=fsdp", override), "cuda", LAUNCHED)
+    check_sharded(cfg("strategy=fsdp", "learning_rate=1.0"), "cuda", LAUNCHED)  # 1.0 == True is not a search
     with pytest.raises(UserError, match=r"training\.torch_compile: not built with strategy=deepspeed"):
-        check_run(cfg("strategy=deepspeed", "torch_compile=true"), "cuda", LAUNCHED)
+        check_sharded(cfg("strategy=deepspeed", "torch_compile=true"), "cuda", LAUNCHED)
     assert compile_setting(cfg("strategy=deepspeed")) == (False, "torch_compile: off (auto: not measured with "
                                                                  "strategy=deepspeed)")
     assert compile_setting(cfg("strategy=fsdp", "torch_compile=true")) == (True, None)
@@ -213,12 +226,13 @@ def test_launcher_deepspeed_file_fsdp1_and_what_accelerate_wrote_itself(tmp_path
 
 
 # ---- FSDP2 ---------------------------------------------------------------------------------------------------
-def test_fsdp_plugin_fields():
+def test_fsdp_plugin_fields(monkeypatch):
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import CPUOffloadPolicy
     from torch.distributed.fsdp.fully_sharded_data_parallel import StateDictType
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
+    monkeypatch.setattr(strategy, "DRIVEN", ("fsdp",))  # the translation, whether or not the engine drives it
     kwargs = accelerator_kwargs(cfg("strategy=fsdp"), cuda=True, mixed="bf16", env=LAUNCHED)
     plugin = kwargs.pop("fsdp_plugin")
     assert kwargs == {} and isinstance(plugin, FullyShardedDataParallelPlugin)
@@ -298,10 +312,9 @@ def test_deepspeed_config_translation(mixed):
     assert "optimizer" not in ds and "scheduler" not in ds  # the engine's AdamW and schedule
 
 
-def test_deepspeed_plugin_takes_the_dict(monkeypatch):
-    monkeypatch.setattr(strategy, "deepspeed_installed", lambda: True)
+def test_deepspeed_plugin_takes_the_dict():
     c = cfg("strategy=deepspeed", "zero_stage=3", "gradient_accumulation_steps=2", "max_grad_norm=0.25")
-    plugin = accelerator_kwargs(c, cuda=True, mixed="bf16", env=LAUNCHED)["deepspeed_plugin"]
+    plugin = deepspeed_plugin(c, "bf16")
     assert (plugin.zero_stage, plugin.gradient_accumulation_steps, plugin.gradient_clipping) == (3, 2, 0.25)
     assert plugin.zero3_init_flag is False and plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 16
     assert plugin.deepspeed_config["bf16"] == {"enabled": True}

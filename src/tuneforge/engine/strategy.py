@@ -20,6 +20,8 @@ Who decides (docs/distributed.md, "Strategies"):
 - The accumulation window is the engine's: the Accelerator always counts 1 (ACCELERATE_GRADIENT_ACCUMULATION_STEPS
   never reaches it); DeepSpeed is told the window because it divides the loss by it (`loss_scale`) and clips
   itself (`engine_clips`).
+- The training engine drives neither fsdp nor deepspeed yet (`DRIVEN`): `check_run` refuses them everywhere in
+  one line, so no run trains on a path the engine does not handle (sharded saving, evaluation, loss scaling).
 - fsdp and deepspeed run on CUDA GPUs under a launcher only: accelerate applies them to a GPU process group (to
   a CPU one it would quietly train DDP), so the CPU is refused in one line (`check_run`).
 
@@ -41,6 +43,7 @@ from tuneforge.engine.sharding import fsdp_plugin_class, fsdp_wrap_classes
 from tuneforge.errors import UserError
 
 SHARDED = ("fsdp", "deepspeed")
+DRIVEN: tuple[str, ...] = ()  # the sharded strategies the training engine drives (engine/loop.py)
 DOCS = "docs/distributed.md"
 SECTION = {"distributed": DistributedConfig, "training": TrainingConfig}
 # env vars accelerate writes itself when given a plugin: a later run in this process must not read them as a
@@ -205,7 +208,7 @@ def deepspeed_installed() -> bool:
 def check_run(cfg: RunConfig, device_type: str, env: Mapping[str, str] | None = None) -> None:
     """One-line errors for what a strategy cannot do here; nothing for a plain DDP run."""
     env = os.environ if env is None else env
-    d, t, s = cfg.distributed, cfg.training, cfg.distributed.strategy
+    d, s = cfg.distributed, cfg.distributed.strategy
     only = {"zero_stage": ("deepspeed",), "deepspeed_config": ("deepspeed",), "fsdp_config": ("fsdp",),
             "fsdp_reshard_after_forward": ("fsdp",), "cpu_offload": SHARDED}
     for key, strategies in only.items():
@@ -214,6 +217,17 @@ def check_run(cfg: RunConfig, device_type: str, env: Mapping[str, str] | None = 
                             f"strategy is {s}; remove it or set the strategy ({DOCS})")
     if s not in SHARDED:
         return
+    if s not in DRIVEN:
+        raise UserError(f"distributed.strategy: {s} is translated ({DOCS}) but the training engine does not drive it "
+                        f"yet; use {' or '.join(('ddp',) + DRIVEN)}")
+    check_sharded(cfg, device_type, env)
+
+
+def check_sharded(cfg: RunConfig, device_type: str, env: Mapping[str, str] | None = None) -> None:
+    """What fsdp and deepspeed need from the machine, the launcher and the other settings (one-line errors);
+    `check_run` applies it to the strategies the engine drives."""
+    env = os.environ if env is None else env
+    t, s = cfg.training, cfg.distributed.strategy
     if device_type != "cuda":
         raise UserError(f"distributed.strategy: {s} is not implemented on the CPU (FSDP2 and DeepSpeed run only on "
                         f"accelerators such as CUDA GPUs; accelerate would quietly train DDP here): use strategy=ddp "
@@ -315,6 +329,16 @@ def _merge(ours: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def deepspeed_plugin(cfg: RunConfig, mixed: str) -> Any:
+    """accelerate's DeepSpeedPlugin from `deepspeed_config` (the engine does not drive it yet: `check_run`)."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    t = cfg.training
+    return DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, mixed), gradient_accumulation_steps=
+                           t.gradient_accumulation_steps, gradient_clipping=t.max_grad_norm,
+                           zero_stage=cfg.distributed.zero_stage, zero3_init_flag=False)
+
+
 def accelerator_kwargs(cfg: RunConfig, cuda: bool, mixed: str, console: Any = None,
                        env: Mapping[str, str] | None = None, model: Any = None) -> dict[str, Any]:
     """The extra `accelerate.Accelerator(...)` arguments of the run's strategy (nothing for a plain DDP run),
@@ -338,12 +362,7 @@ def accelerator_kwargs(cfg: RunConfig, cuda: bool, mixed: str, console: Any = No
     if strategy == "fsdp":
         kwargs["fsdp_plugin"] = fsdp_plugin_class()(**fsdp_plugin_kwargs(cfg, model))
     elif strategy == "deepspeed":
-        from accelerate.utils import DeepSpeedPlugin
-
-        t = cfg.training
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
-            hf_ds_config=deepspeed_config(cfg, mixed), gradient_accumulation_steps=t.gradient_accumulation_steps,
-            gradient_clipping=t.max_grad_norm, zero_stage=cfg.distributed.zero_stage, zero3_init_flag=False)
+        kwargs["deepspeed_plugin"] = deepspeed_plugin(cfg, mixed)
     if strategy in SHARDED and env is os.environ:
         name = "ACCELERATE_USE_FSDP" if strategy == "fsdp" else "ACCELERATE_USE_DEEPSPEED"
         if name not in os.environ:
