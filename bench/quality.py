@@ -736,6 +736,9 @@ CONFIGS: dict[str, dict[str, str]] = {
     "lr1e-4-cw-ep6": {"learning_rate": "1e-4", "class_weights": "auto", "num_train_epochs": "6"},
     "lr1e-4-cw-ep10": {"learning_rate": "1e-4", "class_weights": "auto", "num_train_epochs": "10",
                        "early_stopping_patience": "2"},
+    # the defaults (by width: 1e-4 for MiniLM, class weights auto, the budget rule) with a 10x new head
+    "head1e-3": {"head_learning_rate": "1e-3"},
+    "ep3": {"num_train_epochs": "3"},  # the defaults with the first wave's 3 epochs (no budget rule)
 }
 KEEP_SUFFIXES = (".json", ".jsonl", ".yaml", ".csv", ".md", ".txt", ".log")
 DROP_NAMES = {"tokenizer.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json"}

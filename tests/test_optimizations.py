@@ -323,3 +323,48 @@ def test_eval_oom_retry_does_not_count_error_analysis_rows_twice(tiny_bert, toy_
     evaluate(p.model, p.tokenizer, task, split, data, p.cfg, device, errors=clean)
     assert big_batches["n"] > 2  # the failed pass recorded a batch before it ran out of memory and was retried
     assert sum(s["rows"] for s in retried.slices()) == len(split) == sum(s["rows"] for s in clean.slices())
+
+
+def test_head_learning_rate_applies_to_the_new_head_only(tiny_bert, tmp_path):
+    """The parameters the checkpoint lacked (the new classifier) get head_learning_rate on the same schedule;
+    every other parameter keeps learning_rate; a LoRA model's copied head is found by its wrapped name."""
+    import torch
+
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.config.schema import LoraConfig, ModelConfig, TrainingConfig
+    from tuneforge.engine.lora import apply_lora
+    from tuneforge.engine.optim import build_optimizer, build_scheduler
+    from tuneforge.tasks.loading import load_model
+
+    # the encoder alone (as a pretrained checkpoint ships), so that the classifier is new when loaded for a task
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert).bert.save_pretrained(tmp_path / "encoder")
+
+    def fresh():
+        return load_model(AutoModelForSequenceClassification, ModelConfig(model_name_or_path=str(tmp_path / "encoder")),
+                          num_labels=2)
+
+    def lrs(model, cfg):
+        opt = build_optimizer(model, cfg, 1e-4, "cpu")
+        ids = {id(p): n for n, p in model.named_parameters()}
+        return opt, {ids[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+
+    model = fresh()
+    assert "classifier.weight" in model.tuneforge_new_keys
+    _, same = lrs(model, TrainingConfig(learning_rate=1e-4))
+    assert set(same.values()) == {1e-4}
+    cfg = TrainingConfig(learning_rate=1e-4, head_learning_rate=1e-3, warmup_steps=0)
+    opt, by_name = lrs(model, cfg)
+    assert by_name["classifier.weight"] == by_name["classifier.bias"] == 1e-3
+    assert {lr for n, lr in by_name.items() if not n.startswith("classifier.")} == {1e-4}
+    scheduler = build_scheduler(opt, cfg, total_steps=10)
+    for _ in range(5):
+        opt.step()
+        scheduler.step()
+    assert sorted({round(g["lr"], 12) for g in opt.param_groups}) == [5e-5, 5e-4]  # one schedule, two peaks
+    lora = apply_lora(fresh(), LoraConfig(enabled=True), "classification", ["classifier.weight", "classifier.bias"])
+    lora.tuneforge_new_keys = ["classifier.weight", "classifier.bias"]
+    _, by_name = lrs(lora, cfg)
+    head = [n for n, lr in by_name.items() if lr == 1e-3]
+    assert head and all("classifier" in n for n in head), by_name
+    assert torch.is_tensor(next(iter(lora.parameters())))

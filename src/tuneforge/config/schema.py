@@ -165,6 +165,9 @@ class TrainingConfig:
     learning_rate: float | Literal["auto"] | None = opt(
         None, "Peak learning rate of AdamW, or auto: run the LR range test first and use its suggestion "
               "(lr_find.csv/png in the run folder). Task default.")
+    head_learning_rate: float | None = opt(
+        None, "Peak learning rate of the parameters the checkpoint did not have (a new classification, token or "
+              "answer head), on the same schedule; null: learning_rate.")
     lr_find_min_lr: float = opt(1e-7, "LR range test (lr-find, learning_rate=auto): lowest learning rate tried.")
     lr_find_max_lr: float = opt(1.0, "LR range test: highest learning rate tried (the test stops earlier when the "
                                      "loss diverges).")
@@ -257,6 +260,8 @@ class TrainingConfig:
 
         if self.learning_rate not in (None, "auto") and not self.learning_rate > 0:
             raise bad("learning_rate", "must be positive (or auto)")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise bad("head_learning_rate", "must be positive (or null: learning_rate)")
         if not 0 < self.lr_find_min_lr < self.lr_find_max_lr:
             raise ConfigError(f"training.lr_find_min_lr: must be positive and below lr_find_max_lr, got "
                               f"{self.lr_find_min_lr} and {self.lr_find_max_lr}")

@@ -19,14 +19,22 @@ def warmup_steps_for(warmup: int | float, total_steps: int) -> int:
 
 
 def build_optimizer(model: Any, cfg: TrainingConfig, learning_rate: float, device_type: str) -> Any:
-    """No weight decay on biases and normalisation weights (any parameter with fewer than 2 dims)."""
+    """No weight decay on biases and normalisation weights (any parameter with fewer than 2 dims); the
+    parameters the checkpoint did not have (`model.tuneforge_new_keys`) at `head_learning_rate` when set."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    new = tuple(getattr(model, "tuneforge_new_keys", None) or ()) if cfg.head_learning_rate is not None else ()
+    body, head = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:  # LoRA prefixes names: base_model.model.classifier.modules_to_save.default.weight
+            plain = name.replace("modules_to_save.default.", "")
+            (head if any(plain == k or plain.endswith("." + k) for k in new) else body).append(p)
+    groups = [{"params": [p for p in body if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in body if p.ndim < 2], "weight_decay": 0.0}]
+    if head:
+        groups += [{"params": [p for p in head if p.ndim >= 2], "weight_decay": cfg.weight_decay,
+                    "lr": cfg.head_learning_rate},
+                   {"params": [p for p in head if p.ndim < 2], "weight_decay": 0.0, "lr": cfg.head_learning_rate}]
     kwargs = {"lr": learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_epsilon}
     if device_type in ("cuda", "cpu"):
         try:  # fused kernels: measured 6x faster than the per-tensor loop for MiniLM on CPU
