@@ -261,10 +261,16 @@ def test_jsonl_long_text_stays_in_the_file_and_prepares_like_the_same_json(tiny_
                for t, lab in toy_rows(60, 5)]
     records[3]["text"], records[20]["text"] = None, "   "  # before and after the switch: dropped, counted
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (tmp_path / "train.json").write_text(json.dumps(records))
-    (lazy, lazy_splits), (eager, eager_splits) = (_classification_data(tiny_bert, tmp_path, f"train.{ext}")
-                                                  for ext in ("jsonl", "json"))
+    (tmp_path / "train.json").write_text(json.dumps({k: [r[k] for r in records] for k in ("text", "label")}))
+    (tmp_path / "array.json").write_text(json.dumps(records, indent=1))  # an array: scanned, 4 lines a record
+    (lazy, lazy_splits), (eager, eager_splits), (array, array_splits) = (
+        _classification_data(tiny_bert, tmp_path, name) for name in ("train.jsonl", "train.json", "array.json"))
     assert isinstance(lazy.splits["train"].columns["text"], columns.JsonField)
+    assert isinstance(array.splits["train"].columns["text"], columns.JsonField)
+    assert array.report.splits["train"].dropped_empty_where == "line 14, line 82"  # 2 + 4 x (row - 1)
+    assert array.fingerprint == lazy.fingerprint
+    for name in ("train", "validation"):
+        assert np.array_equal(array_splits[name].input_ids, eager_splits[name].input_ids)
     assert isinstance(lazy.splits["train"].columns["label"], list)
     assert lazy.report.splits["train"].dropped_empty == 2 == eager.report.splits["train"].dropped_empty
     assert lazy.report.splits["train"].dropped_empty_where == "line 4, line 21"
@@ -319,3 +325,50 @@ def test_csv_long_text_stays_in_the_file_with_quoted_line_breaks(tiny_bert, tmp_
     for name in ("train", "validation"):
         assert np.array_equal(lazy_splits[name].input_ids, eager_splits[name].input_ids)
         assert np.array_equal(lazy_splits[name].labels, eager_splits[name].labels)
+
+
+def test_a_json_array_is_scanned_record_by_record_like_json_load(tmp_path, monkeypatch):
+    """Strings holding brackets, braces, escaped quotes, backslashes, line breaks and non-ASCII text; nested
+    values; pretty-printed and compact layouts: the scanned columns equal json.load's, each record's line is the
+    line its '{' is on, and long texts stay in the file."""
+    import tuneforge.data.records as record_files
+    from tuneforge.data.columns import JsonField
+    from tuneforge.data.records import scan_json_array
+
+    monkeypatch.setattr(record_files, "LAZY_SAMPLE", 5)
+
+    texts = ['plain', 'brackets ] [ and } { inside', 'a \\"quoted\\" word and a \\ backslash \\\\',
+             'line\nbreaks\r\nand tabs\t', 'non-ASCII: é ü 日本語 \u2028 emoji 🎉', '"', '\\']
+    records = [{"text": t * 12, "label": i % 3, "meta": {"tags": ["a", "]"], "n": None}} for i, t in
+               enumerate(texts * 3)]
+    for indent in (None, 2):
+        path = tmp_path / f"a{indent}.json"
+        path.write_text("\ufeff" + json.dumps(records, indent=indent, ensure_ascii=indent is None) + "\n",
+                        encoding="utf-8")
+        columns, lines = scan_json_array(path)
+        assert isinstance(columns["text"], JsonField)
+        assert list(columns["text"]) == [r["text"] for r in records]
+        assert columns["label"] == [r["label"] for r in records] and columns["meta"] == [r["meta"] for r in records]
+        if indent is None:  # one line: records are told apart by number ("row N")
+            assert lines is None
+            continue
+        body = path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines: U+2028 is no line end
+        assert all(body[n - 1].lstrip().startswith("{") for n in lines)
+        per_record = json.dumps(records[0], indent=2).count("\n") + 1
+        assert len(lines) == len(records) and set(np.diff(lines)) == {per_record}
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('[{"text": "a"}, {"text": "b"', "invalid JSON in the record starting on line 1"),
+    ('[{"text": "a"},\n', "not closed"),
+    ('[\n{"text": "a"},\n"just a string"\n]', "line 3: expected a JSON object"),
+    ('[\n{"text": "a"},\n{"text": "b" "label": 1}\n]', "line 3: invalid JSON"),
+    ('[{"text": "a"}] [{"text": "b"}]', "text after the closing ']'"),
+    ('[{"text": "a"} {"text": "b"}]', "expected ',' or ']'"),
+    ('[{"text": "a\\"}]', "Unterminated string"),
+])
+def test_a_broken_json_array_is_one_line_naming_where(tmp_path, capsys, content, expected):
+    path = tmp_path / "train.json"
+    path.write_text(content)
+    line = one_line_error(capsys, ["train", "task=classification", f"train_file={path}", "model_name_or_path=m"])
+    assert "train.json" in line and expected in line, line

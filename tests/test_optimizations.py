@@ -329,7 +329,6 @@ def test_head_learning_rate_applies_to_the_new_head_only(tiny_bert, tmp_path):
     """The parameters the checkpoint lacked (the new classifier) get head_learning_rate on the same schedule;
     every other parameter keeps learning_rate; a LoRA model's copied head is found by its wrapped name."""
     import torch
-
     from transformers import AutoModelForSequenceClassification
 
     from tuneforge.config.schema import LoraConfig, ModelConfig, TrainingConfig

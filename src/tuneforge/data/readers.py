@@ -11,8 +11,9 @@ accepted; a nested SQuAD file becomes one row per question, data/squad.py), .jso
 tokens reads .txt files as CoNLL too). Empty cells read as None. A .txt file is scanned, not loaded: its rows
 are read back from disk when used (data/columns.py), so a corpus larger than memory can be trained on.
 Parquet and hub text columns stay in Arrow buffers (memory-mapped for hub datasets); JSON Lines, CSV and TSV
-columns of long text stay in the file (data/records.py) while short fields (labels) are read; a .json file (one
-document) is read into memory.
+columns of long text stay in the file (data/records.py) while short fields (labels) are read; so do those of a
+.json array of records (scanned through a memory map); any other .json layout (an object of columns, the
+nested SQuAD layout, {"data": [...]}) is one document, read into memory.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.columns import ArrowColumn, scan_text_file
-from tuneforge.data.records import scan_delimited_file, scan_jsonl_file
+from tuneforge.data.records import json_array_file, scan_delimited_file, scan_json_array, scan_jsonl_file
 from tuneforge.data.squad import flatten_squad, is_squad
 from tuneforge.data.table import Table
 from tuneforge.errors import DataError
@@ -138,6 +139,9 @@ def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: 
         table = _read_parquet(p)
     elif fmt == "text":
         table = _read_text(p, documents)
+    elif fmt == "json" and json_array_file(p):  # an array of records: scanned, never loaded whole
+        columns, lines = scan_json_array(p)
+        table = Table(str(p), columns, lines)
     elif fmt in ("jsonl", "csv", "tsv"):
         if p.stat().st_size == 0 or not _has_text(p):
             raise DataError(f"{p}: the file is empty")

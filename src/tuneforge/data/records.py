@@ -1,4 +1,5 @@
-"""Record files read in one pass with their long-text columns left in the file: JSON Lines and CSV/TSV.
+"""Record files read in one pass with their long-text columns left in the file: JSON Lines, CSV/TSV and
+JSON arrays of records.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.csv"
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -154,3 +156,125 @@ def scan_delimited_file(path: Path, delimiter: str) -> tuple[dict[str, Any], np.
     index = {h: j for j, h in enumerate(header)}
     return collector.columns(lambda key, digests, irregular: CsvField(
         path, first_start, last_end, digests, irregular, index[key], delimiter)), np.frombuffer(numbers, np.int64)
+
+
+_SPACE = re.compile(r"[ \t\r\n]*")
+SCAN_BYTES = 8 << 20  # bytes decoded at a time
+
+
+def json_array_file(path: Path) -> bool:
+    """Whether the file's first character (after a BOM and whitespace) opens a JSON array."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16).lstrip(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(b"[")
+
+
+class _Window:
+    """The decoded text of a file, SCAN_BYTES at a time, read from `pos`; `byte` and `line` are the file position
+    and line of text[pos]. Consumed text is dropped only when more is decoded (no copy per record)."""
+
+    def __init__(self, path: Path) -> None:
+        import codecs
+
+        self.path, self.fh = path, open(path, "rb")
+        bom = self.fh.read(3) == b"\xef\xbb\xbf"
+        self.fh.seek(3 if bom else 0)
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.text, self.pos, self.byte, self.line, self.eof = "", 0, 3 if bom else 0, 1, False
+
+    def more(self) -> bool:
+        """Decode the next piece onto the text; False at the end of the file."""
+        if self.eof:
+            return False
+        raw = self.fh.read(SCAN_BYTES)
+        self.eof = not raw
+        self.text, self.pos = self.text[self.pos:], 0
+        try:
+            self.text += self.decoder.decode(raw, final=self.eof)
+        except UnicodeDecodeError:
+            raise DataError(f"{self.path}: line {self.line + self.text.count(chr(10))}: not valid UTF-8; re-save "
+                            "the file with UTF-8 encoding") from None
+        return True
+
+    def consume(self, n: int) -> None:
+        """Move past the next n characters."""
+        end = self.pos + n
+        self.byte += len(self.text[self.pos:end].encode())
+        self.line += self.text.count("\n", self.pos, end)
+        self.pos = end
+
+    def skip_space(self) -> str:
+        """The next non-space character ('' at the end of the file), consuming the space before it."""
+        while True:
+            i = _SPACE.match(self.text, self.pos).end()
+            self.consume(i - self.pos)
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self.more():
+                return ""
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def scan_json_array(path: Path) -> tuple[dict[str, Any], np.ndarray | None]:
+    """(columns, 1-based line each record starts on, or None when records share lines) of a .json file
+    holding one array of objects, read SCAN_BYTES at a time: json's own decoder takes one record at a time off
+    the decoded text (`raw_decode`), so the file is never one Python object; long-text columns stay in the file
+    (each record's byte span, as for JSON Lines)."""
+    collector = _Collector()
+    starts, ends, numbers = array("q"), array("q"), array("q")
+    decoder = json.JSONDecoder()
+    window = _Window(path)
+    try:
+        window.skip_space()
+        window.consume(1)  # the "["
+        while True:
+            char = window.skip_space()
+            if char == "":
+                raise DataError(f"{path}: the JSON array is not closed (the file ends inside it); check that the "
+                                "file was written completely")
+            if char == "]":
+                break
+            record, end = _decode_one(path, window, decoder)
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: line {window.line}: expected a JSON object like "
+                                f'{{"text": "...", "label": "..."}}, got {type(record).__name__}')
+            collector.add({str(k): v for k, v in record.items()})
+            starts.append(window.byte)
+            numbers.append(window.line)
+            window.consume(end - window.pos)
+            ends.append(window.byte)
+            char = window.skip_space()
+            if char == ",":
+                window.consume(1)
+            elif char != "]":
+                raise DataError(f"{path}: line {window.line}: expected ',' or ']' after a record, found "
+                                f"{char or 'the end of the file'!r}")
+        window.consume(1)
+        if window.skip_space():
+            raise DataError(f"{path}: line {window.line}: text after the closing ']' of the JSON array; a .json "
+                            "file holds one array (or use .jsonl, one object per line)")
+    finally:
+        window.close()
+    if collector.count == 0:
+        return {}, np.zeros(0, dtype=np.int64)
+    first, last = np.frombuffer(starts, np.int64), np.frombuffer(ends, np.int64)
+    lines = np.frombuffer(numbers, np.int64)
+    # records sharing a line (a compact array) are told apart by their number, "row N", not "line 1"
+    return collector.columns(lambda key, digests, irregular: JsonField(path, first, last, digests, irregular, key)
+                             ), lines if bool(np.all(np.diff(lines) > 0)) else None
+
+
+def _decode_one(path: Path, window: _Window, decoder: json.JSONDecoder) -> tuple[Any, int]:
+    """The JSON value at the window's position and the index just past it, decoding more of the file while
+    the value runs past what is decoded."""
+    while True:
+        try:
+            return decoder.raw_decode(window.text, window.pos)
+        except json.JSONDecodeError as err:
+            if window.more():
+                continue
+            line = window.line + window.text.count("\n", window.pos, err.pos)
+            raise DataError(f"{path}: line {line}: invalid JSON in the record starting on line {window.line} "
+                            f"({err.msg}); fix that record") from None
