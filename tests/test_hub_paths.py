@@ -70,3 +70,40 @@ def test_hub_model_id_loads_from_cache_and_records_the_commit(tiny_bert, toy_dat
         f"output_dir={tmp_path / 'run'}", f"preprocessing_cache_dir={tmp_path / 'cache'}"])
     assert run.info["model_revision"] == commit
     assert run.info["base_model"] == "acme/tiny-bert"
+
+
+def test_a_streamed_dataset_fetches_only_the_rows_it_keeps(tmp_path):
+    """dataset_streaming: load_dataset(streaming=True) on a local folder (the same code path as the hub); with
+    max_train_samples / max_eval_samples only that many rows are read, from a shuffle buffer for train; they land
+    in a JSON Lines file in the cache, labels as names; without caps the rows equal the downloaded dataset's."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    source = {}
+    (tmp_path / "dataset").mkdir()
+    for split, seed in (("train", 1), ("validation", 2)):
+        rows = toy_rows(60, seed)
+        source[split] = rows
+        ds = datasets.Dataset.from_dict({"text": [t for t, _ in rows],
+                                         "label": [0 if y == "neg" else 1 for _, y in rows]}, features=features)
+        ds.to_parquet(str(tmp_path / "dataset" / f"{split}.parquet"))
+    cache = tmp_path / "cache"
+    base = ["task=classification", "model_name_or_path=m", f"dataset_name={tmp_path / 'dataset'}",
+            f"preprocessing_cache_dir={cache}"]
+    capped = load_config(None, [*base, "dataset_streaming=true", "max_train_samples=25", "max_eval_samples=10"])
+    data = get_task("classification").prepare_data(capped)
+    streamed = list((cache / "streamed").rglob("train.jsonl"))
+    assert len(streamed) == 1 and len(streamed[0].read_text().splitlines()) == 25  # only 25 rows were fetched
+    assert len(data.splits["train"]) <= 25 and len(data.splits["validation"]) == 10
+    train_texts = set(data.splits["train"].columns["text"])
+    assert train_texts <= {t for t, _ in source["train"]}
+    assert train_texts != {t for t, _ in source["train"][:25]}  # the shuffle buffer, not the first 25
+    assert list(data.splits["validation"].columns["text"]) == [t for t, _ in source["validation"][:10]]
+    assert set(data.label_names) == {"neg", "pos"}
+    whole = get_task("classification").prepare_data(load_config(None, [*base, "dataset_streaming=true"]))
+    downloaded = get_task("classification").prepare_data(load_config(None, base))
+    for split in ("train", "validation"):
+        assert list(whole.splits[split].columns["text"]) == list(downloaded.splits[split].columns["text"])
+        assert list(whole.splits[split].columns["label"]) == list(downloaded.splits[split].columns["label"])
+    assert whole.fingerprint == downloaded.fingerprint

@@ -65,6 +65,11 @@ class DataConfig:
     test_file: str | None = opt(None, "Held-out test data, evaluated once at the end on the best model.")
     dataset_name: str | None = opt(None, "Hugging Face hub dataset id (e.g. imdb), loaded with datasets.load_dataset.")
     dataset_config_name: str | None = opt(None, "Configuration (subset) of the hub dataset, e.g. sst2 for glue.")
+    dataset_streaming: bool = opt(
+        False, "Stream the hub dataset (load_dataset(streaming=True)) instead of downloading it whole: rows are "
+               "fetched as read and written once to a JSON Lines file in the preprocessing cache (scanned like a "
+               "local one). With max_train_samples only that many training rows are fetched (the first N of a "
+               "10,000-row shuffle buffer, seed 0), with max_eval_samples that many validation rows.")
     text_column: str = opt("text", "Column holding the input text.")
     text_pair_column: str | None = opt(
         None, "Optional second text column for sentence-pair tasks (NLI, paraphrase).")
@@ -153,6 +158,9 @@ class DataConfig:
                               f"{self.stride}")
         if self.train_file and self.dataset_name:
             raise ConfigError("data: give either train_file or dataset_name, not both")
+        if self.dataset_streaming and not self.dataset_name:
+            raise ConfigError("data.dataset_streaming: streams a hub dataset; set data.dataset_name (local files are "
+                              "always read without loading them whole)")
 
 
 SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",

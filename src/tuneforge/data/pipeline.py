@@ -35,7 +35,7 @@ def read_splits(data: DataConfig, conll: tuple[str, str] | None = None) -> dict[
     """train (always), validation and test when given, from local files or a hub dataset. `conll`: (tokens
     column, tags column) to read .conll/.txt files as CoNLL token files (read_file)."""
     if data.dataset_name:
-        hub = read_hub(data.dataset_name, data.dataset_config_name)
+        hub = _hub_splits(data)
         if "train" not in hub:
             raise DataError(f"data.dataset_name: {data.dataset_name!r} has no 'train' split "
                             f"(splits: {', '.join(hub)})")
@@ -56,6 +56,17 @@ def read_splits(data: DataConfig, conll: tuple[str, str] | None = None) -> dict[
     for name, table in out.items():
         table.name = name
     return out
+
+
+def _hub_splits(data: DataConfig) -> dict[str, Table]:
+    if not data.dataset_streaming:
+        return read_hub(data.dataset_name, data.dataset_config_name)
+    from tuneforge.data.cache import cache_root
+    from tuneforge.data.readers import stream_hub
+
+    caps = {"train": data.max_train_samples, **{v: data.max_eval_samples for v in VALIDATION_SPLITS}}
+    return stream_hub(data.dataset_name, data.dataset_config_name, caps,
+                      cache_root(data.preprocessing_cache_dir).parent / "streamed")
 
 
 def read_and_clean(data: DataConfig, wanted: dict[str, str | None], text_columns: list[str]

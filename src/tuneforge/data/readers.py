@@ -191,6 +191,66 @@ def read_hub(name: str, config_name: str | None, splits: tuple[str, ...] = ("tra
     return out
 
 
+STREAM_SHUFFLE_BUFFER = 10_000
+
+
+def stream_hub(name: str, config_name: str | None, caps: dict[str, int | None], folder: Path) -> dict[str, Table]:
+    """A hub dataset streamed (load_dataset(streaming=True)): each split's rows, at most caps[split] of them (the
+    training split through a seeded shuffle buffer first), written once to `folder/<dataset>/<split>.jsonl` and
+    scanned like a local JSON Lines file, so neither the dataset nor a split is ever held in memory; ClassLabel ids
+    become their names."""
+    import hashlib
+
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, config_name, streaming=True)
+    except (ConnectionError, OSError) as err:
+        raise DataError(f"data.dataset_name: cannot stream {name!r} from the Hugging Face hub (no network or not "
+                        f"found: {str(err).splitlines()[0][:200]}); download it and pass data.train_file with a "
+                        "local path") from None
+    except ValueError as err:
+        raise DataError(f"data.dataset_name: {name!r}: {str(err).splitlines()[0][:300]}") from None
+    key = hashlib.sha256(json.dumps([name, config_name, caps], sort_keys=True).encode()).hexdigest()[:16]
+    target = folder / key
+    target.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Table] = {}
+    for split, ds in loaded.items():
+        cap = caps.get(split)
+        if cap and split == "train":
+            ds = ds.shuffle(seed=0, buffer_size=STREAM_SHUFFLE_BUFFER)
+        names = _label_names(ds.features)
+        path, tmp = target / f"{split}.jsonl", target / f".{split}.jsonl.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for i, row in enumerate(ds):
+                if cap is not None and i >= cap:
+                    break
+                fh.write(json.dumps({k: names[k](v) if k in names else v for k, v in row.items()},
+                                    ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, path)
+        if path.stat().st_size == 0:
+            out[split] = Table(f"hub dataset {name}[{split}] (streamed)", {}, None, split)
+            continue
+        columns, _ = scan_jsonl_file(path)
+        out[split] = Table(f"hub dataset {name}[{split}] (streamed)", columns, None, split)
+    return out
+
+
+def _label_names(features: Any) -> dict[str, Any]:
+    """Column -> a function mapping ClassLabel ids (or lists of them) to their names, from a dataset's features."""
+    import datasets
+
+    out: dict[str, Any] = {}
+    for col, feature in (features or {}).items():
+        if isinstance(feature, datasets.ClassLabel):
+            out[col] = lambda v, f=feature: f.int2str(v) if v is not None and v >= 0 else None
+        inner = getattr(feature, "feature", None)
+        if isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)) and \
+                isinstance(inner, datasets.ClassLabel):
+            out[col] = lambda v, f=inner: [f.int2str(x) for x in v] if v is not None else None
+    return out
+
+
 def arrow_columns(table: Any) -> dict[str, Any]:
     """Columns of a pyarrow Table: text stays in Arrow buffers (ArrowColumn), anything else (labels, ids, nested
     values such as chat messages) becomes a Python list."""
