@@ -333,6 +333,30 @@ def test_a_frozen_process_is_found_by_its_heartbeat(tiny_bert, data, tmp_path):
     assert info["status"] == "interrupted"
 
 
+def test_processes_whose_launcher_is_killed_stop_with_one_line(tiny_bert, data, tmp_path):
+    """kill -9 of `tuneforge train --nproc 2` itself (the launcher, which hosts the processes' store: what a
+    tune study does to a trial it stops): the workers find the store gone and end within seconds, one line,
+    the run interrupted, instead of training on as orphans."""
+    out, marker = tmp_path / "run", tmp_path.name
+    args = _overrides(tiny_bert, data, out, per_device_train_batch_size=8, num_train_epochs=500, save_steps=20)
+    proc = subprocess.Popen([str(BIN / "tuneforge"), "train", "--nproc", "2", *args], cwd=tmp_path,
+                            env=_env() | {"TF_TEST_MARKER": marker}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    log = out / "metrics.jsonl"
+    while not (log.exists() and log.read_text().count('"loss"') >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    workers = [_rank_pid(marker, r) for r in (0, 1)]
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)  # the pipe closes when the last worker has gone
+    assert all(not Path(f"/proc/{p}").exists() or Path(f"/proc/{p}/stat").read_text().split()[2] == "Z"
+               for p in workers if p)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the launcher's key-value store"), err[-3000:]
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
 def test_merged_evaluation_states_equal_one_process_folding_every_batch():
     """evaluate/shards.py on the state kinds the tasks keep: numbers, lists, ByExample (windows of one example on
     different processes), ErrorCollector (worst rows, length buckets), RougeAccumulator; settings stay."""

@@ -47,6 +47,9 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     if Path("/sys/class/net/lo").exists():
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    # torch's C++ warnings with stack frames (a TCPStore connection lost when the launcher stops) would follow
+    # the one line the watchdog prints (engine/watchdog.py); errors still show
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     # the launcher logs each failed process at length; the processes have printed the one line that matters
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex[:12],
