@@ -97,32 +97,38 @@ def test_a_key_of_another_strategy_is_refused_not_ignored():
 
 # ---- refusals -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-@pytest.mark.parametrize("name", ["fsdp", "deepspeed"])
-def test_a_strategy_the_engine_does_not_drive_is_refused_everywhere_in_one_line(name, device):
+def test_deepspeed_the_engine_does_not_drive_is_refused_everywhere_in_one_line(device, monkeypatch):
+    monkeypatch.setattr(strategy, "deepspeed_installed", lambda: True)
     with pytest.raises(UserError) as err:
-        check_run(cfg(f"strategy={name}"), device, LAUNCHED)
-    assert one_line(err) == (f"distributed.strategy: {name} is translated (docs/distributed.md) but the training "
-                             "engine does not drive it yet; use ddp")
-    with pytest.raises(UserError, match=f"{name} is translated"):
-        accelerator_kwargs(cfg(f"strategy={name}"), cuda=device == "cuda", mixed="no", env=LAUNCHED)
+        check_run(cfg("strategy=deepspeed"), device, LAUNCHED)
+    assert one_line(err) == ("distributed.strategy: deepspeed is translated (docs/distributed.md) but the training "
+                             "engine does not drive it yet; use ddp or fsdp")
+    with pytest.raises(UserError, match="deepspeed is translated"):
+        accelerator_kwargs(cfg("strategy=deepspeed"), cuda=device == "cuda", mixed="no", env=LAUNCHED)
+    check_run(cfg("strategy=fsdp"), device, LAUNCHED | {"WORLD_SIZE": "2"})  # fsdp is driven, on both
 
 
-def test_start_session_refuses_fsdp():
+def test_start_session_refuses_fsdp_on_one_cpu_process():
     from rich.console import Console
 
     from tuneforge.engine.session import start_session
 
-    with pytest.raises(UserError, match="fsdp is translated"):
+    with pytest.raises(UserError, match="fsdp on the CPU shards over the processes of a launcher, 2 or more"):
         start_session(cfg("strategy=fsdp", "use_cpu=true"), Console(quiet=True))
 
 
-@pytest.mark.parametrize("name", ["fsdp", "deepspeed"])
-def test_the_cpu_is_refused_in_one_line(name):
+def test_the_cpu_takes_fsdp_over_two_processes_and_refuses_deepspeed():
     with pytest.raises(UserError) as err:
-        check_sharded(cfg(f"strategy={name}"), "cpu", LAUNCHED)
+        check_sharded(cfg("strategy=deepspeed"), "cpu", LAUNCHED)
     line = one_line(err)
-    assert line.startswith(f"distributed.strategy: {name} is not implemented on the CPU")
+    assert line.startswith("distributed.strategy: deepspeed is not implemented on the CPU")
     assert "use strategy=ddp" in line and "docs/distributed.md" in line
+    for env in ({}, LAUNCHED, LAUNCHED | {"WORLD_SIZE": "1"}):  # one CPU process has nothing to shard over
+        with pytest.raises(UserError) as err:
+            check_sharded(cfg("strategy=fsdp"), "cpu", env)
+        assert "fsdp on the CPU shards over the processes of a launcher, 2 or more" in one_line(err)
+        assert "--nproc 2" in str(err.value)
+    check_sharded(cfg("strategy=fsdp"), "cpu", LAUNCHED | {"WORLD_SIZE": "2"})  # gloo: tests/test_fsdp.py
 
 
 def test_a_gpu_run_needs_a_launcher_even_for_one_process():
@@ -130,7 +136,12 @@ def test_a_gpu_run_needs_a_launcher_even_for_one_process():
         check_sharded(cfg("strategy=fsdp"), "cuda", {})
     assert "needs a launcher" in one_line(err) and "--nproc 1" in str(err.value)
     check_sharded(cfg("strategy=fsdp"), "cuda", LAUNCHED)  # world size 1 under a launcher is fine
-    check_sharded(cfg("strategy=fsdp", "lora.enabled=true"), "cuda", LAUNCHED)  # LoRA with FSDP2 too
+
+
+def test_lora_with_fsdp_is_refused_in_one_line():
+    with pytest.raises(UserError) as err:
+        check_sharded(cfg("strategy=fsdp", "lora.enabled=true"), "cuda", LAUNCHED)
+    assert one_line(err).startswith("lora.enabled: not built with strategy=fsdp")
 
 
 def test_deepspeed_not_installed_says_pip_install(monkeypatch):
@@ -226,13 +237,12 @@ def test_launcher_deepspeed_file_fsdp1_and_what_accelerate_wrote_itself(tmp_path
 
 
 # ---- FSDP2 ---------------------------------------------------------------------------------------------------
-def test_fsdp_plugin_fields(monkeypatch):
+def test_fsdp_plugin_fields():
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import CPUOffloadPolicy
     from torch.distributed.fsdp.fully_sharded_data_parallel import StateDictType
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-    monkeypatch.setattr(strategy, "DRIVEN", ("fsdp",))  # the translation, whether or not the engine drives it
     kwargs = accelerator_kwargs(cfg("strategy=fsdp"), cuda=True, mixed="bf16", env=LAUNCHED)
     plugin = kwargs.pop("fsdp_plugin")
     assert kwargs == {} and isinstance(plugin, FullyShardedDataParallelPlugin)

@@ -1,5 +1,7 @@
 """Checkpoints: weights as safetensors, run state as JSON, optimizer/scheduler/RNG as plain tensors
 (loadable with `weights_only=True`), written to a temporary folder and renamed, with a completeness marker.
+Under FSDP2 the weights and the optimizer state are gathered to full tensors first (engine/fsdp.py), so the
+files are the same as under DDP and resume under either strategy, on any process count.
 
 >>> from tuneforge.engine.checkpoint import complete_checkpoints
 >>> complete_checkpoints("runs/x/checkpoints")   # doctest: +SKIP
@@ -76,10 +78,13 @@ def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, schedul
                     state: dict[str, Any], keep: set[Path] | None = None, limit: int | None = None) -> Path:
     """Write checkpoint-`step` (then rotate to `limit`, never deleting `keep` or the new one). Called by every
     process of a distributed run: each writes its own RNG state, the main process everything else (the
-    weights and optimizer state are the same on every process under DDP)."""
+    weights and optimizer state are the same on every process under DDP; under FSDP2 every process first takes
+    part in gathering them to the main process)."""
     from tuneforge.engine.distributed import current
+    from tuneforge.engine.fsdp import full_model_state, full_optimizer_state, sharded
 
     procs = current()
+    gathered = (full_model_state(model), full_optimizer_state(model, optimizer)) if sharded(model) else None
     final = folder / f"checkpoint-{step}"
     tmp = folder / f".tmp-checkpoint-{step}"
 
@@ -105,18 +110,24 @@ def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, schedul
     procs.on_main(prepare)
     procs.all_ok(own_rng)  # every process's RNG (dropout differs per process), so a resume continues each
     procs.on_main(lambda: _write_main(final, tmp, model, optimizer, scheduler, scaler, state, fail,
-                                      (keep or set()) | {final}, limit))
+                                      (keep or set()) | {final}, limit, gathered))
     return final
 
 
 def _write_main(final: Path, tmp: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-                state: dict[str, Any], fail: Any, keep: set[Path], limit: int | None) -> None:
+                state: dict[str, Any], fail: Any, keep: set[Path], limit: int | None,
+                gathered: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
+    """The main process's part of a save; `gathered`: the full (model, optimizer) state dicts of a sharded model."""
     import torch
 
     folder = final.parent
     try:
-        model.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if gathered is None:
+            model.save_pretrained(tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        else:
+            model.save_pretrained(tmp, state_dict=gathered[0])
+            torch.save(gathered[1], tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -174,9 +185,14 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
     import numpy as np
     import torch
 
+    from tuneforge.engine.fsdp import load_full_optimizer_state, sharded
+
     run_state = read_state(path)
     load_weights(path, model)
-    optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
+    if sharded(model):  # every process reads the full state and keeps its shard
+        load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
+    else:
+        optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
         scaler.load_state_dict(_load_tensors(path / "scaler.pt"))
@@ -193,9 +209,12 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
 
 
 def load_weights(path: Path, model: Any) -> None:
-    """Load a checkpoint's safetensors weights into `model`; tied copies may be absent from the file."""
+    """Load a checkpoint's safetensors weights into `model`; tied copies may be absent from the file. A model
+    sharded by FSDP2 takes the full weights on every process (a collective), each keeping its shard."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from tuneforge.engine.fsdp import load_full_model_state, sharded
 
     state_dict: dict[str, Any] = {}
     for file in sorted(path.glob("*.safetensors")):
@@ -212,11 +231,17 @@ def load_weights(path: Path, model: Any) -> None:
             raise UserError(f"checkpoint {path} does not match this adapter (unexpected "
                             f"{list(result.unexpected_keys)[:3]})")
         return
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if sharded(model):
+        expected = set(model.state_dict())  # names only: nothing is gathered
+        missing, unexpected = [k for k in expected if k not in state_dict], [k for k in state_dict if k not in expected]
+    else:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied]:
         raise UserError(f"checkpoint {path} does not match this model "
                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    if sharded(model):
+        load_full_model_state(model, state_dict)
 
 
 def rotate(folder: Path, limit: int | None, keep: set[Path]) -> None:

@@ -7,6 +7,13 @@
 Per batch the task folds predictions into a small state (loss sum, argmax ids); logits are never
 accumulated. The analysis itself (buckets, worst examples, the error_analysis.json document) is pure code in
 evaluate/errors.py; this module only runs the model.
+
+With several processes each evaluates every N-th row of the length order and the states are merged
+(evaluate/shards.py). A model sharded by FSDP2 gathers its weights from every process in each forward pass, so
+there the processes run in lockstep: one with fewer batches (the row count does not divide) runs stand-in passes
+on one of its rows until all have run as many as process 0, folded into a scratch state that is dropped, so the
+metrics still count every row exactly once. (The alternative, gathering the full model on one process to
+evaluate it alone, needs the memory sharding exists to avoid and leaves the others idle.)
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from tuneforge.config.schema import RunConfig
@@ -65,6 +73,7 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
     `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis; `batch` is
     the run's evaluation batch (a fresh one at per_device_eval_batch_size when not given)."""
     from tuneforge.engine.distributed import current
+    from tuneforge.engine.fsdp import sharded
     from tuneforge.evaluate.shards import increments, merge, snapshot
 
     batch = batch if batch is not None else EvalBatch.of(cfg, device.type)
@@ -72,6 +81,7 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
     # the plain module: DDP's forward would synchronise buffers, a collective that processes evaluating
     # different numbers of batches never all reach (mixed-precision autocast sits on the module itself)
     model = getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
+    lockstep = procs.distributed and sharded(model)
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -83,16 +93,27 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data:
             state["errors"] = errors
         base = snapshot(state)
         # with several processes each evaluates its own rows (each row exactly once, no padding rows)
-        for indices in eval_order(split.batch_lengths, batch_size, procs.rank, procs.world):
-            state["rows"] = indices
-            task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
+        batches = eval_order(split.batch_lengths, batch_size, procs.rank, procs.world)
+        for indices in batches:
+            step(state, indices)
         state.pop("rows", None)
+        missing = len(eval_order(split.batch_lengths, batch_size, 0, procs.world)) - len(batches) if lockstep else 0
+        for _ in range(missing):  # process 0 has the most batches; the others match it, folded nowhere
+            step(task.init_eval_state(model, tokenizer, cfg), batches[0] if batches else np.arange(1))
         return state, base
 
+    def step(state: dict[str, Any], indices: Any) -> None:
+        state["rows"] = indices
+        task.eval_step(model, to_device(task.collate(split, indices, pad_id, multiple), device), state)
+
     # out of memory here halves the evaluation batch only (and later evaluations with the same `batch` start
-    # from it); a compiled model evaluates uncompiled (engine/compiling.py)
+    # from it); a compiled model evaluates uncompiled (engine/compiling.py). Not in lockstep: the processes
+    # would disagree on the batch count, so a sharded evaluation's out-of-memory error ends the run.
     with eager():
-        (state, base), batch.size = run_with_backoff(run, batch.size)
+        if lockstep:
+            state, base = run(batch.size)
+        else:
+            (state, base), batch.size = run_with_backoff(run, batch.size)
     model.train(was_training)
     if procs.distributed:  # every process merges every process's part alike, so all compute the same metrics
         state = merge(state, base, procs.gather(increments(state, base)))

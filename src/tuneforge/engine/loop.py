@@ -34,6 +34,7 @@ from tuneforge.engine.checkpoint import (
 )
 from tuneforge.engine.compiling import compile_for_training, resolve_compile
 from tuneforge.engine.evaluation import EvalBatch, evaluate, evaluate_with_analysis
+from tuneforge.engine.fsdp import describe, mark_sharded_for_generate, plain, sharded, total_grad_norm
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
 from tuneforge.engine.optim import build_optimizer, build_scheduler
 from tuneforge.engine.step import forward_backward
@@ -122,7 +123,11 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
 
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
+    # one call: under FSDP2 accelerate shards the model, then points the optimizer at the sharded parameters
     model, optimizer = accelerator.prepare(model, optimizer)
+    mark_sharded_for_generate(model)
+    if (note := describe(model, world)) is not None:
+        tracker.print(note)
     loss_fn = task.loss
     if compiled:  # in place: parameter names, save_pretrained and checkpoints stay unchanged
         loss_fn, note = compile_for_training(accelerator.unwrap_model(model), task,
@@ -229,10 +234,11 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
                         stop.requested = "SIGTERM"
                 grad_norm = None
                 if t.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    # a DTensor under FSDP2 (accelerate clips sharded gradients): its full value for the guard
+                    grad_norm = plain(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
                 if guard is not None:
                     if grad_norm is None:
-                        grad_norm = _total_norm(model)
+                        grad_norm = total_grad_norm(model) if sharded(model) else _total_norm(model)
                     bad = guard.check(window_loss, grad_norm, optimizer)
                     window_loss = torch.where(bad.bool(), torch.zeros_like(window_loss), window_loss)
                 optimizer.step()

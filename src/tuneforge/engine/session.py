@@ -29,6 +29,8 @@ class Session:
     console: Any
     analysis: dict[str, Any] | None = None  # error analysis of the final model (set by fit)
     eval_batch: Any = None  # the run's evaluation batch (engine/evaluation.py EvalBatch; set by fit)
+    # a sharded model's full weights, gathered by every process at the end of fit for the main process's save
+    final_state: dict[str, Any] | None = None
 
     def fit(self, cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str, TokenizedSplit],
             data: PreparedData, run_dir: Path) -> dict[str, Any]:
@@ -76,6 +78,10 @@ class Session:
                                                            cfg, self.accelerator.device, self.eval_batch)
             if target == "test":
                 metrics["test"] = scores
+        from tuneforge.engine.fsdp import full_model_state, sharded
+
+        if sharded(model):  # a collective: every process runs fit, only the main one saves (save_final)
+            self.final_state = full_model_state(model) or None  # {} on the other processes
         return metrics
 
     def base_model_baseline(self, cfg: RunConfig, task: Any, model: Any, tokenizer: Any,
@@ -115,6 +121,9 @@ class Session:
         unwrapped = self.accelerator.unwrap_model(model)
         if is_peft(unwrapped):
             save_lora(unwrapped, run_dir, cfg.lora.merge_weights)
+        elif self.final_state is not None:  # FSDP2: the weights fit gathered (plain safetensors, as under DDP)
+            unwrapped.save_pretrained(run_dir, state_dict=self.final_state)
+            self.final_state = None
         else:
             unwrapped.save_pretrained(run_dir)
         tokenizer.save_pretrained(run_dir)
@@ -146,6 +155,12 @@ def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Sessi
     console.print(explain_precision(t.mixed_precision, mixed, device_type, bf16, fp16_safe), highlight=False)
     from accelerate.state import AcceleratorState, PartialState
 
+    from tuneforge.engine.fsdp import forget_fsdp, use_fsdp
+
+    if forget_fsdp(cfg.distributed.strategy == "fsdp", cuda):
+        # accelerate keeps one strategy per process too: an FSDP state left by an earlier session would shard a
+        # DDP run (and a DDP state would ignore an FSDP run's plugin); rebuilt, the process group kept
+        AcceleratorState._reset_state()
     if PartialState._shared_state.get("_cpu", not cuda) != (not cuda):
         # accelerate keeps one device per process: after a use_cpu run, a GPU run in the same process (a
         # notebook, a test session) would silently get the CPU (found on an H100); reset it all
@@ -154,8 +169,10 @@ def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Sessi
         # and one precision: a second run (lr-find then train) with another precision would raise; the
         # device/distributed state is kept
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1,
-                              **accelerator_kwargs(cfg, cuda, mixed, console))  # engine/strategy.py
+    kwargs = accelerator_kwargs(cfg, cuda, mixed, console)  # engine/strategy.py
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1, **kwargs)
+    if "fsdp_plugin" in kwargs:  # on the CPU, what accelerate does for a GPU group (engine/fsdp.py)
+        use_fsdp(accelerator, kwargs["fsdp_plugin"], mixed)
     if cuda:
         name = torch.cuda.get_device_name(accelerator.device)
         torch.backends.cuda.matmul.allow_tf32 = True

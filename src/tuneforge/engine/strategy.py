@@ -20,10 +20,11 @@ Who decides (docs/distributed.md, "Strategies"):
 - The accumulation window is the engine's: the Accelerator always counts 1 (ACCELERATE_GRADIENT_ACCUMULATION_STEPS
   never reaches it); DeepSpeed is told the window because it divides the loss by it (`loss_scale`) and clips
   itself (`engine_clips`).
-- The training engine drives neither fsdp nor deepspeed yet (`DRIVEN`): `check_run` refuses them everywhere in
-  one line, so no run trains on a path the engine does not handle (sharded saving, evaluation, loss scaling).
-- fsdp and deepspeed run on CUDA GPUs under a launcher only: accelerate applies them to a GPU process group (to
-  a CPU one it would quietly train DDP), so the CPU is refused in one line (`check_run`).
+- The training engine drives fsdp (engine/fsdp.py), not deepspeed yet (`DRIVEN`): `check_run` refuses deepspeed
+  everywhere in one line, so no run trains on a path the engine does not handle.
+- fsdp runs under a launcher only: on CUDA GPUs (one process or more), and on the CPU over 2 or more processes
+  of a gloo group (accelerate applies the plugin only to accelerator groups; the session puts it in accelerate's
+  state there, engine/fsdp.py `use_fsdp`). LoRA with fsdp is refused (its adapter is not saved sharded yet).
 
 FSDP2's shard groups, and the models accelerate's wrapping cannot take: engine/sharding.py.
 """
@@ -43,7 +44,7 @@ from tuneforge.engine.sharding import fsdp_plugin_class, fsdp_wrap_classes
 from tuneforge.errors import UserError
 
 SHARDED = ("fsdp", "deepspeed")
-DRIVEN: tuple[str, ...] = ()  # the sharded strategies the training engine drives (engine/loop.py)
+DRIVEN: tuple[str, ...] = ("fsdp",)  # the sharded strategies the training engine drives (engine/fsdp.py)
 DOCS = "docs/distributed.md"
 SECTION = {"distributed": DistributedConfig, "training": TrainingConfig}
 # env vars accelerate writes itself when given a plugin: a later run in this process must not read them as a
@@ -228,10 +229,14 @@ def check_sharded(cfg: RunConfig, device_type: str, env: Mapping[str, str] | Non
     `check_run` applies it to the strategies the engine drives."""
     env = os.environ if env is None else env
     t, s = cfg.training, cfg.distributed.strategy
-    if device_type != "cuda":
-        raise UserError(f"distributed.strategy: {s} is not implemented on the CPU (FSDP2 and DeepSpeed run only on "
+    if device_type != "cuda" and s == "deepspeed":
+        raise UserError(f"distributed.strategy: {s} is not implemented on the CPU (DeepSpeed runs only on "
                         f"accelerators such as CUDA GPUs; accelerate would quietly train DDP here): use strategy=ddp "
                         f"({DOCS})")
+    if device_type != "cuda" and _world(env) < 2:
+        raise UserError(f"distributed.strategy: fsdp on the CPU shards over the processes of a launcher, 2 or more "
+                        f"(gloo): `tuneforge train --nproc 2 ...` or torchrun; one CPU process has nothing to shard "
+                        f"over, use strategy=ddp ({DOCS})")
     if env.get("LOCAL_RANK") is None:
         raise UserError(f"distributed.strategy: {s} needs a launcher, even for one GPU (accelerate applies it only "
                         f"in a process group): `tuneforge train --nproc 1 ...`, torchrun or accelerate launch ({DOCS})")
@@ -243,9 +248,17 @@ def check_sharded(cfg: RunConfig, device_type: str, env: Mapping[str, str] | Non
         if searching:
             raise UserError(f"training.{key}: its search runs the unsharded model on the main process alone, which "
                             f"strategy={s} exists to avoid; set the value itself ({DOCS})")
+    if s == "fsdp" and cfg.lora.enabled:
+        raise UserError("lora.enabled: not built with strategy=fsdp (the adapter of a sharded model is not saved or "
+                        "merged yet); use strategy=ddp: LoRA's trainable weights and their optimizer state are small")
     if s == "deepspeed" and t.torch_compile is True:
         raise UserError("training.torch_compile: not built with strategy=deepspeed (tuneforge compiles the module "
                         "in place; DeepSpeed compiles through its engine): set torch_compile=false or strategy=fsdp")
+
+
+def _world(env: Mapping[str, str]) -> int:
+    value = env.get("WORLD_SIZE", "1")
+    return int(value) if value.isdigit() else 1
 
 
 def compile_setting(cfg: RunConfig) -> tuple[bool | str, str | None]:

@@ -1,0 +1,214 @@
+"""FSDP2 driven by the engine, on the CPU: gloo on loopback, tiny BERT (dropout 0), a few steps.
+
+CPU FSDP is a supported feature (docs/distributed.md, "Strategies"): under a launcher with 2 or more processes
+the session puts accelerate's state on FSDP with the run's plugin (accelerate 1.15 applies it only to GPU
+groups), so the engine takes the same path as on a GPU: accelerate's FSDP2 prepare, no_sync, DTensor clipping,
+lockstep evaluation, gathered saves. These tests check that 2 processes x batch 8 under FSDP2 end with the weights
+of 1 process x batch 16, evaluate every validation row once (41 rows, evaluation batch 4: 6 batches on process 0,
+5 on process 1, so process 1 runs one stand-in pass), save a folder plain transformers loads, and that an FSDP2
+checkpoint resumes on 2 processes (FSDP2) and on 1 (the same files as a DDP checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import base_overrides, one_line_error, toy_rows, write_csv
+from safetensors.torch import load_file
+
+BIN = Path(sys.executable).parent
+TRAIN_ROWS, VAL_ROWS = 97, 41  # 97 = 6 x 16 + 1: the last global batch has one row, one process gets none
+COMMON = dict(num_train_epochs=2, per_device_eval_batch_size=8, use_cpu="true", mixed_precision="no",
+              baselines="false", save_strategy="steps", save_steps=2, save_total_limit=10, logging_steps=1,
+              load_best_model_at_end="false")  # the last weights: every step compared
+# float round-off only: gradients reduce-scattered from two halves instead of one batch's sum, AdamW on shards
+# (measured: see docs/distributed.md "Measured")
+WEIGHT_TOLERANCE = 1e-5
+SHARDED = "fsdp: parameters sharded over 2 process(es)"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                          "MASTER_PORT")}
+    return env | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1",
+                  "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [str(BIN / "torchrun"), "--master_addr", "127.0.0.1", "--master_port", str(_port()),
+            "--nproc_per_node", "2", "-m", "tuneforge", "train", *args]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def _max_diff(a: Path | dict, b: Path | dict) -> float:
+    wa, wb = (w if isinstance(w, dict) else _weights(w) for w in (a, b))
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("fsdp_data")
+    return {"train": write_csv(folder / "train.csv", toy_rows(TRAIN_ROWS, 1)),
+            "validation": write_csv(folder / "validation.csv", toy_rows(VAL_ROWS, 2))}
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tiny_bert, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fsdp_bert") / "model"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _overrides(model: Path, data: dict[str, Path], out: Path, **extra: object) -> list[str]:
+    return base_overrides(model, data, out, **(COMMON | extra))
+
+
+@pytest.fixture(scope="module")
+def reference(no_dropout_bert, data, tmp_path_factory) -> Path:
+    """One process, batch 16, DDP's (plain) path: the run the 2-process FSDP2 run must equal."""
+    import tuneforge
+
+    out = tmp_path_factory.mktemp("fsdp_reference") / "one"
+    return tuneforge.train(None, _overrides(no_dropout_bert, data, out, per_device_train_batch_size=16)).path
+
+
+def _fsdp(model: Path, data: dict[str, Path], out: Path, *flags: str, **extra: object) -> subprocess.CompletedProcess:
+    return _run(_torchrun(*_overrides(model, data, out, **({"per_device_train_batch_size": 8, "strategy": "fsdp",
+                                                            "per_device_eval_batch_size": 4} | extra)), *flags),
+                cwd=out.parent)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(no_dropout_bert, data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """2 processes x batch 8 under FSDP2, every checkpoint kept."""
+    out = tmp_path_factory.mktemp("fsdp_two") / "run"
+    return out, _fsdp(no_dropout_bert, data, out)
+
+
+def test_two_fsdp_processes_train_the_weights_of_one(fsdp_run, reference, no_dropout_bert):
+    run, result = fsdp_run
+    assert result.stdout.count(SHARDED) == 1, result.stdout[-3000:]  # sharded, not a quiet DDP, and said once
+    assert "effective batch 16 = 8 x 2 processes x 1" in result.stdout
+    diff = _max_diff(run, reference)
+    print(f"FSDP2, 2 processes: max weight difference {diff:.2e} from 1 process")
+    assert diff < WEIGHT_TOLERANCE
+    assert _max_diff(run, no_dropout_bert) > 1e-3  # it trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    expected = json.loads((reference / "metrics.json").read_text())
+    assert sum(map(sum, metrics["eval"]["confusion_matrix"])) == VAL_ROWS  # each validation row counted once
+    assert metrics["eval"]["confusion_matrix"] == expected["eval"]["confusion_matrix"]
+    assert metrics["eval"]["loss"] == pytest.approx(expected["eval"]["loss"], abs=1e-5)
+    analysis = json.loads((run / "error_analysis.json").read_text())
+    assert sum(s["rows"] for s in analysis["length_slices"]) == VAL_ROWS
+    assert metrics["train"]["global_step"] == 14
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_the_fsdp_model_folder_loads_with_plain_transformers(fsdp_run):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run, _ = fsdp_run
+    model = AutoModelForSequenceClassification.from_pretrained(run)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert json.loads((run / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+    saved = _weights(run)
+    assert _max_diff({k: v for k, v in model.state_dict().items() if k in saved}, saved) == 0.0
+    tokens = AutoTokenizer.from_pretrained(run)(["good movie", "bad film"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert model(**tokens).logits.shape == (2, 2)
+    # the checkpoint holds what a DDP one holds: the optimizer state keyed by parameter index, full tensors
+    optimizer = torch.load(run / "checkpoints" / "checkpoint-6" / "optimizer.pt", weights_only=True)
+    n = len(saved)
+    assert sorted(optimizer["state"]) == list(range(n)) and type(optimizer["state"][0]["exp_avg"]) is torch.Tensor
+    assert optimizer["state"][0]["exp_avg"].shape == saved["bert.embeddings.word_embeddings.weight"].shape
+
+
+def test_an_fsdp_checkpoint_resumes_on_two_processes(fsdp_run, no_dropout_bert, data, tmp_path):
+    """checkpoint-6 of the FSDP2 run, resumed under FSDP2 on 2 processes at per-device batch 4 (elastic: 4 x 2
+    processes x accumulation 2, so FSDP2's gradient sync is held off for the first micro-batch of each window),
+    trains the uninterrupted weights (its checkpoint-14); with load_best_model_at_end the sharded model then
+    takes the best checkpoint's weights."""
+    run, _ = fsdp_run
+    out = tmp_path / "run"
+    shutil.copytree(run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
+    result = _fsdp(no_dropout_bert, data, out, "--resume", "auto", load_best_model_at_end="true",
+                   per_device_train_batch_size=4)
+    assert "resumed from" in result.stdout and "checkpoint-6" in result.stdout and SHARDED in result.stdout
+    assert "kept as 4 x 2 process(es) x 2 accumulation" in result.stdout
+    last = out / "checkpoints" / "checkpoint-14"
+    diff = _max_diff(last, run)
+    print(f"FSDP2 resumed on 2 processes x 4 x accumulation 2: max weight difference {diff:.2e} from the "
+          "uninterrupted run")
+    assert diff < WEIGHT_TOLERANCE
+    assert _max_diff(last, run / "checkpoints" / "checkpoint-6") > 1e-4  # the 8 steps after it trained
+    best = json.loads((out / "metrics.json").read_text())["best_step"]
+    assert best == 7 and "restored the best model (step 7" in result.stdout  # f1 did not improve at step 14
+    assert _max_diff(out, out / "checkpoints" / "checkpoint-7") == 0.0
+    assert _max_diff(out, last) > 1e-4
+
+
+def test_an_fsdp_checkpoint_resumes_on_one_process(fsdp_run, no_dropout_bert, data, tmp_path):
+    """The same checkpoint resumed by one plain process (elastic resume 2 -> 1, 8 x accumulation 2): the files
+    are a DDP checkpoint's, and the run ends with the uninterrupted FSDP2 weights."""
+    import tuneforge
+
+    run, _ = fsdp_run
+    out = tmp_path / "run"
+    shutil.copytree(run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
+    resumed = tuneforge.train(None, _overrides(no_dropout_bert, data, out, per_device_train_batch_size=8,
+                                               resume_from_checkpoint=out / "checkpoints" / "checkpoint-6"))
+    diff = _max_diff(resumed.path, run)
+    print(f"FSDP2 checkpoint resumed on 1 process: max weight difference {diff:.2e}")
+    assert diff < WEIGHT_TOLERANCE
+
+
+def test_fsdp_on_one_cpu_process_is_refused_in_one_line(capsys, tiny_bert, data, tmp_path):
+    line = one_line_error(capsys, ["train", *base_overrides(tiny_bert, data, tmp_path / "run", strategy="fsdp",
+                                                            use_cpu="true")])
+    assert "fsdp on the CPU shards over the processes of a launcher, 2 or more" in line and "--nproc 2" in line
+
+
+def test_an_fsdp_state_left_by_an_earlier_session_is_rebuilt(monkeypatch):
+    """accelerate keeps one state per process: a session whose strategy differs from the state's (FSDP left by
+    an earlier fsdp session, or a DDP state an fsdp session would quietly keep) rebuilds it (engine/session.py)."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    from tuneforge.engine.fsdp import forget_fsdp
+
+    monkeypatch.setattr(PartialState, "_shared_state", {"distributed_type": DistributedType.FSDP, "_cpu": True})
+    monkeypatch.setattr(AcceleratorState, "_shared_state", {"distributed_type": DistributedType.FSDP})
+    assert forget_fsdp(True, cuda=False) is False  # another fsdp session keeps it
+    assert forget_fsdp(False, cuda=False) is True  # a DDP session after an FSDP one: the group's own type back
+    assert PartialState._shared_state["distributed_type"] == DistributedType.MULTI_CPU
+    monkeypatch.setattr(AcceleratorState, "_shared_state", {"distributed_type": DistributedType.MULTI_GPU})
+    assert forget_fsdp(True, cuda=True) is True and forget_fsdp(False, cuda=True) is False
+    monkeypatch.setattr(AcceleratorState, "_shared_state", {})
+    assert forget_fsdp(True, cuda=False) is False  # nothing built yet
