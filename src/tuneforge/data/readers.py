@@ -161,32 +161,32 @@ def read_file(path: str | os.PathLike, key: str = "data.train_file", documents: 
 VALIDATION_SPLITS = ("validation", "valid", "dev", "val")
 
 
-def read_hub(name: str, config_name: str | None, splits: tuple[str, ...] = ("train",)) -> dict[str, Table]:
-    """Load a hub dataset with `datasets.load_dataset`; ClassLabel ids become their names."""
+def _load_dataset(name: str, config_name: str | None, streaming: bool = False) -> Any:
+    """datasets.load_dataset with its failures as one DataError line."""
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a dependency
         raise DataError("data.dataset_name: the `datasets` package is not installed") from None
     try:
-        loaded = datasets.load_dataset(name, config_name)
+        return datasets.load_dataset(name, config_name, streaming=streaming)
     except (ConnectionError, OSError) as err:
-        raise DataError(f"data.dataset_name: cannot load {name!r} from the Hugging Face hub (no network or "
-                        f"not found: {str(err).splitlines()[0][:200]}); download it and pass "
-                        "data.train_file with a local path") from None
+        raise DataError(f"data.dataset_name: cannot {'stream' if streaming else 'load'} {name!r} from the Hugging "
+                        f"Face hub (no network or not found: {str(err).splitlines()[0][:200]}); download it and "
+                        "pass data.train_file with a local path") from None
     except ValueError as err:
         raise DataError(f"data.dataset_name: {name!r}: {str(err).splitlines()[0][:300]}") from None
+
+
+def read_hub(name: str, config_name: str | None, splits: tuple[str, ...] = ("train",)) -> dict[str, Table]:
+    """Load a hub dataset with `datasets.load_dataset`; ClassLabel ids become their names."""
+    loaded = _load_dataset(name, config_name)
     out: dict[str, Table] = {}
     for split, ds in loaded.items():
         if ds._indices is not None:  # a view with an index mapping: materialise it (load_dataset gives none)
             ds = ds.flatten_indices()
         columns = arrow_columns(ds.data.table)  # datasets memory-maps its Arrow cache files
-        for col, feature in ds.features.items():
-            if isinstance(feature, datasets.ClassLabel):
-                columns[col] = [feature.int2str(v) if v is not None and v >= 0 else None for v in columns[col]]
-            inner = getattr(feature, "feature", None)  # a list of ClassLabel ids (token tags: conll2003 ner_tags)
-            if isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)) and \
-                    isinstance(inner, datasets.ClassLabel):
-                columns[col] = [[inner.int2str(v) for v in row] if row is not None else None for row in columns[col]]
+        for col, to_names in _label_names(ds.features).items():
+            columns[col] = [to_names(v) for v in columns[col]]
         out[split] = Table(f"hub dataset {name}[{split}]", columns, None, split)
     return out
 
@@ -201,16 +201,7 @@ def stream_hub(name: str, config_name: str | None, caps: dict[str, int | None], 
     become their names."""
     import hashlib
 
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name, config_name, streaming=True)
-    except (ConnectionError, OSError) as err:
-        raise DataError(f"data.dataset_name: cannot stream {name!r} from the Hugging Face hub (no network or not "
-                        f"found: {str(err).splitlines()[0][:200]}); download it and pass data.train_file with a "
-                        "local path") from None
-    except ValueError as err:
-        raise DataError(f"data.dataset_name: {name!r}: {str(err).splitlines()[0][:300]}") from None
+    loaded = _load_dataset(name, config_name, streaming=True)
     key = hashlib.sha256(json.dumps([name, config_name, caps], sort_keys=True).encode()).hexdigest()[:16]
     target = folder / key
     target.mkdir(parents=True, exist_ok=True)
