@@ -383,3 +383,43 @@ def regression_rows(n: int, seed: int) -> list[dict]:
             words.insert(rng.randint(0, len(words)), word)
         rows.append({"text": " ".join(words), "score": 100.0 + 30 * pos - 20 * neg})
     return rows
+
+
+def launcher_env() -> dict[str, str]:
+    """The environment for a launcher run from a test: no inherited rank variables, one thread per process, gloo
+    on loopback, the hub offline."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                          "MASTER_PORT")}
+    return env | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1",
+                  "TOKENIZERS_PARALLELISM": "false"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def max_weight_diff(a: object, b: object) -> float:
+    """Largest absolute difference between two runs' weights (folders holding model.safetensors, or state dicts)."""
+    from safetensors.torch import load_file
+
+    wa, wb = (w if isinstance(w, dict) else load_file(Path(w) / "model.safetensors") for w in (a, b))
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+
+
+def without_dropout(model: Path, folder: Path) -> Path:
+    """A copy of `model` with dropout 0 (equal weights across process counts need it: masks differ per process)."""
+    import json
+    import shutil
+
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

@@ -12,15 +12,22 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import base_overrides, one_line_error, toy_rows, write_csv
-from safetensors.torch import load_file
+from conftest import (
+    base_overrides,
+    free_port,
+    launcher_env,
+    max_weight_diff,
+    one_line_error,
+    toy_rows,
+    without_dropout,
+    write_csv,
+)
 
 BIN = Path(sys.executable).parent
 TRAIN_ROWS, VAL_ROWS = 97, 41  # 97 = 6 x 16 + 1: the last global batch has one row, one process gets none
@@ -31,31 +38,16 @@ COMMON = dict(num_train_epochs=2, per_device_eval_batch_size=8, use_cpu="true", 
 WEIGHT_TOLERANCE = 1e-5
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-                                                          "MASTER_PORT")}
-    return env | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1",
-                  "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _torchrun(*args: str) -> list[str]:
-    return [str(BIN / "torchrun"), "--master_addr", "127.0.0.1", "--master_port", str(_port()), *args]
+    return [str(BIN / "torchrun"), "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +59,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def no_dropout_bert(tiny_bert, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("bert_no_dropout") / "model"
-    shutil.copytree(tiny_bert, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+    return without_dropout(tiny_bert, tmp_path_factory.mktemp("bert_no_dropout") / "model")
 
 
 def _overrides(model: Path, data: dict[str, Path], out: Path, **extra: object) -> list[str]:
@@ -115,8 +102,8 @@ def ddp_run(no_dropout_bert, data, tmp_path_factory) -> tuple[Path, subprocess.C
 
 def test_two_processes_train_the_weights_of_one(ddp_run, reference, no_dropout_bert):
     run, result = ddp_run
-    assert _max_diff(run, reference) < WEIGHT_TOLERANCE
-    assert _max_diff(run, no_dropout_bert) > 1e-3  # it trained
+    assert max_weight_diff(run, reference) < WEIGHT_TOLERANCE
+    assert max_weight_diff(run, no_dropout_bert) > 1e-3  # it trained
     _assert_all_examples_once(run, reference)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["num_processes"] == 2
@@ -125,7 +112,7 @@ def test_two_processes_train_the_weights_of_one(ddp_run, reference, no_dropout_b
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "loss" in line and "eval_loss" not in line]
     assert steps == list(range(1, 15))  # one writer
-    print(f"2 processes: max weight difference {_max_diff(run, reference):.2e}")
+    print(f"2 processes: max weight difference {max_weight_diff(run, reference):.2e}")
 
 
 def test_a_two_process_checkpoint_resumes_on_one_process(ddp_run, no_dropout_bert, data, tmp_path, capsys):
@@ -144,8 +131,8 @@ def test_a_two_process_checkpoint_resumes_on_one_process(ddp_run, no_dropout_ber
     state = json.loads((resumed.path / "checkpoints" / "checkpoint-14" / "trainer_state.json").read_text())
     assert state["num_processes"] == 1 and state["effective_batch"] == 16
     assert state["global_step"] == 14
-    assert _max_diff(resumed.path, run) < WEIGHT_TOLERANCE
-    assert _max_diff(resumed.path, run / "checkpoints" / "checkpoint-6") > 1e-4  # the 8 steps after it trained
+    assert max_weight_diff(resumed.path, run) < WEIGHT_TOLERANCE
+    assert max_weight_diff(resumed.path, run / "checkpoints" / "checkpoint-6") > 1e-4  # the 8 steps after it trained
 
 
 def test_an_effective_batch_the_processes_cannot_share_is_refused():
@@ -171,24 +158,24 @@ def test_gradient_accumulation_across_processes(reference, no_dropout_bert, data
 
     one = tuneforge.train(None, _overrides(no_dropout_bert, data, tmp_path / "one", per_device_train_batch_size=8,
                                            gradient_accumulation_steps=2)).path
-    assert _max_diff(one, reference) < WEIGHT_TOLERANCE
+    assert max_weight_diff(one, reference) < WEIGHT_TOLERANCE
     result = _run(_torchrun("--nproc_per_node", "2", "-m", "tuneforge", "train",
                             *_overrides(no_dropout_bert, data, tmp_path / "two", per_device_train_batch_size=4,
                                         gradient_accumulation_steps=2)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _max_diff(tmp_path / "two", reference) < WEIGHT_TOLERANCE
+    assert max_weight_diff(tmp_path / "two", reference) < WEIGHT_TOLERANCE
 
 
 def test_two_nodes_on_one_machine(reference, no_dropout_bert, data, tmp_path):
-    port = str(_port())
+    port = str(free_port())
     args = _overrides(no_dropout_bert, data, tmp_path / "run", per_device_train_batch_size=8)
     nodes = [subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node",
                                "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "tuneforge", "train",
-                               *args], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               *args], cwd=tmp_path, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for rank in (0, 1)]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outputs]
-    assert _max_diff(tmp_path / "run", reference) < WEIGHT_TOLERANCE
+    assert max_weight_diff(tmp_path / "run", reference) < WEIGHT_TOLERANCE
     _assert_all_examples_once(tmp_path / "run", reference)
     assert "training: " not in outputs[1][0]  # node 1 prints nothing of its own
 
@@ -253,7 +240,7 @@ def test_kill_two_processes_then_resume_gives_the_uninterrupted_weights(nproc_ru
     out, flag = tmp_path / "run", tmp_path / "saving"
     args = _overrides(tiny_bert, data, out, per_device_train_batch_size=8)
     proc = subprocess.Popen(_torchrun("--nproc_per_node", "2", str(harness), "train", *args), cwd=tmp_path,
-                            env=_env() | {"TF_TEST_SAVE_FLAG": str(flag)}, stdout=subprocess.DEVNULL,
+                            env=launcher_env() | {"TF_TEST_SAVE_FLAG": str(flag)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 180
     while not flag.exists():
@@ -267,7 +254,7 @@ def test_kill_two_processes_then_resume_gives_the_uninterrupted_weights(nproc_ru
                   cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout and "checkpoint-2" in result.stdout
-    assert _max_diff(out, nproc_run) < 1e-6  # the same code path, the same order of operations
+    assert max_weight_diff(out, nproc_run) < 1e-6  # the same code path, the same order of operations
 
 
 def _rank_pid(marker: str, rank: int) -> int | None:
@@ -287,7 +274,7 @@ def _lose_rank_one(tiny_bert, data, tmp_path, how: signal.Signals, *extra: str) 
     out, marker = tmp_path / "run", tmp_path.name
     args = _overrides(tiny_bert, data, out, per_device_train_batch_size=8, num_train_epochs=500, save_steps=20)
     proc = subprocess.Popen([str(BIN / "tuneforge"), "train", "--nproc", "2", *args, *extra], cwd=tmp_path,
-                            env=_env() | {"TF_TEST_MARKER": marker}, stdout=subprocess.DEVNULL,
+                            env=launcher_env() | {"TF_TEST_MARKER": marker}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     log = out / "metrics.jsonl"
@@ -340,7 +327,7 @@ def test_processes_whose_launcher_is_killed_stop_with_one_line(tiny_bert, data, 
     out, marker = tmp_path / "run", tmp_path.name
     args = _overrides(tiny_bert, data, out, per_device_train_batch_size=8, num_train_epochs=500, save_steps=20)
     proc = subprocess.Popen([str(BIN / "tuneforge"), "train", "--nproc", "2", *args], cwd=tmp_path,
-                            env=_env() | {"TF_TEST_MARKER": marker}, stdout=subprocess.DEVNULL,
+                            env=launcher_env() | {"TF_TEST_MARKER": marker}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     log = out / "metrics.jsonl"

@@ -12,15 +12,22 @@ checkpoint resumes on 2 processes (FSDP2) and on 1 (the same files as a DDP chec
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import base_overrides, one_line_error, toy_rows, write_csv
+from conftest import (
+    base_overrides,
+    free_port,
+    launcher_env,
+    max_weight_diff,
+    one_line_error,
+    toy_rows,
+    without_dropout,
+    write_csv,
+)
 from safetensors.torch import load_file
 
 BIN = Path(sys.executable).parent
@@ -34,26 +41,15 @@ WEIGHT_TOLERANCE = 1e-5
 SHARDED = "fsdp: parameters sharded over 2 process(es)"
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-                                                          "MASTER_PORT")}
-    return env | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HF_HUB_OFFLINE": "1",
-                  "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _torchrun(*args: str) -> list[str]:
-    return [str(BIN / "torchrun"), "--master_addr", "127.0.0.1", "--master_port", str(_port()),
+    return [str(BIN / "torchrun"), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
             "--nproc_per_node", "2", "-m", "tuneforge", "train", *args]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=cwd, env=launcher_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -62,10 +58,6 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / "model.safetensors")
 
 
-def _max_diff(a: Path | dict, b: Path | dict) -> float:
-    wa, wb = (w if isinstance(w, dict) else _weights(w) for w in (a, b))
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +69,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def no_dropout_bert(tiny_bert, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fsdp_bert") / "model"
-    shutil.copytree(tiny_bert, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+    return without_dropout(tiny_bert, tmp_path_factory.mktemp("fsdp_bert") / "model")
 
 
 def _overrides(model: Path, data: dict[str, Path], out: Path, **extra: object) -> list[str]:
@@ -115,10 +102,10 @@ def test_two_fsdp_processes_train_the_weights_of_one(fsdp_run, reference, no_dro
     run, result = fsdp_run
     assert result.stdout.count(SHARDED) == 1, result.stdout[-3000:]  # sharded, not a quiet DDP, and said once
     assert "effective batch 16 = 8 x 2 processes x 1" in result.stdout
-    diff = _max_diff(run, reference)
+    diff = max_weight_diff(run, reference)
     print(f"FSDP2, 2 processes: max weight difference {diff:.2e} from 1 process")
     assert diff < WEIGHT_TOLERANCE
-    assert _max_diff(run, no_dropout_bert) > 1e-3  # it trained
+    assert max_weight_diff(run, no_dropout_bert) > 1e-3  # it trained
     metrics = json.loads((run / "metrics.json").read_text())
     expected = json.loads((reference / "metrics.json").read_text())
     assert sum(map(sum, metrics["eval"]["confusion_matrix"])) == VAL_ROWS  # each validation row counted once
@@ -139,7 +126,7 @@ def test_the_fsdp_model_folder_loads_with_plain_transformers(fsdp_run):
     assert type(model).__name__ == "BertForSequenceClassification"
     assert json.loads((run / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
     saved = _weights(run)
-    assert _max_diff({k: v for k, v in model.state_dict().items() if k in saved}, saved) == 0.0
+    assert max_weight_diff({k: v for k, v in model.state_dict().items() if k in saved}, saved) == 0.0
     tokens = AutoTokenizer.from_pretrained(run)(["good movie", "bad film"], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert model(**tokens).logits.shape == (2, 2)
@@ -163,15 +150,15 @@ def test_an_fsdp_checkpoint_resumes_on_two_processes(fsdp_run, no_dropout_bert, 
     assert "resumed from" in result.stdout and "checkpoint-6" in result.stdout and SHARDED in result.stdout
     assert "kept as 4 x 2 process(es) x 2 accumulation" in result.stdout
     last = out / "checkpoints" / "checkpoint-14"
-    diff = _max_diff(last, run)
+    diff = max_weight_diff(last, run)
     print(f"FSDP2 resumed on 2 processes x 4 x accumulation 2: max weight difference {diff:.2e} from the "
           "uninterrupted run")
     assert diff < WEIGHT_TOLERANCE
-    assert _max_diff(last, run / "checkpoints" / "checkpoint-6") > 1e-4  # the 8 steps after it trained
+    assert max_weight_diff(last, run / "checkpoints" / "checkpoint-6") > 1e-4  # the 8 steps after it trained
     best = json.loads((out / "metrics.json").read_text())["best_step"]
     assert best == 7 and "restored the best model (step 7" in result.stdout  # f1 did not improve at step 14
-    assert _max_diff(out, out / "checkpoints" / "checkpoint-7") == 0.0
-    assert _max_diff(out, last) > 1e-4
+    assert max_weight_diff(out, out / "checkpoints" / "checkpoint-7") == 0.0
+    assert max_weight_diff(out, last) > 1e-4
 
 
 def test_an_fsdp_checkpoint_resumes_on_one_process(fsdp_run, no_dropout_bert, data, tmp_path):
@@ -184,7 +171,7 @@ def test_an_fsdp_checkpoint_resumes_on_one_process(fsdp_run, no_dropout_bert, da
     shutil.copytree(run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
     resumed = tuneforge.train(None, _overrides(no_dropout_bert, data, out, per_device_train_batch_size=8,
                                                resume_from_checkpoint=out / "checkpoints" / "checkpoint-6"))
-    diff = _max_diff(resumed.path, run)
+    diff = max_weight_diff(resumed.path, run)
     print(f"FSDP2 checkpoint resumed on 1 process: max weight difference {diff:.2e}")
     assert diff < WEIGHT_TOLERANCE
 
