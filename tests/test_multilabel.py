@@ -29,11 +29,13 @@ def ml_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ml_run(tiny_bert, ml_data, tmp_path_factory):
+def ml_run(small_bert, ml_data, tmp_path_factory):
+    """small_bert for 16 epochs: tiny_bert for 8 at 5e-3 left praise/complaint at chance for 3 seeds of 6
+    (micro-F1 0.61-0.68; 'story' learnt); small_bert for 16 at 2e-3 gave 0.81-1.0 over seeds 0-5."""
     out = tmp_path_factory.mktemp("ml_runs") / "run"
-    return tuneforge.train(None, base_overrides(tiny_bert, {**ml_data, "validation": ml_data["train"]}, out,
+    return tuneforge.train(None, base_overrides(small_bert, {**ml_data, "validation": ml_data["train"]}, out,
                                                 validation_file="null", test_file=str(ml_data["test"]),
-                                                num_train_epochs=8, learning_rate=5e-3))
+                                                num_train_epochs=16, learning_rate=2e-3))
 
 
 def _config(tmp_path, **extra):

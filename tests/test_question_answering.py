@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import NEUTRAL, one_line_error, qa_rows, torch_seed, write_jsonl, write_squad
+from conftest import NEUTRAL, one_line_error, qa_rows, write_jsonl, write_squad
 
 import tuneforge
 from tuneforge.config import load_config
@@ -32,28 +32,8 @@ def _overrides(model, folder, **extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def qa_bert(tiny_bert, tmp_path_factory):
-    """tiny_bert's tokenizer on a BERT of hidden 64 / 4 heads: at hidden 32 / 2 heads the toy run either solved
-    the problem or stayed at F1 ~0.4 depending on the seed and the CPU's float sums (2 of 6 seeds solved it at
-    learning_rate 1e-3); at 64 / 4 every seed tried (0-5) reached F1 >= 0.99."""
-    import shutil
-
-    from transformers import BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("qa_bert")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny_bert / name).exists():
-            shutil.copy(tiny_bert / name, folder)
-    config = BertConfig.from_pretrained(tiny_bert)
-    config.hidden_size, config.num_attention_heads, config.intermediate_size = 64, 4, 128
-    torch_seed()
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def qa_run(qa_bert, tmp_path_factory):
-    return tuneforge.train(None, _overrides(qa_bert, tmp_path_factory.mktemp("qa")))
+def qa_run(small_bert, tmp_path_factory):
+    return tuneforge.train(None, _overrides(small_bert, tmp_path_factory.mktemp("qa")))
 
 
 # ---- metrics, pure ------------------------------------------------------------------------------------
