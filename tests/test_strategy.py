@@ -97,15 +97,21 @@ def test_a_key_of_another_strategy_is_refused_not_ignored():
 
 # ---- refusals -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_deepspeed_the_engine_does_not_drive_is_refused_everywhere_in_one_line(device, monkeypatch):
+def test_deepspeed_is_driven_and_what_it_is_not_built_with_is_refused_in_one_line(device, monkeypatch):
     monkeypatch.setattr(strategy, "deepspeed_installed", lambda: True)
-    with pytest.raises(UserError) as err:
-        check_run(cfg("strategy=deepspeed"), device, LAUNCHED)
-    assert one_line(err) == ("distributed.strategy: deepspeed is translated (docs/distributed.md) but the training "
-                             "engine does not drive it yet; use ddp or fsdp")
-    with pytest.raises(UserError, match="deepspeed is translated"):
-        accelerator_kwargs(cfg("strategy=deepspeed"), cuda=device == "cuda", mixed="no", env=LAUNCHED)
-    check_run(cfg("strategy=fsdp"), device, LAUNCHED | {"WORLD_SIZE": "2"})  # fsdp is driven, on both
+    two = LAUNCHED | {"WORLD_SIZE": "2"}
+    for s in ("fsdp", "deepspeed"):  # both driven (tests/test_fsdp.py, tests/test_deepspeed.py)
+        check_run(cfg(f"strategy={s}"), device, two)
+    for override, line in (("lora.enabled=true", "lora.enabled: not built with strategy=deepspeed"),
+                           ("cpu_offload=true", "distributed.cpu_offload: not built with strategy=deepspeed"),
+                           ("freeze.embeddings=true", "freeze: not built with strategy=deepspeed")):
+        with pytest.raises(UserError) as err:
+            check_run(cfg("strategy=deepspeed", override), device, two)
+        assert one_line(err).startswith(line)
+    for mixed in ("bf16", "fp16"):  # only fp32 has run under DeepSpeed
+        with pytest.raises(UserError) as err:
+            accelerator_kwargs(cfg("strategy=deepspeed"), cuda=device == "cuda", mixed=mixed, env=two)
+        assert one_line(err).startswith(f"training.mixed_precision: {mixed} is not built with strategy=deepspeed")
 
 
 def test_start_session_refuses_fsdp_on_one_cpu_process():
@@ -117,18 +123,15 @@ def test_start_session_refuses_fsdp_on_one_cpu_process():
         start_session(cfg("strategy=fsdp", "use_cpu=true"), Console(quiet=True))
 
 
-def test_the_cpu_takes_fsdp_over_two_processes_and_refuses_deepspeed():
-    with pytest.raises(UserError) as err:
-        check_sharded(cfg("strategy=deepspeed"), "cpu", LAUNCHED)
-    line = one_line(err)
-    assert line.startswith("distributed.strategy: deepspeed is not implemented on the CPU")
-    assert "use strategy=ddp" in line and "docs/distributed.md" in line
-    for env in ({}, LAUNCHED, LAUNCHED | {"WORLD_SIZE": "1"}):  # one CPU process has nothing to shard over
-        with pytest.raises(UserError) as err:
-            check_sharded(cfg("strategy=fsdp"), "cpu", env)
-        assert "fsdp on the CPU shards over the processes of a launcher, 2 or more" in one_line(err)
-        assert "--nproc 2" in str(err.value)
-    check_sharded(cfg("strategy=fsdp"), "cpu", LAUNCHED | {"WORLD_SIZE": "2"})  # gloo: tests/test_fsdp.py
+def test_the_cpu_takes_fsdp_and_deepspeed_over_two_processes(monkeypatch):
+    monkeypatch.setattr(strategy, "deepspeed_installed", lambda: True)
+    for s in ("fsdp", "deepspeed"):
+        for env in ({}, LAUNCHED, LAUNCHED | {"WORLD_SIZE": "1"}):  # one CPU process has nothing to shard over
+            with pytest.raises(UserError) as err:
+                check_sharded(cfg(f"strategy={s}"), "cpu", env)
+            assert f"{s} on the CPU shards over the processes of a launcher, 2 or more" in one_line(err)
+            assert "--nproc 2" in str(err.value) and "use strategy=ddp" in str(err.value)
+        check_sharded(cfg(f"strategy={s}"), "cpu", LAUNCHED | {"WORLD_SIZE": "2"})  # gloo: tests/test_{fsdp,deepspeed}
 
 
 def test_a_gpu_run_needs_a_launcher_even_for_one_process():
@@ -150,7 +153,9 @@ def test_deepspeed_not_installed_says_pip_install(monkeypatch):
         check_sharded(cfg("strategy=deepspeed", "zero_stage=3", "lora.enabled=true"), "cuda", LAUNCHED)
     assert "pip install deepspeed" in one_line(err)
     monkeypatch.setattr(strategy, "deepspeed_installed", lambda: True)
-    check_sharded(cfg("strategy=deepspeed", "zero_stage=3", "lora.enabled=true"), "cuda", LAUNCHED)  # ZeRO-3 + LoRA
+    check_sharded(cfg("strategy=deepspeed", "zero_stage=3"), "cuda", LAUNCHED)
+    with pytest.raises(UserError, match=r"lora\.enabled: not built with strategy=deepspeed"):  # not saved yet
+        check_sharded(cfg("strategy=deepspeed", "zero_stage=3", "lora.enabled=true"), "cuda", LAUNCHED)
 
 
 def test_searches_on_the_main_process_and_compile_under_deepspeed_are_refused(monkeypatch):

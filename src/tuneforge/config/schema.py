@@ -392,8 +392,8 @@ class DistributedConfig:
         "ddp", "How several processes train one model (launched by torchrun, accelerate launch or "
                "`tuneforge train --nproc N`; one process ignores ddp): ddp (a full copy per process, gradients "
                "averaged), fsdp (PyTorch FSDP2: weights, gradients and optimizer state sharded over the processes) "
-               "or deepspeed (DeepSpeed ZeRO, zero_stage). fsdp and deepspeed run only on CUDA GPUs, under a "
-               "launcher even for one GPU (docs/distributed.md).")
+               "or deepspeed (DeepSpeed ZeRO, zero_stage; fp32 only). fsdp and deepspeed run under a launcher, even "
+               "for one GPU, and on the CPU over 2 or more processes (docs/distributed.md).")
     timeout_minutes: float = opt(
         30.0, "How long a collective waits for the other processes before the run fails (torch.distributed's "
               "timeout: it bounds how long the others wait while the main process validates and tokenizes the "

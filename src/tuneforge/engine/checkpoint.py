@@ -80,11 +80,14 @@ def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, schedul
     process of a distributed run: each writes its own RNG state, the main process everything else (the
     weights and optimizer state are the same on every process under DDP; under FSDP2 every process first takes
     part in gathering them to the main process)."""
+    from tuneforge.engine import deepspeed as ds
     from tuneforge.engine.distributed import current
     from tuneforge.engine.fsdp import full_model_state, full_optimizer_state, sharded
 
     procs = current()
     gathered = (full_model_state(model), full_optimizer_state(model, optimizer)) if sharded(model) else None
+    if ds.zero_optimizer(optimizer):  # DeepSpeed: full fp32 weights and AdamW state, gathered to the main process
+        gathered = (ds.full_model_state(model), ds.full_optimizer_state(optimizer))
     final = folder / f"checkpoint-{step}"
     tmp = folder / f".tmp-checkpoint-{step}"
 
@@ -185,12 +188,15 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
     import numpy as np
     import torch
 
+    from tuneforge.engine import deepspeed as ds
     from tuneforge.engine.fsdp import load_full_optimizer_state, sharded
 
     run_state = read_state(path)
     load_weights(path, model)
     if sharded(model):  # every process reads the full state and keeps its shard
         load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
+    elif ds.zero_optimizer(optimizer):  # the same under DeepSpeed: each process keeps its partition
+        ds.load_full_optimizer_state(optimizer, _load_tensors(path / "optimizer.pt"))
     else:
         optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
@@ -214,6 +220,7 @@ def load_weights(path: Path, model: Any) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from tuneforge.engine import deepspeed as ds
     from tuneforge.engine.fsdp import load_full_model_state, sharded
 
     state_dict: dict[str, Any] = {}
@@ -231,7 +238,8 @@ def load_weights(path: Path, model: Any) -> None:
             raise UserError(f"checkpoint {path} does not match this adapter (unexpected "
                             f"{list(result.unexpected_keys)[:3]})")
         return
-    if sharded(model):
+    partitioned = ds.managed(model)  # a DeepSpeed engine's module: its fp32 master copy is loaded too
+    if sharded(model) or partitioned:
         expected = set(model.state_dict())  # names only: nothing is gathered
         missing, unexpected = [k for k in expected if k not in state_dict], [k for k in state_dict if k not in expected]
     else:
@@ -242,6 +250,8 @@ def load_weights(path: Path, model: Any) -> None:
                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     if sharded(model):
         load_full_model_state(model, state_dict)
+    elif partitioned:
+        ds.load_full_model_state(model, state_dict)
 
 
 def rotate(folder: Path, limit: int | None, keep: set[Path]) -> None:

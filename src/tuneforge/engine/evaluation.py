@@ -65,23 +65,36 @@ class EvalBatch:
         return cls(eval_batch_size(cfg.training.per_device_eval_batch_size, device_type))
 
 
-@torch.inference_mode()
 def evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
              device: torch.device, multiple: int | None = None, errors: Any = None,
              batch: EvalBatch | None = None) -> dict[str, Any]:
     """Streaming evaluation: per batch the task folds predictions into a small state, never all logits.
     `errors` (an evaluate.errors.ErrorCollector) also gets per-example records for error analysis; `batch` is
     the run's evaluation batch (a fresh one at per_device_eval_batch_size when not given)."""
+    from tuneforge.engine.deepspeed import engine_of, zero3
     from tuneforge.engine.distributed import current
     from tuneforge.engine.fsdp import sharded
-    from tuneforge.evaluate.shards import increments, merge, snapshot
 
     batch = batch if batch is not None else EvalBatch.of(cfg, device.type)
     procs = current()
     # the plain module: DDP's forward would synchronise buffers, a collective that processes evaluating
-    # different numbers of batches never all reach (mixed-precision autocast sits on the module itself)
-    model = getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
-    lockstep = procs.distributed and sharded(model)
+    # different numbers of batches never all reach (mixed-precision autocast sits on the module itself); a
+    # DeepSpeed engine's module (ZeRO-3's gathering hooks sit on its submodules)
+    deepspeed = engine_of(model) is not None
+    model = getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" or deepspeed \
+        else model
+    lockstep = procs.distributed and (sharded(model) or zero3(model))
+    # ZeRO-3 gathers weights into its parameters during the forward: not inside inference mode, whose tensors
+    # the next training step could not use
+    with torch.no_grad() if zero3(model) else torch.inference_mode():
+        return _evaluate(model, tokenizer, task, split, data, cfg, device, multiple, errors, batch, procs, lockstep)
+
+
+def _evaluate(model: Any, tokenizer: Any, task: Any, split: TokenizedSplit, data: PreparedData, cfg: RunConfig,
+              device: torch.device, multiple: int | None, errors: Any, batch: EvalBatch, procs: Any,
+              lockstep: bool) -> dict[str, Any]:
+    from tuneforge.evaluate.shards import increments, merge, snapshot
+
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -33,6 +33,9 @@ from tuneforge.engine.checkpoint import (
     save_checkpoint,
 )
 from tuneforge.engine.compiling import compile_for_training, resolve_compile
+from tuneforge.engine.deepspeed import configure, remember_order
+from tuneforge.engine.deepspeed import describe as describe_deepspeed
+from tuneforge.engine.deepspeed import grad_norm as deepspeed_grad_norm
 from tuneforge.engine.evaluation import EvalBatch, evaluate, evaluate_with_analysis
 from tuneforge.engine.fsdp import describe, mark_sharded_for_generate, plain, sharded, total_grad_norm
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
@@ -123,10 +126,17 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
 
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
     scheduler = build_scheduler(optimizer, t, total_steps)
-    # one call: under FSDP2 accelerate shards the model, then points the optimizer at the sharded parameters
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    if deepspeed:  # DeepSpeed's micro batch and window are the ones trained with (elastic resume included)
+        configure(accelerator, per_device, G, world)
+        order = remember_order(optimizer)
+    # one call: under FSDP2 accelerate shards the model, then points the optimizer at the sharded parameters;
+    # under DeepSpeed the model becomes its engine and the optimizer ZeRO's (engine/deepspeed.py)
     model, optimizer = accelerator.prepare(model, optimizer)
     mark_sharded_for_generate(model)
-    if (note := describe(model, world)) is not None:
+    if deepspeed:
+        optimizer.tuneforge_order = order  # the checkpoint's parameter indices
+    if (note := describe(model, world) or describe_deepspeed(model, world)) is not None:
         tracker.print(note)
     loss_fn = task.loss
     if compiled:  # in place: parameter names, save_pretrained and checkpoints stay unchanged
@@ -166,8 +176,10 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     tracker.print(f"training: {len(train)} examples, {total_steps} optimizer steps "
                   f"({steps_per_epoch} per epoch), effective batch {step_rows}{processes}")
     tracker.start(result.global_step)
-    # fp16's GradScaler already skips inf/NaN steps (and expects a few while it searches for a scale)
-    guard = NonFiniteGuard(t.max_nonfinite_steps) if scaler is None else None
+    # fp16's GradScaler already skips inf/NaN steps (and expects a few while it searches for a scale), and so
+    # does DeepSpeed's fp16 loss scaler
+    fp16_scaled = scaler is not None or (deepspeed and accelerator.mixed_precision == "fp16")
+    guard = NonFiniteGuard(t.max_nonfinite_steps) if not fp16_scaled else None
     id_log = _SampleIds(run_dir / "sample_ids.jsonl", result.global_step) \
         if t.record_sample_ids and rank == 0 else None
     last_saved = -1
@@ -233,16 +245,18 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
                     if flag > 0 and not stop.requested:
                         stop.requested = "SIGTERM"
                 grad_norm = None
-                if t.max_grad_norm > 0:
+                if deepspeed:  # DeepSpeed has clipped and stepped (or skipped a non-finite step) in the backward
+                    grad_norm = deepspeed_grad_norm(model)
+                elif t.max_grad_norm > 0:
                     # a DTensor under FSDP2 (accelerate clips sharded gradients): its full value for the guard
                     grad_norm = plain(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
                 if guard is not None:
                     if grad_norm is None:
                         grad_norm = total_grad_norm(model) if sharded(model) else _total_norm(model)
-                    bad = guard.check(window_loss, grad_norm, optimizer)
+                    bad = guard.check(window_loss, grad_norm, None if deepspeed else optimizer)
                     window_loss = torch.where(bad.bool(), torch.zeros_like(window_loss), window_loss)
-                optimizer.step()
-                if not accelerator.optimizer_step_was_skipped:
+                optimizer.step()  # under DeepSpeed a no-op: the engine stepped in the last backward
+                if not (fp16_scaled and accelerator.optimizer_step_was_skipped):  # a guarded skip keeps the schedule
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 result.global_step += 1

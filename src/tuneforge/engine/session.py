@@ -9,6 +9,7 @@ batch after an out-of-memory error), never a config: the one resolved config is 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,13 @@ class Session:
                                                            cfg, self.accelerator.device, self.eval_batch)
             if target == "test":
                 metrics["test"] = scores
+        from tuneforge.engine import deepspeed as ds
         from tuneforge.engine.fsdp import full_model_state, sharded
 
         if sharded(model):  # a collective: every process runs fit, only the main one saves (save_final)
             self.final_state = full_model_state(model) or None  # {} on the other processes
+        elif ds.managed(model):  # the DeepSpeed engine's module: its fp32 master weights, gathered the same way
+            self.final_state = ds.full_model_state(model) or None
         return metrics
 
     def base_model_baseline(self, cfg: RunConfig, task: Any, model: Any, tokenizer: Any,
@@ -121,7 +125,7 @@ class Session:
         unwrapped = self.accelerator.unwrap_model(model)
         if is_peft(unwrapped):
             save_lora(unwrapped, run_dir, cfg.lora.merge_weights)
-        elif self.final_state is not None:  # FSDP2: the weights fit gathered (plain safetensors, as under DDP)
+        elif self.final_state is not None:  # FSDP2, DeepSpeed: the weights gathered (plain safetensors, as under DDP)
             unwrapped.save_pretrained(run_dir, state_dict=self.final_state)
             self.final_state = None
         else:
@@ -169,10 +173,16 @@ def start_session(cfg: RunConfig, console: Any, fp16_safe: bool = True) -> Sessi
         # and one precision: a second run (lr-find then train) with another precision would raise; the
         # device/distributed state is kept
         AcceleratorState._reset_state()
+    if not cuda:  # deepspeed, when installed, is imported by accelerate's unwrap_model and would warn that it
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # found no GPU; a DeepSpeed run on the CPU needs it anyway
     kwargs = accelerator_kwargs(cfg, cuda, mixed, console)  # engine/strategy.py
     accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, gradient_accumulation_steps=1, **kwargs)
     if "fsdp_plugin" in kwargs:  # on the CPU, what accelerate does for a GPU group (engine/fsdp.py)
         use_fsdp(accelerator, kwargs["fsdp_plugin"], mixed)
+    if "deepspeed_plugin" in kwargs:  # the same for DeepSpeed (engine/deepspeed.py)
+        from tuneforge.engine.deepspeed import use_deepspeed
+
+        use_deepspeed(accelerator, kwargs["deepspeed_plugin"], mixed)
     if cuda:
         name = torch.cuda.get_device_name(accelerator.device)
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -27,25 +27,33 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
     because both *average* gradients: the result equals one process backpropagating the whole global window.
     Then the returned loss is this process's part of the global mean (the loop adds the parts). Gradients are
     synchronised in the last micro-batch's backward only (`accelerator.no_sync`: DDP's no_sync, FSDP2's
-    set_requires_gradient_sync). `weights`: 0.0 for a micro-batch that only keeps a process in step (its share
-    of a global batch was empty; engine/loop.py): it counts no items and adds nothing to the gradients."""
+    set_requires_gradient_sync); under DeepSpeed `sync_gradients` marks the last one, whose backward also takes
+    DeepSpeed's step (engine/deepspeed.py). `weights`: 0.0 for a micro-batch that only keeps a process in step
+    (its share of a global batch was empty; engine/loop.py): it counts no items and adds nothing to the
+    gradients."""
+    from tuneforge.engine.deepspeed import boundary, engine_of, window
     from tuneforge.engine.fsdp import averaging
     from tuneforge.engine.strategy import loss_scale
 
-    assert accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
+    ds = engine_of(model) is not None
+    # DeepSpeed's window is its own (accelerate reads it from the DeepSpeed config): the loss is normalised here
+    assert ds or accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
     loss_fn = loss_fn or task.loss
     weights = weights or [1.0] * len(micro_batches)
-    strategy = averaging(model, accelerator.num_processes)
+    strategy = "deepspeed" if ds else averaging(model, accelerator.num_processes)
     n_items: Any = sum(task.num_items(b) for b, w in zip(micro_batches, weights) if w)
     world = 1.0
     if strategy is not None:
         counted = torch.tensor(float(n_items), dtype=torch.float64, device=accelerator.device)
         n_items = float(accelerator.reduce(counted, "sum"))
-        world = loss_scale(strategy, accelerator.num_processes, len(micro_batches))
+        # DeepSpeed divides by its configured window, also in a short last window of fewer micro-batches
+        world = loss_scale(strategy, accelerator.num_processes, window(model) if ds else len(micro_batches))
     total = torch.zeros((), device=accelerator.device)
     for j, (batch, weight) in enumerate(zip(micro_batches, weights)):
         last = j == len(micro_batches) - 1
-        with nullcontext() if last or strategy is None else accelerator.no_sync(model):
+        if ds:  # accelerate steps the DeepSpeed engine in the backward of the window's last micro-batch
+            boundary(accelerator, last)
+        with nullcontext() if last or strategy is None or ds else accelerator.no_sync(model):
             loss = loss_fn(model, to_device(batch, accelerator.device))
             loss = (loss if weight else loss * 0.0) / (n_items or 1)  # items or weights
             accelerator.backward(loss * world if world > 1 else loss)

@@ -20,11 +20,13 @@ Who decides (docs/distributed.md, "Strategies"):
 - The accumulation window is the engine's: the Accelerator always counts 1 (ACCELERATE_GRADIENT_ACCUMULATION_STEPS
   never reaches it); DeepSpeed is told the window because it divides the loss by it (`loss_scale`) and clips
   itself (`engine_clips`).
-- The training engine drives fsdp (engine/fsdp.py), not deepspeed yet (`DRIVEN`): `check_run` refuses deepspeed
-  everywhere in one line, so no run trains on a path the engine does not handle.
-- fsdp runs under a launcher only: on CUDA GPUs (one process or more), and on the CPU over 2 or more processes
-  of a gloo group (accelerate applies the plugin only to accelerator groups; the session puts it in accelerate's
-  state there, engine/fsdp.py `use_fsdp`). LoRA with fsdp is refused (its adapter is not saved sharded yet).
+- The training engine drives fsdp (engine/fsdp.py) and deepspeed ZeRO-2/3 (engine/deepspeed.py) (`DRIVEN`);
+  what it has not been built or run with is refused in one line (`check_sharded`, `check_deepspeed`), so no run
+  trains on a path the engine does not handle.
+- fsdp and deepspeed run under a launcher only: on CUDA GPUs (one process or more), and on the CPU over 2 or more
+  processes of a gloo group (accelerate applies the plugins only to accelerator groups; the session puts them in
+  accelerate's state there, engine/fsdp.py `use_fsdp`, engine/deepspeed.py `use_deepspeed`). LoRA with either is
+  refused (its adapter is not saved sharded yet); deepspeed trains in fp32 only (the only precision run here).
 
 FSDP2's shard groups, and the models accelerate's wrapping cannot take: engine/sharding.py.
 """
@@ -44,7 +46,8 @@ from tuneforge.engine.sharding import fsdp_plugin_class, fsdp_wrap_classes
 from tuneforge.errors import UserError
 
 SHARDED = ("fsdp", "deepspeed")
-DRIVEN: tuple[str, ...] = ("fsdp",)  # the sharded strategies the training engine drives (engine/fsdp.py)
+# the sharded strategies the training engine drives (engine/fsdp.py, engine/deepspeed.py)
+DRIVEN: tuple[str, ...] = ("fsdp", "deepspeed")
 DOCS = "docs/distributed.md"
 SECTION = {"distributed": DistributedConfig, "training": TrainingConfig}
 # env vars accelerate writes itself when given a plugin: a later run in this process must not read them as a
@@ -229,12 +232,8 @@ def check_sharded(cfg: RunConfig, device_type: str, env: Mapping[str, str] | Non
     `check_run` applies it to the strategies the engine drives."""
     env = os.environ if env is None else env
     t, s = cfg.training, cfg.distributed.strategy
-    if device_type != "cuda" and s == "deepspeed":
-        raise UserError(f"distributed.strategy: {s} is not implemented on the CPU (DeepSpeed runs only on "
-                        f"accelerators such as CUDA GPUs; accelerate would quietly train DDP here): use strategy=ddp "
-                        f"({DOCS})")
     if device_type != "cuda" and _world(env) < 2:
-        raise UserError(f"distributed.strategy: fsdp on the CPU shards over the processes of a launcher, 2 or more "
+        raise UserError(f"distributed.strategy: {s} on the CPU shards over the processes of a launcher, 2 or more "
                         f"(gloo): `tuneforge train --nproc 2 ...` or torchrun; one CPU process has nothing to shard "
                         f"over, use strategy=ddp ({DOCS})")
     if env.get("LOCAL_RANK") is None:
@@ -254,6 +253,22 @@ def check_sharded(cfg: RunConfig, device_type: str, env: Mapping[str, str] | Non
     if s == "deepspeed" and t.torch_compile is True:
         raise UserError("training.torch_compile: not built with strategy=deepspeed (tuneforge compiles the module "
                         "in place; DeepSpeed compiles through its engine): set torch_compile=false or strategy=fsdp")
+    if s == "deepspeed":
+        check_deepspeed(cfg)
+
+
+def check_deepspeed(cfg: RunConfig) -> None:
+    """What the engine's DeepSpeed path has not been built or run with (one-line errors; docs/distributed.md)."""
+    d = cfg.distributed
+    untested = (("lora.enabled", cfg.lora.enabled, "the adapter of a ZeRO model is not saved or merged yet; use "
+                 "strategy=ddp: LoRA's trainable weights and their optimizer state are small"),
+                ("distributed.cpu_offload", d.cpu_offload, "DeepSpeed swaps in its own CPU Adam (a compiled op) "
+                 "and that path has not been run here; use strategy=fsdp with cpu_offload"),
+                ("freeze", cfg.freeze.enabled, "frozen parameters have no fp32 master copy in DeepSpeed, which the "
+                 "gathered saves read; use strategy=ddp or fsdp"))
+    for key, on, why in untested:
+        if on:
+            raise UserError(f"{key}: not built with strategy=deepspeed ({why})")
 
 
 def _world(env: Mapping[str, str]) -> int:
@@ -273,7 +288,9 @@ def loss_scale(strategy: str, world: int, accumulation: int) -> float:
     """The factor on each micro-batch's loss (already divided by the window's items) before backward. DDP, FSDP2
     and ZeRO average gradients over the processes, so every strategy multiplies by the process count; DeepSpeed
     also divides the loss by its gradient_accumulation_steps in `engine.backward` (accelerate issue #3533), which
-    the factor undoes (passing scale_wrt_gas=False to backward would do the same)."""
+    the factor undoes (passing scale_wrt_gas=False to backward would do the same). For deepspeed `accumulation`
+    is DeepSpeed's configured window, not the micro-batches of a short last window (it divides by the former;
+    the latter gave 1e-2 of weight difference on tests/test_deepspeed.py's ZeRO-3 run)."""
     return float(world * (accumulation if strategy == "deepspeed" else 1))
 
 
@@ -343,7 +360,8 @@ def _merge(ours: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def deepspeed_plugin(cfg: RunConfig, mixed: str) -> Any:
-    """accelerate's DeepSpeedPlugin from `deepspeed_config` (the engine does not drive it yet: `check_run`)."""
+    """accelerate's DeepSpeedPlugin from `deepspeed_config`; the loop sets the micro batch, window and
+    train_batch_size it trains with before prepare (engine/deepspeed.py `configure`)."""
     from accelerate.utils import DeepSpeedPlugin
 
     t = cfg.training
@@ -375,6 +393,10 @@ def accelerator_kwargs(cfg: RunConfig, cuda: bool, mixed: str, console: Any = No
     if strategy == "fsdp":
         kwargs["fsdp_plugin"] = fsdp_plugin_class()(**fsdp_plugin_kwargs(cfg, model))
     elif strategy == "deepspeed":
+        if mixed != "no":
+            raise UserError(f"training.mixed_precision: {mixed} is not built with strategy=deepspeed yet (DeepSpeed "
+                            "casts the model itself and only fp32 has been run here); set mixed_precision=no "
+                            f"({DOCS})")
         kwargs["deepspeed_plugin"] = deepspeed_plugin(cfg, mixed)
     if strategy in SHARDED and env is os.environ:
         name = "ACCELERATE_USE_FSDP" if strategy == "fsdp" else "ACCELERATE_USE_DEEPSPEED"
