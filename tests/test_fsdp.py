@@ -6,7 +6,9 @@ groups), so the engine takes the same path as on a GPU: accelerate's FSDP2 prepa
 lockstep evaluation, gathered saves. These tests check that 2 processes x batch 8 under FSDP2 end with the weights
 of 1 process x batch 16, evaluate every validation row once (41 rows, evaluation batch 4: 6 batches on process 0,
 5 on process 1, so process 1 runs one stand-in pass), save a folder plain transformers loads, and that an FSDP2
-checkpoint resumes on 2 processes (FSDP2) and on 1 (the same files as a DDP checkpoint).
+checkpoint resumes on 2 processes (FSDP2) and on 1 (the same files as a DDP checkpoint). LoRA under FSDP2 trains
+the adapters and head of 1 process x batch 16, leaves the base weights frozen, writes a 1-process LoRA run's
+folder and resumes from its adapter checkpoints.
 """
 
 from __future__ import annotations
@@ -199,3 +201,81 @@ def test_an_fsdp_state_left_by_an_earlier_session_is_rebuilt(monkeypatch):
     assert forget_fsdp(True, cuda=True) is True and forget_fsdp(False, cuda=True) is False
     monkeypatch.setattr(AcceleratorState, "_shared_state", {})
     assert forget_fsdp(True, cuda=False) is False  # nothing built yet
+
+
+LORA = {"lora.enabled": "true", "lora.r": 4, "lora.lora_dropout": 0.0, "learning_rate": 1e-2}
+
+
+def _adapter(folder: Path) -> dict:
+    return load_file(folder / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def lora_runs(no_dropout_bert, data, tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """LoRA (rank 4, no dropout; BERT's default targets query and value, the new head trained in full): 1 process
+    x batch 16, and 2 processes x batch 8 under FSDP2."""
+    import tuneforge
+
+    folder = tmp_path_factory.mktemp("fsdp_lora")
+    one = tuneforge.train(None, _overrides(no_dropout_bert, data, folder / "one", per_device_train_batch_size=16,
+                                           **LORA)).path
+    return one, folder / "two", _fsdp(no_dropout_bert, data, folder / "two", **LORA)
+
+
+def test_lora_under_fsdp_trains_the_adapters_of_one_process(lora_runs, no_dropout_bert):
+    """The adapters and the head end equal to the 1-process run's, the base weights stay the pretrained ones, and
+    the run folder is a 1-process LoRA run's: adapter/ for peft, merged weights for plain transformers."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    one, two, result = lora_runs
+    assert result.stdout.count(SHARDED) == 1, result.stdout[-3000:]
+    assert sorted(p.name for p in two.iterdir() if p.suffix != ".json" or p.name == "config.json") == \
+        sorted(p.name for p in one.iterdir() if p.suffix != ".json" or p.name == "config.json")
+    assert sorted(p.name for p in (two / "adapter").iterdir()) == sorted(p.name for p in (one / "adapter").iterdir())
+    adapter = _adapter(two)
+    assert any("lora_B" in k for k in adapter) and any("classifier" in k for k in adapter)
+    diff = max_weight_diff(adapter, _adapter(one))
+    merged = max_weight_diff(two, one)
+    print(f"FSDP2 LoRA, 2 processes: max adapter/head difference {diff:.2e}, merged weights {merged:.2e} "
+          "from 1 process")
+    assert diff < WEIGHT_TOLERANCE and merged < WEIGHT_TOLERANCE
+    assert max(float(v.abs().max()) for k, v in adapter.items() if "lora_B" in k) > 1e-3  # the adapters trained
+    # the base weights stayed frozen: every weight LoRA does not target is the pretrained one, bit for bit
+    base = _weights(no_dropout_bert)
+    untouched = [k for k in base if "query" not in k and "value" not in k and "classifier" not in k]
+    assert untouched and all(torch.equal(_weights(two)[k], base[k]) for k in untouched)
+    for step in (6, 14):  # a checkpoint holds the adapter files, as a 1-process LoRA checkpoint does
+        ckpt = two / "checkpoints" / f"checkpoint-{step}"
+        assert (ckpt / "adapter_model.safetensors").exists() and not (ckpt / "model.safetensors").exists()
+    assert max_weight_diff(load_file(two / "checkpoints" / "checkpoint-14" / "adapter_model.safetensors"),
+                           adapter) == 0.0
+    # loadable as tests/test_lora.py loads a LoRA run: peft over the pretrained base, and plain transformers
+    adapted = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(no_dropout_bert),
+                                        two / "adapter").eval()
+    plain_model = AutoModelForSequenceClassification.from_pretrained(two).eval()
+    inputs = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]])}
+    with torch.no_grad():
+        torch.testing.assert_close(plain_model(**inputs).logits, adapted(**inputs).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_lora_checkpoint_resumes_under_fsdp(lora_runs, no_dropout_bert, data, tmp_path):
+    """checkpoint-6 of the FSDP2 LoRA run (adapter files) resumed under FSDP2 at 4 x 2 processes x accumulation 2
+    trains the uninterrupted adapters (its checkpoint-14); load_best_model_at_end then puts checkpoint-7's
+    adapter into the sharded model, and the final save writes exactly that adapter."""
+    _, run, _ = lora_runs
+    out = tmp_path / "run"
+    shutil.copytree(run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
+    result = _fsdp(no_dropout_bert, data, out, "--resume", "auto", load_best_model_at_end="true",
+                   per_device_train_batch_size=4, **LORA)
+    assert "resumed from" in result.stdout and SHARDED in result.stdout
+    file = "adapter_model.safetensors"
+    last, uninterrupted = (load_file(r / "checkpoints" / "checkpoint-14" / file) for r in (out, run))
+    diff = max_weight_diff(last, uninterrupted)
+    print(f"FSDP2 LoRA resumed on 2 processes x 4 x accumulation 2: max adapter difference {diff:.2e}")
+    assert diff < WEIGHT_TOLERANCE
+    assert max_weight_diff(last, load_file(run / "checkpoints" / "checkpoint-6" / file)) > 1e-4  # it trained on
+    best = json.loads((out / "metrics.json").read_text())["best_step"]
+    assert "restored the best model" in result.stdout and best != 14
+    assert max_weight_diff(_adapter(out), load_file(out / "checkpoints" / f"checkpoint-{best}" / file)) == 0.0

@@ -233,7 +233,9 @@ def load_weights(path: Path, model: Any) -> None:
     if hasattr(model, "peft_config"):  # a LoRA checkpoint holds the adapter (and new modules) only
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, state_dict)
+        from tuneforge.engine.fsdp import load_full_adapter_state
+
+        result = (load_full_adapter_state if sharded(model) else set_peft_model_state_dict)(model, state_dict)
         if result.unexpected_keys:
             raise UserError(f"checkpoint {path} does not match this adapter (unexpected "
                             f"{list(result.unexpected_keys)[:3]})")

@@ -16,6 +16,9 @@ tensor(1.)
   on every process (collectives) into full CPU tensors on the main process, so a checkpoint holds exactly what a
   DDP one holds (safetensors weights, `optimizer.state_dict()` keyed by parameter index) and resumes under either
   strategy, on any process count. Loading gives every process the full file and each keeps its shard.
+- LoRA (peft): checkpoints hold the adapter files peft writes from the gathered state; loading them maps peft's
+  keys and sets the shards (`load_full_adapter_state`); the final save and merge run on an unsharded copy
+  (`plain_peft_copy`) on the main process, so the run folder is a 1-process LoRA run's.
 """
 
 from __future__ import annotations
@@ -181,3 +184,60 @@ def describe(model: Any, world: int) -> str | None:
 
     groups = sum(isinstance(m, FSDPModule) for m in model.modules())
     return f"fsdp: parameters sharded over {world} process(es), {groups} shard groups (FSDP2)"
+
+
+def load_full_adapter_state(model: Any, state: dict[str, torch.Tensor]) -> Any:
+    """Load a LoRA checkpoint's adapter file (peft's keys, as `set_peft_model_state_dict` takes them) into the
+    sharded PeftModel (on every process; a collective); returns peft's load result. peft maps the keys and
+    then calls `model.load_state_dict`, which cannot copy plain tensors into DTensor parameters: that one call
+    is caught and the mapped dict loaded with `set_model_state_dict` instead, each process keeping its shard."""
+    from peft import set_peft_model_state_dict
+    from torch.nn.modules.module import _IncompatibleKeys
+
+    mapped: dict[str, torch.Tensor] = {}
+
+    def capture(state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:
+        mapped.update(state_dict)
+        return _IncompatibleKeys([], [k for k in state_dict if k not in expected])
+
+    expected = set(model.state_dict())  # names only: nothing is gathered
+    model.load_state_dict = capture  # an instance attribute over nn.Module's method, removed below
+    try:
+        result = set_peft_model_state_dict(model, state)
+    finally:
+        del model.load_state_dict
+    if not result.unexpected_keys:
+        load_full_model_state(model, mapped)
+    return result
+
+
+def _plain_class(module: Any) -> type:
+    """The class `fully_shard` replaced (it swaps in an `FSDP<Class>` subclass of FSDPModule and the class)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+
+
+def plain_peft_copy(model: Any, state: dict[str, torch.Tensor]) -> Any:
+    """An unsharded PeftModel holding `state` (the sharded PeftModel's full state dict, gathered on the main
+    process), for peft's own adapter save and merge: the same base class and config, the same LoRA config, built
+    on the meta device and filled from `state` (parameters and persistent buffers) and from the sharded model's
+    buffers (FSDP2 does not shard buffers; non-persistent ones such as BERT's position_ids are not in `state`).
+    Main process only; costs one more full copy of the weights in CPU memory."""
+    import copy
+
+    import peft
+
+    base = model.get_base_model()
+    with torch.device("meta"):
+        twin = _plain_class(base)(base.config)
+        twin = peft.get_peft_model(twin, copy.deepcopy(model.peft_config[model.active_adapter]))
+    twin.to_empty(device="cpu")
+    for name, buffer in model.named_buffers():
+        twin.get_buffer(name).copy_(buffer.detach().cpu())
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    tied = {n for names in _tied_names(twin) for n in names[1:]}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"the gathered state does not fit the adapter model (missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]})")
+    return twin.eval()

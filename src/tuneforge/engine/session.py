@@ -124,6 +124,10 @@ class Session:
 
         unwrapped = self.accelerator.unwrap_model(model)
         if is_peft(unwrapped):
+            if self.final_state is not None:  # FSDP2: peft saves and merges an unsharded copy of the gathered state
+                from tuneforge.engine.fsdp import plain_peft_copy
+
+                unwrapped, self.final_state = plain_peft_copy(unwrapped, self.final_state), None
             save_lora(unwrapped, run_dir, cfg.lora.merge_weights)
         elif self.final_state is not None:  # FSDP2, DeepSpeed: the weights gathered (plain safetensors, as under DDP)
             unwrapped.save_pretrained(run_dir, state_dict=self.final_state)

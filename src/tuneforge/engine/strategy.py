@@ -247,9 +247,6 @@ def check_sharded(cfg: RunConfig, device_type: str, env: Mapping[str, str] | Non
         if searching:
             raise UserError(f"training.{key}: its search runs the unsharded model on the main process alone, which "
                             f"strategy={s} exists to avoid; set the value itself ({DOCS})")
-    if s == "fsdp" and cfg.lora.enabled:
-        raise UserError("lora.enabled: not built with strategy=fsdp (the adapter of a sharded model is not saved or "
-                        "merged yet); use strategy=ddp: LoRA's trainable weights and their optimizer state are small")
     if s == "deepspeed" and t.torch_compile is True:
         raise UserError("training.torch_compile: not built with strategy=deepspeed (tuneforge compiles the module "
                         "in place; DeepSpeed compiles through its engine): set torch_compile=false or strategy=fsdp")
