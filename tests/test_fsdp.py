@@ -279,3 +279,100 @@ def test_a_lora_checkpoint_resumes_under_fsdp(lora_runs, no_dropout_bert, data, 
     best = json.loads((out / "metrics.json").read_text())["best_step"]
     assert "restored the best model" in result.stdout and best != 14
     assert max_weight_diff(_adapter(out), load_file(out / "checkpoints" / f"checkpoint-{best}" / file)) == 0.0
+
+
+# ---- sharded checkpoints (distributed.sharded_checkpoints: DCP shards written by every process) -------------------
+
+def _shard_weights(checkpoint: Path, like: Path) -> dict:
+    """A sharded checkpoint's weights read in this (plain, unlaunched) process: DCP on no process group fills a
+    plain model's full tensors from both processes' files."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.engine.dcp import load_shards
+
+    model = AutoModelForSequenceClassification.from_pretrained(like)
+    load_shards(checkpoint, model, None)
+    return {k: v for k, v in model.state_dict().items() if k in _weights(like)}
+
+
+@pytest.fixture(scope="module")
+def sharded_run(no_dropout_bert, data, tmp_path_factory) -> Path:
+    """The FSDP2 run of fsdp_run (2 processes x batch 8), its checkpoints written as DCP shards."""
+    out = tmp_path_factory.mktemp("fsdp_sharded") / "run"
+    result = _fsdp(no_dropout_bert, data, out, sharded_checkpoints="true")
+    assert result.stdout.count(SHARDED) == 1, result.stdout[-3000:]
+    return out
+
+
+def test_sharded_checkpoints_hold_one_shard_file_per_process(sharded_run, fsdp_run):
+    """Each checkpoint holds a DCP folder (one .distcp per process, no gathered weights or optimizer file) beside
+    the usual run-state and RNG files; the training equals the gathered-checkpoint run's, and the final folder is
+    still plain safetensors that from_pretrained loads."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.engine.dcp import holds_shards, shard_files
+
+    ckpt = sharded_run / "checkpoints" / "checkpoint-6"
+    assert holds_shards(ckpt) and shard_files(ckpt) == ["__0_0.distcp", "__1_0.distcp"]
+    names = {p.name for p in ckpt.iterdir()}
+    assert not names & {"model.safetensors", "optimizer.pt"}, names
+    assert {"rng_state.pt", "rng_state_1.pt", "scheduler.pt", "trainer_state.json", "COMPLETE",
+            "config.json"} <= names
+    assert not list((sharded_run / "checkpoints").glob(".tmp-*"))  # renamed into place
+    diff = max_weight_diff(sharded_run, fsdp_run[0])
+    print(f"FSDP2 with sharded checkpoints: max weight difference {diff:.2e} from the gathered-checkpoint run")
+    assert diff < WEIGHT_TOLERANCE
+    model = AutoModelForSequenceClassification.from_pretrained(sharded_run)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    # the last checkpoint's shards hold the final weights (load_best_model_at_end off)
+    last = _shard_weights(sharded_run / "checkpoints" / "checkpoint-14", sharded_run)
+    assert max_weight_diff(last, _weights(sharded_run)) == 0.0
+
+
+def test_a_sharded_checkpoint_resumes_on_two_fsdp_processes(sharded_run, no_dropout_bert, data, tmp_path):
+    """checkpoint-6's shards resumed under FSDP2 on 2 processes train the uninterrupted weights (its final
+    folder, step 14); load_best_model_at_end then restores the best checkpoint's shards."""
+    out = tmp_path / "run"
+    shutil.copytree(sharded_run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
+    result = _fsdp(no_dropout_bert, data, out, "--resume", "auto", sharded_checkpoints="true",
+                   load_best_model_at_end="true")
+    assert "resumed from" in result.stdout and "checkpoint-6" in result.stdout and SHARDED in result.stdout
+    last = _shard_weights(out / "checkpoints" / "checkpoint-14", out)
+    diff = max_weight_diff(last, _weights(sharded_run))
+    print(f"sharded checkpoint resumed on 2 FSDP2 processes: max weight difference {diff:.2e} from the "
+          "uninterrupted run")
+    assert diff < WEIGHT_TOLERANCE
+    assert max_weight_diff(last, _shard_weights(out / "checkpoints" / "checkpoint-6", out)) > 1e-4  # it trained
+    best = json.loads((out / "metrics.json").read_text())["best_step"]
+    assert best != 14 and f"restored the best model (step {best}" in result.stdout
+    assert max_weight_diff(out, _shard_weights(out / "checkpoints" / f"checkpoint-{best}", out)) == 0.0
+
+
+def test_a_sharded_checkpoint_resumes_on_one_plain_process(sharded_run, no_dropout_bert, data, tmp_path):
+    """The same shards resumed by one plain process without a process group (elastic 2 -> 1, 8 x accumulation
+    2): DCP reads full tensors from both processes' files; the run ends with the uninterrupted weights."""
+    import tuneforge
+
+    out = tmp_path / "run"
+    shutil.copytree(sharded_run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
+    resumed = tuneforge.train(None, _overrides(no_dropout_bert, data, out, per_device_train_batch_size=8,
+                                               resume_from_checkpoint=out / "checkpoints" / "checkpoint-6"))
+    diff = max_weight_diff(resumed.path, sharded_run)
+    print(f"sharded checkpoint resumed on 1 plain process: max weight difference {diff:.2e}")
+    assert diff < WEIGHT_TOLERANCE
+
+
+def test_sharded_checkpoints_without_fsdp_or_with_lora_are_refused_in_one_line(capsys, tiny_bert, data, tmp_path):
+    from tuneforge.config import load_config
+    from tuneforge.engine.strategy import check_run
+    from tuneforge.errors import UserError
+
+    line = one_line_error(capsys, ["train", *base_overrides(tiny_bert, data, tmp_path / "run",
+                                                            sharded_checkpoints="true", use_cpu="true")])
+    assert "distributed.sharded_checkpoints: applies to strategy=fsdp" in line and "ddp" in line
+    cfg = load_config(None, ["task=classification", "model_name_or_path=m", "train_file=t.csv", "strategy=fsdp",
+                             "sharded_checkpoints=true", "lora.enabled=true"])
+    with pytest.raises(UserError) as err:
+        check_run(cfg, "cpu", {"LOCAL_RANK": "0", "WORLD_SIZE": "2"})
+    assert str(err.value).startswith("distributed.sharded_checkpoints: not built with lora.enabled")
+    assert "\n" not in str(err.value)

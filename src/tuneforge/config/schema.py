@@ -412,6 +412,12 @@ class DistributedConfig:
     cpu_offload: bool = opt(
         False, "Keep the optimizer state in CPU memory, and with fsdp or zero_stage 3 the weights too (less GPU "
                "memory, slower steps; strategy=fsdp or deepspeed).")
+    sharded_checkpoints: bool = opt(
+        False, "FSDP2 (strategy=fsdp): every process writes its own shards of the weights and optimizer state into "
+               "each checkpoint (torch.distributed.checkpoint, a dcp/ folder) instead of gathering them on the main "
+               "process (12 bytes per parameter of its CPU memory); resumes under fsdp on any process count or on "
+               "one plain process. The final model is still gathered into model.safetensors. Off by default for "
+               "now (docs/distributed.md).")
     fsdp_config: str | None = opt(
         None, "A YAML/JSON file in accelerate's FSDP format (an `accelerate config` file, or its fsdp_config "
               "section) merged over the FSDP2 settings tuneforge builds (strategy=fsdp; docs/distributed.md).")

@@ -1,7 +1,9 @@
 """Checkpoints: weights as safetensors, run state as JSON, optimizer/scheduler/RNG as plain tensors
 (loadable with `weights_only=True`), written to a temporary folder and renamed, with a completeness marker.
 Under FSDP2 the weights and the optimizer state are gathered to full tensors first (engine/fsdp.py), so the
-files are the same as under DDP and resume under either strategy, on any process count.
+files are the same as under DDP and resume under either strategy, on any process count; with
+`distributed.sharded_checkpoints` every process writes its own shards instead (engine/dcp.py: a `dcp/` folder in
+place of model.safetensors and optimizer.pt, the other files as usual).
 
 >>> from tuneforge.engine.checkpoint import complete_checkpoints
 >>> complete_checkpoints("runs/x/checkpoints")   # doctest: +SKIP
@@ -50,6 +52,10 @@ def clean_stale(folder: str | os.PathLike) -> None:
 
 def _fsync_tree(path: Path) -> None:
     for file in path.iterdir():
+        if file.is_dir():  # a sharded checkpoint's dcp/ (DCP syncs its own files; the folder's entries here)
+            _fsync_tree(file)
+            _fsync_dir(file)
+            continue
         with open(file, "rb") as fh:
             os.fsync(fh.fileno())
 
@@ -75,17 +81,23 @@ def _save_rng(path: Path) -> None:
 
 
 def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-                    state: dict[str, Any], keep: set[Path] | None = None, limit: int | None = None) -> Path:
+                    state: dict[str, Any], keep: set[Path] | None = None, limit: int | None = None,
+                    shards: bool = False) -> Path:
     """Write checkpoint-`step` (then rotate to `limit`, never deleting `keep` or the new one). Called by every
     process of a distributed run: each writes its own RNG state, the main process everything else (the
     weights and optimizer state are the same on every process under DDP; under FSDP2 every process first takes
-    part in gathering them to the main process)."""
+    part in gathering them to the main process). `shards` (an FSDP2 model, distributed.sharded_checkpoints): every
+    process writes its own shards of the weights and optimizer state (engine/dcp.py) into the temporary folder
+    before the main process writes the rest and renames it."""
     from tuneforge.engine import deepspeed as ds
     from tuneforge.engine.distributed import current
     from tuneforge.engine.fsdp import full_model_state, full_optimizer_state, sharded
 
     procs = current()
-    gathered = (full_model_state(model), full_optimizer_state(model, optimizer)) if sharded(model) else None
+    shards = shards and sharded(model)
+    gathered: Any = None
+    if sharded(model) and not shards:
+        gathered = (full_model_state(model), full_optimizer_state(model, optimizer))
     if ds.zero_optimizer(optimizer):  # DeepSpeed: full fp32 weights and AdamW state, gathered to the main process
         gathered = (ds.full_model_state(model), ds.full_optimizer_state(optimizer))
     final = folder / f"checkpoint-{step}"
@@ -110,22 +122,37 @@ def save_checkpoint(folder: Path, step: int, model: Any, optimizer: Any, schedul
         except OSError as err:
             raise fail(err) from None
 
+    def own_shards() -> None:
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        from tuneforge.engine.dcp import save_shards
+
+        try:
+            save_shards(tmp, model, optimizer)
+        except (OSError, CheckpointException) as err:  # DCP raises one process's failure on all of them
+            raise fail(err if isinstance(err, OSError) else OSError(str(err).splitlines()[0][:200])) from None
+
     procs.on_main(prepare)
     procs.all_ok(own_rng)  # every process's RNG (dropout differs per process), so a resume continues each
+    if shards:
+        procs.all_ok(own_shards)  # a collective: DCP's coordinator writes the metadata once all have written
     procs.on_main(lambda: _write_main(final, tmp, model, optimizer, scheduler, scaler, state, fail,
-                                      (keep or set()) | {final}, limit, gathered))
+                                      (keep or set()) | {final}, limit, "shards" if shards else gathered))
     return final
 
 
 def _write_main(final: Path, tmp: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
                 state: dict[str, Any], fail: Any, keep: set[Path], limit: int | None,
-                gathered: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
-    """The main process's part of a save; `gathered`: the full (model, optimizer) state dicts of a sharded model."""
+                gathered: Any = None) -> None:
+    """The main process's part of a save; `gathered`: the full (model, optimizer) state dicts of a sharded model,
+    or "shards" when every process has written its shards (the model's config.json is still written)."""
     import torch
 
     folder = final.parent
     try:
-        if gathered is None:
+        if gathered == "shards":
+            model.config.save_pretrained(tmp)
+        elif gathered is None:
             model.save_pretrained(tmp)
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         else:
@@ -189,16 +216,21 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
     import torch
 
     from tuneforge.engine import deepspeed as ds
+    from tuneforge.engine.dcp import holds_shards, load_shards
     from tuneforge.engine.fsdp import load_full_optimizer_state, sharded
 
     run_state = read_state(path)
-    load_weights(path, model)
-    if sharded(model):  # every process reads the full state and keeps its shard
-        load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
-    elif ds.zero_optimizer(optimizer):  # the same under DeepSpeed: each process keeps its partition
-        ds.load_full_optimizer_state(optimizer, _load_tensors(path / "optimizer.pt"))
+    if holds_shards(path):  # every process reads its shards, weights and optimizer state (DCP reshards for
+        _check_shards_fit(path, model, world)  # another process count)
+        load_shards(path, model, optimizer)
     else:
-        optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
+        load_weights(path, model)
+        if sharded(model):  # every process reads the full state and keeps its shard
+            load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
+        elif ds.zero_optimizer(optimizer):  # the same under DeepSpeed: each process keeps its partition
+            ds.load_full_optimizer_state(optimizer, _load_tensors(path / "optimizer.pt"))
+        else:
+            optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
         scaler.load_state_dict(_load_tensors(path / "scaler.pt"))
@@ -221,8 +253,15 @@ def load_weights(path: Path, model: Any) -> None:
     from safetensors.torch import load_file
 
     from tuneforge.engine import deepspeed as ds
+    from tuneforge.engine.dcp import holds_shards, load_shards
     from tuneforge.engine.fsdp import load_full_model_state, sharded
 
+    if holds_shards(path):  # a sharded FSDP2 checkpoint: the weights only (load_best_model_at_end)
+        from tuneforge.engine.distributed import current
+
+        _check_shards_fit(path, model, current().world)
+        load_shards(path, model, None)
+        return
     state_dict: dict[str, Any] = {}
     for file in sorted(path.glob("*.safetensors")):
         try:
@@ -254,6 +293,18 @@ def load_weights(path: Path, model: Any) -> None:
         load_full_model_state(model, state_dict)
     elif partitioned:
         ds.load_full_model_state(model, state_dict)
+
+
+def _check_shards_fit(path: Path, model: Any, world: int) -> None:
+    """A sharded checkpoint loads into an FSDP2 model (any process count) or a plain one on one process (both
+    run); anything else has not been run and is refused in one line."""
+    from tuneforge.engine import deepspeed as ds
+    from tuneforge.engine.fsdp import sharded
+
+    if hasattr(model, "peft_config") or ds.managed(model) or not (sharded(model) or world == 1):
+        raise UserError(f"training.resume_from_checkpoint: {path} holds sharded (DCP) checkpoint files, which "
+                        "load under strategy=fsdp (any process count) or on one plain process only; resume it "
+                        "with strategy=fsdp or on one process")
 
 
 def rotate(folder: Path, limit: int | None, keep: set[Path]) -> None:

@@ -198,7 +198,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         if id_log is not None:
             id_log.flush()
         save_checkpoint(ckpt_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, scaler, state,
-                        keep={best_path} if best_path else set(), limit=t.save_total_limit)
+                        keep={best_path} if best_path else set(), limit=t.save_total_limit,
+                        shards=cfg.distributed.sharded_checkpoints)
         last_saved = step
 
     def run_eval(epoch_float: float) -> bool:

@@ -214,7 +214,7 @@ def check_run(cfg: RunConfig, device_type: str, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     d, s = cfg.distributed, cfg.distributed.strategy
     only = {"zero_stage": ("deepspeed",), "deepspeed_config": ("deepspeed",), "fsdp_config": ("fsdp",),
-            "fsdp_reshard_after_forward": ("fsdp",), "cpu_offload": SHARDED}
+            "fsdp_reshard_after_forward": ("fsdp",), "sharded_checkpoints": ("fsdp",), "cpu_offload": SHARDED}
     for key, strategies in only.items():
         if s not in strategies and getattr(d, key) != _default("distributed", key):
             raise UserError(f"distributed.{key}: applies to strategy={' or '.join(strategies)}, and this run's "
@@ -252,6 +252,9 @@ def check_sharded(cfg: RunConfig, device_type: str, env: Mapping[str, str] | Non
                         "in place; DeepSpeed compiles through its engine): set torch_compile=false or strategy=fsdp")
     if s == "deepspeed":
         check_deepspeed(cfg)
+    if s == "fsdp" and cfg.distributed.sharded_checkpoints and cfg.lora.enabled:
+        raise UserError("distributed.sharded_checkpoints: not built with lora.enabled (a LoRA checkpoint holds "
+                        "peft's adapter files, gathered; they are small): set sharded_checkpoints=false")
 
 
 def check_deepspeed(cfg: RunConfig) -> None:
