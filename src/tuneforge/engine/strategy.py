@@ -25,8 +25,9 @@ Who decides (docs/distributed.md, "Strategies"):
   trains on a path the engine does not handle.
 - fsdp and deepspeed run under a launcher only: on CUDA GPUs (one process or more), and on the CPU over 2 or more
   processes of a gloo group (accelerate applies the plugins only to accelerator groups; the session puts them in
-  accelerate's state there, engine/fsdp.py `use_fsdp`, engine/deepspeed.py `use_deepspeed`). LoRA with either is
-  refused (its adapter is not saved sharded yet); deepspeed trains in fp32 only (the only precision run here).
+  accelerate's state there, engine/fsdp.py `use_fsdp`, engine/deepspeed.py `use_deepspeed`). LoRA runs under fsdp
+  (adapters gathered for checkpoints and the final save) and is refused with deepspeed (a ZeRO model's adapter
+  is not saved or merged); deepspeed trains in fp32 only (the only precision run here).
 
 FSDP2's shard groups, and the models accelerate's wrapping cannot take: engine/sharding.py.
 """
