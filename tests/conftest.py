@@ -89,6 +89,25 @@ def tiny_bert(tmp_path_factory) -> Path:
     return folder
 
 
+# the multi-process tests (test_distributed, test_fsdp, test_deepspeed): 97 = 6 x 16 + 1 training rows, so the last
+# global batch has one row and one process gets none; 41 validation rows, which no process count divides evenly
+MP_TRAIN_ROWS, MP_VAL_ROWS = 97, 41
+
+
+@pytest.fixture(scope="session")
+def mp_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("mp_data")
+    return {"train": write_csv(folder / "train.csv", toy_rows(MP_TRAIN_ROWS, 1)),
+            "validation": write_csv(folder / "validation.csv", toy_rows(MP_VAL_ROWS, 2))}
+
+
+@pytest.fixture(scope="session")
+def no_dropout_bert(tiny_bert, tmp_path_factory) -> Path:
+    """tiny_bert with dropout 0: processes draw their dropout masks from their own streams, so only a model
+    without dropout can end with the weights of one process."""
+    return without_dropout(tiny_bert, tmp_path_factory.mktemp("bert_no_dropout") / "model")
+
+
 @pytest.fixture(scope="session")
 def small_bert(tiny_bert, tmp_path_factory) -> Path:
     """tiny_bert's tokenizer on a BERT of hidden 64 / 4 heads (2 layers), for the toy runs whose score a test

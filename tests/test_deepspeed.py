@@ -23,14 +23,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import base_overrides, free_port, launcher_env, max_weight_diff, toy_rows, without_dropout, write_csv
+from conftest import MP_TRAIN_ROWS, MP_VAL_ROWS, base_overrides, free_port, launcher_env, max_weight_diff
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                 reason="deepspeed is not installed (make installs it: pip install --no-build-isolation "
                                        "deepspeed)")
 
 BIN = Path(sys.executable).parent
-TRAIN_ROWS, VAL_ROWS = 97, 41  # 97 = 6 x 16 + 1: the last global batch has one row, one process gets none
+TRAIN_ROWS, VAL_ROWS = MP_TRAIN_ROWS, MP_VAL_ROWS
 COMMON = dict(num_train_epochs=2, per_device_eval_batch_size=4, use_cpu="true", mixed_precision="no",
               baselines="false", save_strategy="steps", save_steps=3, save_total_limit=10, logging_steps=1,
               load_best_model_at_end="false")  # the last weights: every step compared
@@ -68,15 +68,8 @@ def _run(args: list[str], cwd: Path, poison_call: int | None = None, timeout: fl
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("ds_data")
-    return {"train": write_csv(folder / "train.csv", toy_rows(TRAIN_ROWS, 1)),
-            "validation": write_csv(folder / "validation.csv", toy_rows(VAL_ROWS, 2))}
-
-
-@pytest.fixture(scope="module")
-def no_dropout_bert(tiny_bert, tmp_path_factory) -> Path:
-    return without_dropout(tiny_bert, tmp_path_factory.mktemp("ds_bert") / "model")
+def data(mp_data) -> dict[str, Path]:
+    return mp_data
 
 
 def _overrides(model: Path, data: dict[str, Path], out: Path, **extra: object) -> list[str]:
