@@ -67,8 +67,13 @@ class Watchdog:
         return f"{kind}/{rank}"
 
     def finish(self, why: str = "finished") -> None:
-        """This process ends (finished, or 'failed: <line>'): the others stop watching it."""
+        """This process ends (finished, or 'failed: <line>'): the others stop watching it. The heartbeat thread
+        is joined first: a daemon thread still inside a TCPStore call when the interpreter shuts down ends the
+        process with "terminate called without an active exception" (seen once in a full-suite run, in the
+        2-process data-error test)."""
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(STORE_TIMEOUT_SECONDS + BEAT_SECONDS)
         try:
             self.store.set(self._key("why", self.rank), why[:500])
             self.store.add(self._key("exit", self.rank), 1)
