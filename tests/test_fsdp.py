@@ -79,6 +79,18 @@ def reference(no_dropout_bert, data, tmp_path_factory) -> Path:
     return tuneforge.train(None, _overrides(no_dropout_bert, data, out, per_device_train_batch_size=16)).path
 
 
+def _resumed_on_one_process(run: Path, model: Path, data: dict[str, Path], tmp_path: Path) -> float:
+    """`run`'s checkpoint-6 resumed by one plain process at 8 x accumulation 2 (elastic 2 -> 1): the largest
+    difference of its final weights from `run`'s."""
+    import tuneforge
+
+    out = tmp_path / "run"
+    shutil.copytree(run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
+    resumed = tuneforge.train(None, _overrides(model, data, out, per_device_train_batch_size=8,
+                                               resume_from_checkpoint=out / "checkpoints" / "checkpoint-6"))
+    return max_weight_diff(resumed.path, run)
+
+
 def _fsdp(model: Path, data: dict[str, Path], out: Path, *flags: str, **extra: object) -> subprocess.CompletedProcess:
     return _run(_torchrun(*_overrides(model, data, out, **({"per_device_train_batch_size": 8, "strategy": "fsdp",
                                                             "per_device_eval_batch_size": 4} | extra)), *flags),
@@ -158,14 +170,9 @@ def test_an_fsdp_checkpoint_resumes_on_two_processes(fsdp_run, no_dropout_bert, 
 def test_an_fsdp_checkpoint_resumes_on_one_process(fsdp_run, no_dropout_bert, data, tmp_path):
     """The same checkpoint resumed by one plain process (elastic resume 2 -> 1, 8 x accumulation 2): the files
     are a DDP checkpoint's, and the run ends with the uninterrupted FSDP2 weights."""
-    import tuneforge
 
     run, _ = fsdp_run
-    out = tmp_path / "run"
-    shutil.copytree(run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
-    resumed = tuneforge.train(None, _overrides(no_dropout_bert, data, out, per_device_train_batch_size=8,
-                                               resume_from_checkpoint=out / "checkpoints" / "checkpoint-6"))
-    diff = max_weight_diff(resumed.path, run)
+    diff = _resumed_on_one_process(run, no_dropout_bert, data, tmp_path)
     print(f"FSDP2 checkpoint resumed on 1 process: max weight difference {diff:.2e}")
     assert diff < WEIGHT_TOLERANCE
 
@@ -343,13 +350,8 @@ def test_a_sharded_checkpoint_resumes_on_two_fsdp_processes(sharded_run, no_drop
 def test_a_sharded_checkpoint_resumes_on_one_plain_process(sharded_run, no_dropout_bert, data, tmp_path):
     """The same shards resumed by one plain process without a process group (elastic 2 -> 1, 8 x accumulation
     2): DCP reads full tensors from both processes' files; the run ends with the uninterrupted weights."""
-    import tuneforge
 
-    out = tmp_path / "run"
-    shutil.copytree(sharded_run / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
-    resumed = tuneforge.train(None, _overrides(no_dropout_bert, data, out, per_device_train_batch_size=8,
-                                               resume_from_checkpoint=out / "checkpoints" / "checkpoint-6"))
-    diff = max_weight_diff(resumed.path, sharded_run)
+    diff = _resumed_on_one_process(sharded_run, no_dropout_bert, data, tmp_path)
     print(f"sharded checkpoint resumed on 1 plain process: max weight difference {diff:.2e}")
     assert diff < WEIGHT_TOLERANCE
 
