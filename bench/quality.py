@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import csv
 import gzip
 import hashlib
@@ -830,7 +831,10 @@ def code_snapshot(rev: str) -> tuple[dict, dict]:
     return {"code": sha}, {"PYTHONPATH": str(folder / "src")}
 
 
-def run_item(name: str, config: str, seed: int, model: Path, code: tuple[dict, dict]) -> dict | None:
+LIVE: set[subprocess.Popen] = set()  # trainings running now (ended if the sweep is interrupted)
+
+
+def run_item(name: str, config: str, seed: int, model: Path, code: tuple[dict, dict], jobs: int = 1) -> dict | None:
     run_dir = RUNS / name / config / str(seed)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an item not in the results file: a killed or failed run, started again
@@ -848,6 +852,7 @@ def run_item(name: str, config: str, seed: int, model: Path, code: tuple[dict, d
     log_path = RUNS / name / config / f"{seed}.log"
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        LIVE.add(proc)
         try:
             proc.wait()
         except BaseException:  # killed or interrupted: end the training too, leave the item for the next start
@@ -857,6 +862,8 @@ def run_item(name: str, config: str, seed: int, model: Path, code: tuple[dict, d
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+        finally:
+            LIVE.discard(proc)
     wall = time.time() - t0
     metrics = {}
     try:
@@ -877,7 +884,7 @@ def run_item(name: str, config: str, seed: int, model: Path, code: tuple[dict, d
            "val_f1_macro": _metric(metrics.get("eval"), "f1_macro"),
            "test_accuracy": _metric(metrics.get("test"), "accuracy"),
            "test_f1_macro": _metric(metrics.get("test"), "f1_macro"),
-           "wall_seconds": round(wall, 1), "train_seconds": train.get("train_seconds"),
+           "wall_seconds": round(wall, 1), "train_seconds": train.get("train_seconds"), "jobs": jobs,
            "train_rows": json.loads((folder / "info.json").read_text())["rows"]["train"],
            "steps": train.get("global_step"), "epochs": train.get("epoch"), "stopped_early": train.get("stopped_early"),
            "learning_rate": _learning_rate(run_dir, metrics), "run_dir": str(run_dir.relative_to(ROOT))}
@@ -901,19 +908,37 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def sweep(args: argparse.Namespace) -> None:
-    sets = pick_sets(args.sets)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()] if args.configs else list(CONFIGS)
-    unknown = [c for c in configs if c not in CONFIGS]
+def _sweep_items(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """The (set, config, seed) items asked for: --items, else the product of --sets, --configs and --seeds."""
+    if args.items:
+        items = []
+        for part in args.items.split(","):
+            name, config, seed = part.strip().split(":")
+            items.append((name, config, int(seed)))
+    else:
+        sets = pick_sets(args.sets)
+        configs = [c.strip() for c in args.configs.split(",") if c.strip()] if args.configs else list(CONFIGS)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        # seeds outermost: a budget cut leaves every (set, config) with its first seeds
+        items = [(n, c, s) for s in seeds for n in sets for c in configs]
+    unknown = sorted({c for _, c, _ in items if c not in CONFIGS})
     if unknown:
         sys.exit(f"unknown config(s) {unknown}; known: {list(CONFIGS)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    missing = sorted({n for n, _, _ in items if not (DATA / n / "info.json").exists()})
+    if missing:
+        sys.exit(f"set(s) {missing} not built: run `python bench/quality.py build` first")
+    return items
+
+
+def sweep(args: argparse.Namespace) -> None:
+    asked = _sweep_items(args)
     RUNS.mkdir(parents=True, exist_ok=True)
     lock = RUNS / ".sweep.lock"
     if lock.exists() and lock.read_text().strip().isdigit() and _alive(int(lock.read_text())):
-        sys.exit(f"another sweep is running (pid {lock.read_text().strip()}, {lock}): one training at a time")
+        sys.exit(f"another sweep is running (pid {lock.read_text().strip()}, {lock}): one sweep at a time "
+                 "(--jobs runs several trainings in one sweep)")
     lock.write_text(str(os.getpid()))
-    signal.signal(signal.SIGTERM, _terminate)  # `kill PID` stops cleanly: the running training is ended too
+    signal.signal(signal.SIGTERM, _terminate)  # `kill PID` stops cleanly: the running trainings are ended too
     try:
         model = model_path()
         code = code_snapshot(args.code)
@@ -924,31 +949,50 @@ def sweep(args: argparse.Namespace) -> None:
             sys.exit(f"tuneforge does not import with --code {args.code} ({code[0]}):\n{check.stderr[-1200:]}\n"
                      "pick a revision that does (--code <sha>) or wait for src/ to settle")
         done = {(r["set"], r["config"], r["seed"]) for r in read_results()}
-        # seeds outermost: a budget cut leaves every (set, config) with its first seeds
-        items = [(n, c, s) for s in seeds for n in sets for c in configs if (n, c, s) not in done]
-        print(f"sweep: {len(items)} items to run ({len(done)} results on file), budget "
+        items = [it for it in asked if it not in done]
+        print(f"sweep: {len(items)} items to run ({len(done)} results on file), {args.jobs} at a time, budget "
               f"{args.max_minutes or 'none'} min; model {model}; code {code[0]}", flush=True)
         t_start = time.time()
         walls: dict[str, list[float]] = defaultdict(list)
         for r in read_results():
             if r.get("config") != BASELINE and r.get("wall_seconds"):
                 walls[r["set"]].append(r["wall_seconds"])
-        for i, (name, config, seed) in enumerate(items, 1):
-            elapsed = time.time() - t_start
-            expected = statistics.mean(walls[name]) if walls[name] else 0.0
-            if args.max_minutes and elapsed + expected > args.max_minutes * 60:
-                print(f"budget of {args.max_minutes} min reached after {elapsed / 60:.1f} min "
-                      f"(next item ~{expected / 60:.1f} min): stopping; run the same command to resume", flush=True)
-                break
-            print(f"[{i}/{len(items)}] {name} {config} seed {seed} ...", flush=True)
-            rec = run_item(name, config, seed, model, code)
-            if rec is None:
-                continue
-            append_result(rec)
-            walls[name].append(rec["wall_seconds"])
-            print(f"  val F1 {rec['val_f1_macro']:.3f}  test acc {rec['test_accuracy']:.3f}  F1 "
-                  f"{rec['test_f1_macro']:.3f}  lr {rec['learning_rate']}  steps {rec['steps']}  "
-                  f"{rec['wall_seconds']:.0f}s", flush=True)
+        running: dict[concurrent.futures.Future, tuple[str, str, int]] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            queue = list(enumerate(items, 1))
+            try:
+                while queue or running:
+                    while queue and len(running) < args.jobs:
+                        i, (name, config, seed) = queue[0]
+                        elapsed = time.time() - t_start
+                        expected = statistics.mean(walls[name]) if walls[name] else 0.0
+                        if args.max_minutes and elapsed + expected > args.max_minutes * 60:
+                            print(f"budget of {args.max_minutes} min reached after {elapsed / 60:.1f} min (next item "
+                                  f"~{expected / 60:.1f} min): not starting more; run the same command to resume",
+                                  flush=True)
+                            queue = []
+                            break
+                        queue.pop(0)
+                        print(f"[{i}/{len(items)}] {name} {config} seed {seed} ...", flush=True)
+                        fut = pool.submit(run_item, name, config, seed, model, code, args.jobs)
+                        running[fut] = (name, config, seed)
+                    if not running:
+                        break
+                    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for fut in finished:
+                        name, config, seed = running.pop(fut)
+                        rec = fut.result()
+                        if rec is None:
+                            continue
+                        append_result(rec)
+                        walls[name].append(rec["wall_seconds"])
+                        print(f"  {name} {config} seed {seed}: val F1 {rec['val_f1_macro']:.3f}  test acc "
+                              f"{rec['test_accuracy']:.3f}  F1 {rec['test_f1_macro']:.3f}  lr {rec['learning_rate']}  "
+                              f"steps {rec['steps']}  {rec['wall_seconds']:.0f}s", flush=True)
+            except BaseException:  # interrupted: end the running trainings before the pool waits for them
+                for proc in list(LIVE):
+                    proc.terminate()
+                raise
     finally:
         lock.unlink(missing_ok=True)
 
@@ -1011,6 +1055,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--code", default="worktree",
                    help="the tuneforge code judged: 'worktree' (src/ as it is now) or a git revision (e.g. HEAD), "
                         "exported once and put first on PYTHONPATH (src/ edits during the sweep cannot break it)")
+    p.add_argument("--items", help="explicit comma-separated set:config:seed items instead of --sets/--configs/--seeds")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="trainings at a time, one thread each (default 1; with more, wall times are not comparable "
+                        "with single-job items: each result records its jobs)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop between items once this budget would be exceeded (resume with the same command)")
     args = ap.parse_args(argv)
