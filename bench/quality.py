@@ -852,16 +852,9 @@ def run_item(name: str, config: str, seed: int, model: Path, code: tuple[dict, d
     log_path = RUNS / name / config / f"{seed}.log"
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        LIVE.add(proc)
+        LIVE.add(proc)  # the sweep ends it if interrupted (this runs in a worker thread: signals reach the sweep)
         try:
             proc.wait()
-        except BaseException:  # killed or interrupted: end the training too, leave the item for the next start
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
         finally:
             LIVE.discard(proc)
     wall = time.time() - t0
@@ -908,13 +901,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _end(procs: list[subprocess.Popen]) -> None:
+    """Terminate the trainings, and kill those still running 30 s later."""
+    for proc in procs:
+        proc.terminate()
+    deadline = time.time() + 30
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _sweep_items(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     """The (set, config, seed) items asked for: --items, else the product of --sets, --configs and --seeds."""
     if args.items:
         items = []
         for part in args.items.split(","):
-            name, config, seed = part.strip().split(":")
-            items.append((name, config, int(seed)))
+            fields = part.strip().split(":")
+            if len(fields) != 3 or not fields[2].isdigit():
+                sys.exit(f"--items: {part.strip()!r} is not set:config:seed (e.g. man-admin:defaults:3)")
+            items.append((fields[0], fields[1], int(fields[2])))
     else:
         sets = pick_sets(args.sets)
         configs = [c.strip() for c in args.configs.split(",") if c.strip()] if args.configs else list(CONFIGS)
@@ -931,6 +938,8 @@ def _sweep_items(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 
 def sweep(args: argparse.Namespace) -> None:
+    if args.jobs < 1:
+        sys.exit(f"--jobs {args.jobs}: at least 1 training at a time")
     asked = _sweep_items(args)
     RUNS.mkdir(parents=True, exist_ok=True)
     lock = RUNS / ".sweep.lock"
@@ -989,9 +998,8 @@ def sweep(args: argparse.Namespace) -> None:
                         print(f"  {name} {config} seed {seed}: val F1 {rec['val_f1_macro']:.3f}  test acc "
                               f"{rec['test_accuracy']:.3f}  F1 {rec['test_f1_macro']:.3f}  lr {rec['learning_rate']}  "
                               f"steps {rec['steps']}  {rec['wall_seconds']:.0f}s", flush=True)
-            except BaseException:  # interrupted: end the running trainings before the pool waits for them
-                for proc in list(LIVE):
-                    proc.terminate()
+            except BaseException:  # interrupted: end the running trainings (their items rerun next time)
+                _end(list(LIVE))
                 raise
     finally:
         lock.unlink(missing_ok=True)
