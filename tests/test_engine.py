@@ -153,23 +153,6 @@ def test_mixed_precision_choice():
     assert resolve_mixed_precision("bf16", "cuda", bf16_supported=False)[0] == "fp16"
 
 
-def test_cpu_bf16_switches_attention_to_eager_without_changing_outputs(tiny_bert):
-    from transformers import AutoModelForSequenceClassification
-
-    from tuneforge.engine.precision import cpu_bf16_attention
-
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, attn_implementation="sdpa").eval()
-    ids = torch.tensor([[2, 5, 6, 7, 3, 0, 0]])
-    mask = (ids != 0).long()
-    with torch.no_grad():
-        before = model(input_ids=ids, attention_mask=mask).logits
-    assert "eager" in cpu_bf16_attention(model)
-    assert model.config._attn_implementation == "eager"
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before)
-    assert cpu_bf16_attention(model) is None  # already eager: nothing to do
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["model", "blocks"])
 def test_torch_compile_trains_and_saves_plain_weights(tiny_bert, toy_data, tmp_path, monkeypatch, scope):

@@ -138,7 +138,7 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
         optimizer.tuneforge_order = order  # the checkpoint's parameter indices
     if (note := describe(model, world) or describe_deepspeed(model, world)) is not None:
         tracker.print(note)
-    loss_fn = task.loss
+    loss_fn = None  # forward_backward's default: task.loss, eager
     if compiled:  # in place: parameter names, save_pretrained and checkpoints stay unchanged
         loss_fn, note = compile_for_training(accelerator.unwrap_model(model), task,
                                              one_length=len(np.unique(train.batch_lengths)) == 1,

@@ -65,14 +65,54 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+# transformers' modeling modules whose eager attention is BERT's own function, line for line (tests check each
+# against the installed transformers): these get the bf16 mask below; any other model plain eager
+BERT_EAGER_FAMILIES = frozenset({
+    "albert.modeling_albert", "bart.modeling_bart", "bert.modeling_bert",
+    "bert_generation.modeling_bert_generation", "camembert.modeling_camembert", "data2vec.modeling_data2vec_text",
+    "distilbert.modeling_distilbert", "electra.modeling_electra", "ernie.modeling_ernie", "marian.modeling_marian",
+    "mbart.modeling_mbart", "mobilebert.modeling_mobilebert", "pegasus.modeling_pegasus",
+    "roberta.modeling_roberta", "roberta_prelayernorm.modeling_roberta_prelayernorm",
+    "xlm_roberta.modeling_xlm_roberta", "xlm_roberta_xl.modeling_xlm_roberta_xl", "xmod.modeling_xmod"})
+CPU_BF16_ATTENTION = "tuneforge_bf16_eager"
+
+
+def bf16_eager_mask(*args: Any, dtype: Any = None, **kwargs: Any) -> Any:
+    """transformers' eager attention mask (0 where attended, the dtype's lowest value elsewhere), made in the
+    autocast dtype when autocast is on. Under CPU bf16 autocast the attention scores are bf16 and the eager mask
+    fp32 (the embeddings' dtype), so `scores + mask` promoted the whole (batch x heads x length x length) tensor
+    to fp32: the softmax and the dropout ran in fp32 and the probabilities were cast back to bf16 for the next
+    matmul. With a bf16 mask the forward gives the same probabilities (the mask adds 0, or a number whose exp is
+    0; the softmax accumulates in fp32 either way) with one cast fewer each way; the backward keeps them in bf16.
+    10-17% of a MiniLM training step on one core (docs/BENCHMARKS.md)."""
+    import torch
+    from transformers.masking_utils import eager_mask
+
+    device = torch.device(kwargs.get("device") or "cpu").type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    return eager_mask(*args, dtype=dtype or torch.float32, **kwargs)
+
+
 def cpu_bf16_attention(model: Any) -> str | None:
     """Under bf16 autocast on CPU, switch SDPA attention to eager: PyTorch's CPU flash-attention backward is
-    slow in bf16 (measured: 40% of a MiniLM step), while eager attention's bmm calls run on AMX. Returns a note."""
+    slow in bf16 (measured: 40% of a MiniLM step), while eager attention's bmm calls run on AMX. Families with
+    BERT's eager function get it with `bf16_eager_mask`. Returns a note."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base.config, "_attn_implementation", None) != "sdpa" or not hasattr(base, "set_attn_implementation"):
         return None
+    family = ".".join(type(base).__module__.split(".")[-2:])  # bert.modeling_bert
+    name = "eager"
+    if family in BERT_EAGER_FAMILIES:  # BERT's eager attention function with the mask above
+        from transformers import AttentionInterface, AttentionMaskInterface
+        from transformers.models.bert.modeling_bert import eager_attention_forward
+
+        AttentionInterface.register(CPU_BF16_ATTENTION, eager_attention_forward)
+        AttentionMaskInterface.register(CPU_BF16_ATTENTION, bf16_eager_mask)
+        name = CPU_BF16_ATTENTION
     try:
-        base.set_attn_implementation("eager")
+        base.set_attn_implementation(name)
     except (ValueError, ImportError, NotImplementedError):  # an architecture without an eager path
         return None
-    return "attention: eager instead of SDPA (faster for bf16 training on CPU)"
+    return ("attention: eager instead of SDPA (faster for bf16 training on CPU)" if name == "eager" else
+            "attention: eager with a bf16 mask instead of SDPA (faster for bf16 training on CPU)")

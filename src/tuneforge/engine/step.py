@@ -32,12 +32,15 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
     (its share of a global batch was empty; engine/loop.py): it counts no items and adds nothing to the
     gradients."""
     from tuneforge.engine.deepspeed import boundary, engine_of, window
+    from tuneforge.engine.dropout import cpu_dropout
     from tuneforge.engine.fsdp import averaging
     from tuneforge.engine.strategy import loss_scale
 
     ds = engine_of(model) is not None
     # DeepSpeed's window is its own (accelerate reads it from the DeepSpeed config): the loss is normalised here
     assert ds or accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
+    # eager on the CPU: the cheaper dropout mask (engine/dropout.py); a compiled forward has its own
+    dropout = cpu_dropout(accelerator.device.type if loss_fn is None else "compiled")
     loss_fn = loss_fn or task.loss
     weights = weights or [1.0] * len(micro_batches)
     strategy = "deepspeed" if ds else averaging(model, accelerator.num_processes)
@@ -54,7 +57,8 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
         if ds:  # accelerate steps the DeepSpeed engine in the backward of the window's last micro-batch
             boundary(accelerator, last)
         with nullcontext() if last or strategy is None or ds else accelerator.no_sync(model):
-            loss = loss_fn(model, to_device(batch, accelerator.device))
+            with dropout:
+                loss = loss_fn(model, to_device(batch, accelerator.device))
             loss = (loss if weight else loss * 0.0) / (n_items or 1)  # items or weights
             accelerator.backward(loss * world if world > 1 else loss)
         total += loss.detach()
