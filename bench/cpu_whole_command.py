@@ -24,6 +24,8 @@ Recipes, each in its own process, timed by `/usr/bin/time -f %e,%M` (wall second
                   seed and eval batch 64 as tuneforge, evaluate on validation, save the model, predict the test set
   trainer-bf16    the same with bf16=True (Trainer's bf16 autocast on CPU; transformers' default SDPA attention)
   trainer-bf16-random  (only when named in --only) trainer-bf16 with Trainer's default random batch order
+  tuneforge-baseline   (only when named in --only) the tuneforge recipe run from another checkout's src/
+                  (--baseline-src, first on PYTHONPATH): a speed change against the code before it, same rounds
 Every child gets OMP_NUM_THREADS / MKL_NUM_THREADS from --threads (default 1) and TOKENIZERS_PARALLELISM=false.
 
 tuneforge's time is broken into parts from its own output lines (time-stamped here as they arrive) and the
@@ -50,7 +52,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 csv.field_size_limit(2**31 - 1)
 RECIPES = ["trainer", "trainer-bf16", "tuneforge", "tuneforge-fp32"]
-EXTRA = ["trainer-bf16-random"]  # a check, only when named in --only: is Trainer's accuracy its batch order?
+# checks, only when named in --only: is Trainer's accuracy its batch order? / another checkout's tuneforge
+# (--baseline-src), so that a speed change is measured against the code before it in the same rounds
+EXTRA = ["trainer-bf16-random", "tuneforge-baseline"]
 
 
 def model_path() -> Path:
@@ -254,14 +258,14 @@ def child_env(threads: int) -> dict:
     return env
 
 
-def timed(cmd: list[str], folder: Path, threads: int) -> dict:
+def timed(cmd: list[str], folder: Path, threads: int, env: dict | None = None) -> dict:
     """Run cmd under /usr/bin/time; every output line time-stamped (seconds since launch) into console.log."""
     folder.mkdir(parents=True, exist_ok=True)
     time_file = folder / "time.txt"
     t0 = time.time()
     proc = subprocess.Popen(["/usr/bin/time", "-f", "%e,%M", "-o", str(time_file), *cmd], cwd=folder,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=child_env(threads))
+                            env=child_env(threads) | (env or {}))
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -387,8 +391,13 @@ def run_recipe(name: str, args, data: Path, folder: Path) -> dict:
                "--max-steps", str(args.max_steps), "--eval-batch", str(args.eval_batch)] + (
                    ["--bf16"] if "bf16" in name else []) + (
                    ["--sampling", "random"] if name.endswith("-random") else [])
-    revision = code_revision()
-    timing = timed(cmd, folder, args.threads)
+    revision, env = code_revision(), None
+    if name == "tuneforge-baseline":  # that checkout's src/ first on the path, ahead of the editable install
+        src = Path(args.baseline_src).resolve() / "src"
+        revision = "baseline " + subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+                                                capture_output=True, text=True).stdout.strip()
+        env = {"PYTHONPATH": str(src)}
+    timing = timed(cmd, folder, args.threads, env)
     out = {"recipe": name, "code": revision, "code_at_exit": code_revision(), "rc": timing["rc"],
            "eval_batch": args.eval_batch, "wall_seconds": timing["wall_seconds"],
            "peak_rss_mib": round(timing["peak_rss_mib"]), "folder": str(folder)}
@@ -436,6 +445,8 @@ def main() -> int:
     parser.add_argument("--results", default=None, help="default: bench/cpu_whole_command_results.jsonl "
                                                         "(smoke: the work folder)")
     parser.add_argument("--smoke", action="store_true", help="a few rows per label, 2 steps")
+    parser.add_argument("--baseline-src", help="a checkout (e.g. a git worktree) whose tuneforge the "
+                        "tuneforge-baseline recipe runs")
     # the trainer / probe subcommands
     parser.add_argument("--data")
     parser.add_argument("--out")
@@ -470,6 +481,8 @@ def main() -> int:
     print(json.dumps(header), file=sys.stderr)
     lines = [header]
     names = [n for n in RECIPES + EXTRA if (n in args.only if args.only else n in RECIPES)]
+    if "tuneforge-baseline" in names and not args.baseline_src:
+        sys.exit("the tuneforge-baseline recipe needs --baseline-src CHECKOUT (e.g. git worktree add /tmp/base HEAD~1)")
     results: dict[str, list[dict]] = {n: [] for n in names}
     for i in range(args.repeats):  # interleaved rounds, so drift in machine speed hits every recipe alike
         for name in (names if i % 2 == 0 else names[::-1]):
@@ -488,11 +501,14 @@ def main() -> int:
     if "trainer" in med:
         summary["ratio_trainer_over"] = {n: round(med["trainer"] / s, 3) for n, s in med.items()
                                          if n.startswith("tuneforge")}
+    if any(n.startswith("trainer") for n in med):
         best = min(s for n, s in med.items() if n.startswith("trainer"))
         summary["ratio_best_trainer_over"] = {n: round(best / s, 3) for n, s in med.items()
                                               if n.startswith("tuneforge")}
         acc = {n: statistics.median(r["test"]["accuracy"] for r in v) for n, v in ok.items() if v}
-        summary["accuracy_points_vs_trainer"] = {n: round(100 * (a - acc["trainer"]), 2) for n, a in acc.items()}
+        fastest = min((n for n in med if n.startswith("trainer")), key=med.get)
+        summary["accuracy_points_vs_fastest_trainer"] = {fastest: {n: round(100 * (a - acc[fastest]), 2)
+                                                                    for n, a in acc.items()}}
     lines.append(summary)
     with open(results_path, "a") as fh:
         fh.writelines(json.dumps(x) + "\n" for x in lines)
@@ -503,7 +519,7 @@ def main() -> int:
           f"{'train s':>9}   samples/s per window min/median/max")
     for n, v in ok.items():
         for r in v:
-            ratio = f"{med['trainer'] / r['wall_seconds']:.2f}x" if "trainer" in med else "-"
+            ratio = f"{med['trainer'] / r['wall_seconds']:.2f}x" if "trainer" in med else "-"  # fp32 Trainer
             w = r["samples_per_s_windows"]
             print(f"{n:<16}{r['wall_seconds']:>8.1f}{r['peak_rss_mib']:>10}{r['test']['accuracy']:>10.4f}"
                   f"{r['test']['f1_macro']:>10.4f}{ratio:>14}{r['train_seconds']:>9.1f}   "
