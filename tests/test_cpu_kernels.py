@@ -178,3 +178,42 @@ def test_an_encoder_decoder_with_berts_attention_generates_as_with_eager(tiny_ba
     ours_loss, ours = run()
     assert ours_loss == pytest.approx(loss, rel=1e-5)
     assert torch.equal(ours, generated)
+
+
+def test_gradient_checkpointing_keeps_pytorchs_dropout_so_the_recompute_draws_the_same_masks(tiny_bert):
+    """The backward's recomputation runs outside the step's mode: with the 16-bit mask in the forward only, the
+    recomputed masks would differ and the gradients with them. Under checkpointing the step keeps PyTorch's
+    dropout, and its gradients equal those of the same step without checkpointing."""
+    from conftest import cpu_accelerator
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.engine.step import forward_backward
+    from tuneforge.tasks import get_task
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3, attn_implementation="eager").train()
+    task = get_task("classification")
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 7, 8, 3], [2, 9, 10, 3, 0, 0]]),
+             "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]]), "labels": torch.tensor([0, 1])}
+
+    def grads(checkpointing):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_disable()
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        forward_backward(cpu_accelerator(), model, task, [batch])
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    for name, grad in plain.items():
+        if "embeddings" not in name:  # the first layer onwards: every recomputed dropout
+            assert not torch.equal(grad, checkpointed[name]), name  # plain: the 16-bit mask; checkpointed: torch's
+    torch.manual_seed(7)
+    model.gradient_checkpointing_disable()
+    model.zero_grad(set_to_none=True)
+    task.loss(model, batch).div(2).backward()  # PyTorch's dropout, no checkpointing: the same gradients
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(checkpointed[name], p.grad, atol=1e-6, rtol=1e-5)

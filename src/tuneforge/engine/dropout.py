@@ -11,7 +11,9 @@ reproducible and a resumed run continues the same stream.
 `cpu_dropout()` is a TorchFunctionMode around the forward pass: it catches `torch.nn.functional.dropout`, which
 both `nn.Dropout` modules and transformers' eager attention functions call, so no module is swapped and the
 saved model is unchanged. It leaves everything else alone: evaluation (training=False), p = 0, in-place dropout,
-tensors not on the CPU.
+tensors not on the CPU. The training step (engine/step.py) does not enter it for a compiled forward (inductor
+draws its own masks) or under gradient checkpointing, whose backward recomputes the forward outside the mode and
+would draw PyTorch's masks there: other masks than the forward's, other gradients.
 
 >>> import torch
 >>> with cpu_dropout("cpu"):

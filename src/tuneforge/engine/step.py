@@ -39,8 +39,10 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
     ds = engine_of(model) is not None
     # DeepSpeed's window is its own (accelerate reads it from the DeepSpeed config): the loss is normalised here
     assert ds or accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
-    # eager on the CPU: the cheaper dropout mask (engine/dropout.py); a compiled forward has its own
-    dropout = cpu_dropout(accelerator.device.type if loss_fn is None else "compiled")
+    # eager on the CPU: the cheaper dropout mask (engine/dropout.py); a compiled forward has its own, and
+    # gradient checkpointing recomputes the forward in the backward, outside this mode: with PyTorch's dropout
+    eager = loss_fn is None and not getattr(accelerator.unwrap_model(model), "is_gradient_checkpointing", False)
+    dropout = cpu_dropout(accelerator.device.type if eager else "other")
     loss_fn = loss_fn or task.loss
     weights = weights or [1.0] * len(micro_batches)
     strategy = "deepspeed" if ds else averaging(model, accelerator.num_processes)
