@@ -198,9 +198,9 @@ def test_gradient_checkpointing_keeps_pytorchs_dropout_so_the_recompute_draws_th
 
     def grads(checkpointing):
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            model.gradient_checkpointing_disable()
+            model.activation_checkpointing_disable()
         model.zero_grad(set_to_none=True)
         torch.manual_seed(7)
         forward_backward(cpu_accelerator(), model, task, [batch])
@@ -211,7 +211,7 @@ def test_gradient_checkpointing_keeps_pytorchs_dropout_so_the_recompute_draws_th
         if "embeddings" not in name:  # the first layer onwards: every recomputed dropout
             assert not torch.equal(grad, checkpointed[name]), name  # plain: the 16-bit mask; checkpointed: torch's
     torch.manual_seed(7)
-    model.gradient_checkpointing_disable()
+    model.activation_checkpointing_disable()
     model.zero_grad(set_to_none=True)
     task.loss(model, batch).div(2).backward()  # PyTorch's dropout, no checkpointing: the same gradients
     for name, p in model.named_parameters():

@@ -62,7 +62,7 @@ class _CpuDropout(TorchFunctionMode):
             bound = dict(zip(("input", "p", "training", "inplace"), args)) | kwargs
             x, p = bound["input"], bound.get("p", 0.5)
             if (bound.get("training", True) and not bound.get("inplace", False) and 0.0 < p < 1.0
-                    and x.device.type == "cpu" and x.is_floating_point()):
+                    and type(x) is torch.Tensor and x.device.type == "cpu" and x.is_floating_point()):
                 return fast_dropout(x, p)
         return func(*args, **kwargs)
 

@@ -17,6 +17,13 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def checkpointing(model: Any) -> bool:
+    """Whether activation (gradient) checkpointing is on; transformers 5.2x renamed the property and warns on the
+    old name."""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if on is None else on)
+
+
 def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: list[dict[str, Any]],
                      loss_fn: Any = None, weights: list[float] | None = None) -> torch.Tensor:
     """Backpropagate one accumulation window; returns the window's mean loss (a device tensor, no sync).
@@ -41,7 +48,7 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
     assert ds or accelerator.gradient_accumulation_steps == 1, "the engine normalises accumulation itself"
     # eager on the CPU: the cheaper dropout mask (engine/dropout.py); a compiled forward has its own, and
     # gradient checkpointing recomputes the forward in the backward, outside this mode: with PyTorch's dropout
-    eager = loss_fn is None and not getattr(accelerator.unwrap_model(model), "is_gradient_checkpointing", False)
+    eager = loss_fn is None and not checkpointing(accelerator.unwrap_model(model))
     dropout = cpu_dropout(accelerator.device.type if eager else "other")
     loss_fn = loss_fn or task.loss
     weights = weights or [1.0] * len(micro_batches)
