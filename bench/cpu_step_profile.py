@@ -42,14 +42,15 @@ def batches(rows: int, seed: int) -> list[list[list[int]]]:
 
 
 def padded(batch: list[list[int]]):
+    """tuneforge's own padding (data/batching.py): right-padded to a multiple of 16, as its CPU batches."""
+    import numpy as np
     import torch
 
-    length = -(-max(map(len, batch)) // 16) * 16
-    ids = torch.zeros(len(batch), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(batch):
-        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
-    return ids, mask
+    from tuneforge.data.batching import pad_rows
+    from tuneforge.data.prepared import TokenizedSplit
+
+    ids, mask, _ = pad_rows(TokenizedSplit.from_lists(batch), np.arange(len(batch)), 0, pad_to_multiple_of=16)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def run(variant: str, data: list, profile: bool) -> float:

@@ -63,13 +63,11 @@ def test_cpu_dropout_mode_takes_training_dropout_only():
     assert cpu_dropout("cuda").__class__.__name__ == "nullcontext"
 
 
-def test_the_training_step_uses_it_on_the_cpu(tiny_bert):
-    """forward_backward's loss under a seed equals the one computed with the 16-bit mask by hand, not PyTorch's
-    own dropout: the step really takes the cheaper mask (the hidden states' and attention's dropouts)."""
-    from conftest import cpu_accelerator
+def _dropout_model_task_batch(tiny_bert):
+    """tiny BERT with dropout 0.3 (hidden states and attention) in training mode, the classification task, a
+    two-row batch with padding."""
     from transformers import AutoModelForSequenceClassification
 
-    from tuneforge.engine.step import forward_backward
     from tuneforge.tasks import get_task
 
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -77,6 +75,17 @@ def test_the_training_step_uses_it_on_the_cpu(tiny_bert):
     task = get_task("classification")
     batch = {"input_ids": torch.tensor([[2, 5, 6, 7, 8, 3], [2, 9, 10, 3, 0, 0]]),
              "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]]), "labels": torch.tensor([0, 1])}
+    return model, task, batch
+
+
+def test_the_training_step_uses_it_on_the_cpu(tiny_bert):
+    """forward_backward's loss under a seed equals the one computed with the 16-bit mask by hand, not PyTorch's
+    own dropout: the step really takes the cheaper mask (the hidden states' and attention's dropouts)."""
+    from conftest import cpu_accelerator
+
+    from tuneforge.engine.step import forward_backward
+
+    model, task, batch = _dropout_model_task_batch(tiny_bert)
 
     def loss(ctx):
         torch.manual_seed(1)
@@ -185,16 +194,10 @@ def test_gradient_checkpointing_keeps_pytorchs_dropout_so_the_recompute_draws_th
     recomputed masks would differ and the gradients with them. Under checkpointing the step keeps PyTorch's
     dropout, and its gradients equal those of the same step without checkpointing."""
     from conftest import cpu_accelerator
-    from transformers import AutoModelForSequenceClassification
 
     from tuneforge.engine.step import forward_backward
-    from tuneforge.tasks import get_task
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_bert, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3, attn_implementation="eager").train()
-    task = get_task("classification")
-    batch = {"input_ids": torch.tensor([[2, 5, 6, 7, 8, 3], [2, 9, 10, 3, 0, 0]]),
-             "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]]), "labels": torch.tensor([0, 1])}
+    model, task, batch = _dropout_model_task_batch(tiny_bert)
 
     def grads(checkpointing):
         if checkpointing:

@@ -215,7 +215,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
 
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.engine.memory import apply_memory_savers
+    from tuneforge.engine.memory import apply_memory_savers, checkpointing
 
     ids = torch.randint(1, 100, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -231,11 +231,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
     plain_model, _, plain = grads(False)
     model, notes, checkpointed = grads(True)
 
-    def on(m):  # transformers 5.2x: is_activation_checkpointing; the old name warns
-        new = "is_activation_checkpointing"
-        return getattr(m, new) if hasattr(m, new) else m.is_gradient_checkpointing
-
-    assert on(model) and not on(plain_model)
+    assert checkpointing(model) and not checkpointing(plain_model)
     assert "gradient checkpointing: on" in notes[0]
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad)

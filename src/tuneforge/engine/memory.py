@@ -196,6 +196,13 @@ def report_memory(estimate: MemoryEstimate, available: int | None, where: str, c
     return False
 
 
+def checkpointing(model: Any) -> bool:
+    """Whether gradient (activation) checkpointing is on; transformers 5.2x renamed the property and warns on the
+    old name (as for the enabling call below)."""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if on is None else on)
+
+
 def apply_memory_savers(model: Any, cfg: Any, mixed_precision: str) -> list[str]:
     """Gradient checkpointing, and frozen weight matrices in `model.torch_dtype`; returns lines to print."""
     import torch

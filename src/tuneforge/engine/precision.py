@@ -84,7 +84,8 @@ def bf16_eager_mask(*args: Any, dtype: Any = None, **kwargs: Any) -> Any:
     to fp32: the softmax and the dropout ran in fp32 and the probabilities were cast back to bf16 for the next
     matmul. With a bf16 mask the forward gives the same probabilities (the mask adds 0, or a number whose exp is
     0; the softmax accumulates in fp32 either way) with one cast fewer each way; the backward keeps them in bf16.
-    10-17% of a MiniLM training step on one core (docs/BENCHMARKS.md)."""
+    On a one-core MiniLM step: 1.06x in bench/cpu_step_profile.py (inside the machine's drift), 10-17% in an
+    earlier probe; peak RSS of the whole command ~220 MiB lower (docs/BENCHMARKS.md)."""
     import torch
     from transformers.masking_utils import eager_mask
 

@@ -17,13 +17,6 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def checkpointing(model: Any) -> bool:
-    """Whether activation (gradient) checkpointing is on; transformers 5.2x renamed the property and warns on the
-    old name."""
-    on = getattr(model, "is_activation_checkpointing", None)
-    return bool(getattr(model, "is_gradient_checkpointing", False) if on is None else on)
-
-
 def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: list[dict[str, Any]],
                      loss_fn: Any = None, weights: list[float] | None = None) -> torch.Tensor:
     """Backpropagate one accumulation window; returns the window's mean loss (a device tensor, no sync).
@@ -41,6 +34,7 @@ def forward_backward(accelerator: Any, model: Any, task: Any, micro_batches: lis
     from tuneforge.engine.deepspeed import boundary, engine_of, window
     from tuneforge.engine.dropout import cpu_dropout
     from tuneforge.engine.fsdp import averaging
+    from tuneforge.engine.memory import checkpointing
     from tuneforge.engine.strategy import loss_scale
 
     ds = engine_of(model) is not None
