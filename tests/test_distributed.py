@@ -39,6 +39,16 @@ WEIGHT_TOLERANCE = 1e-5
 
 
 
+# `tuneforge ...` whose last atexit hook (registered first, so run last) says whether the process group was still
+# alive: a process ending with gloo's group alive can abort in finalization (engine/distributed.py release_at_exit)
+EXIT_PROBE = """import atexit, sys
+import torch.distributed as dist
+from tuneforge.cli import main
+atexit.register(lambda: print("process group at exit:", "alive" if dist.is_initialized() else "destroyed", flush=True))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _torchrun(*args: str) -> list[str]:
     return [str(BIN / "torchrun"), "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
 
@@ -81,9 +91,11 @@ def _assert_all_examples_once(run: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_run(no_dropout_bert, data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """2 processes x batch 8 under torchrun, without output_dir (rank 0 picks the folder), every checkpoint kept."""
+    """2 processes x batch 8 under torchrun, without output_dir (rank 0 picks the folder), every checkpoint kept;
+    each process says at its very end whether its process group was still alive."""
     folder = tmp_path_factory.mktemp("ddp_two")
-    result = _run(_torchrun("--nproc_per_node", "2", "-m", "tuneforge", "train",
+    (folder / "exit_probe.py").write_text(EXIT_PROBE)
+    result = _run(_torchrun("--nproc_per_node", "2", str(folder / "exit_probe.py"), "train",
                             *_overrides(no_dropout_bert, data, folder / "-", per_device_train_batch_size=8,
                                         save_total_limit=10)), cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -101,6 +113,7 @@ def test_two_processes_train_the_weights_of_one(ddp_run, reference, no_dropout_b
     assert info["status"] == "finished" and info["num_processes"] == 2
     assert result.stdout.count("training: ") == 1 and result.stdout.count("Data report") == 1  # printed once
     assert "effective batch 16 = 8 x 2 processes x 1" in result.stdout
+    assert result.stdout.count("process group at exit: destroyed") == 2, result.stdout[-2000:]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "loss" in line and "eval_loss" not in line]
     assert steps == list(range(1, 15))  # one writer

@@ -180,6 +180,7 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
     procs = _processes(cfg)
     if not procs.distributed:
         return _train(cfg, procs, console, {})
+    from tuneforge.engine.distributed import release_at_exit
     from tuneforge.engine.watchdog import collective_failure, start_watchdog
 
     watchdog = start_watchdog(procs.rank, procs.world, cfg.distributed.peer_timeout_seconds)
@@ -194,7 +195,13 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         return PeerLost(line, shared=not reports)
 
     if watchdog is None:
-        return _train(cfg, procs, console, where)
+        try:
+            run = _train(cfg, procs, console, where)
+        except UserError:  # every process raised it, or this one alone outside a collective
+            release_at_exit()
+            raise
+        release_at_exit()
+        return run
 
     def on_lost(line: str, reports: bool) -> None:  # the watchdog ends the process after this
         err = lost(line, reports)
@@ -223,10 +230,13 @@ def train(config: RunConfig | str | os.PathLike | dict[str, Any] | None = None,
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         watchdog.finish(f"failed: {type(err).__name__}: {first}" if not isinstance(err, UserError) else
                         f"failed: {first}")
+        if isinstance(err, UserError):  # not a bug mid-collective, whose async work may still wait on a peer
+            release_at_exit()
         raise
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     watchdog.finish()
+    release_at_exit()
     return run
 
 
