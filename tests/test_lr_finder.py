@@ -115,6 +115,28 @@ def test_range_test_restores_initial_weights_and_rng(tiny_bert, toy_data, tmp_pa
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_range_test_keeps_the_layerwise_decay(tiny_bert, toy_data, tmp_path, monkeypatch):
+    """Under layerwise_lr_decay every swept rate is the top layers' rate: each group runs at it x its factor."""
+    from rich.console import Console
+
+    from tuneforge.config import load_config
+    from tuneforge.engine import optim
+    from tuneforge.engine.lr_finder import lr_range_test
+    from tuneforge.runs.train import prepare_training
+    from tuneforge.tasks import get_task
+
+    built = []
+    original = optim.build_optimizer
+    monkeypatch.setattr(optim, "build_optimizer", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    cfg = load_config(None, _lr_overrides(tiny_bert, toy_data, tmp_path, 8) + ["layerwise_lr_decay=0.5"])
+    task = get_task("classification")
+    p = prepare_training(cfg, task, task.prepare_data(cfg), Console(quiet=True))
+    result = lr_range_test(task, p.model, p.tokenizer, p.splits["train"], p.session.accelerator, p.cfg.training)
+    lrs = sorted({g["lr"] / result.lrs[-1] for g in built[0].param_groups})
+    layers = p.model.config.num_hidden_layers
+    assert lrs == pytest.approx([0.5 ** k for k in range(layers + 1, -1, -1)])  # embeddings .. layers .. head
+
+
 def test_learning_rate_auto_records_its_choice(tiny_bert, toy_data, tmp_path):
     out = tmp_path / "auto"
     # 150 steps from 1e-4: the smoothed loss fell to 0.52-0.75 of its start for training seeds 0-5; 80 steps from

@@ -363,3 +363,45 @@ def test_head_learning_rate_applies_to_the_new_head_only(tiny_bert, tmp_path):
     head = [n for n, lr in by_name.items() if lr == 1e-3]
     assert head and all("classifier" in n for n in head), by_name
     assert torch.is_tensor(next(iter(lora.parameters())))
+
+
+def test_layerwise_lr_decay_scales_each_layer_and_the_range_test_keeps_it(tiny_bert, tmp_path):
+    """layerwise_lr_decay: layer i of L at decay^(L - i), the embeddings at decay^(L + 1), the pooler and head at
+    the full rate, all on one schedule; a model without numbered layers is refused in one line (the range test:
+    tests/test_lr_finder.py)."""
+    import pytest as _pytest
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.config.schema import TrainingConfig
+    from tuneforge.engine.optim import build_optimizer, build_scheduler
+    from tuneforge.errors import ConfigError
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    layers = model.config.num_hidden_layers
+    cfg = TrainingConfig(learning_rate=1e-3, layerwise_lr_decay=0.5, warmup_steps=0)
+    opt = build_optimizer(model, cfg, 1e-3, "cpu")
+    ids = {id(p): n for n, p in model.named_parameters()}
+    by_name = {ids[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert len(by_name) == len(ids)  # every parameter in exactly one group
+    assert by_name["classifier.weight"] == by_name["bert.pooler.dense.weight"] == 1e-3
+    for i in range(layers):
+        assert by_name[f"bert.encoder.layer.{i}.output.dense.weight"] == _pytest.approx(1e-3 * 0.5 ** (layers - i))
+    assert by_name["bert.embeddings.word_embeddings.weight"] == _pytest.approx(1e-3 * 0.5 ** (layers + 1))
+    plain = build_optimizer(model, TrainingConfig(learning_rate=1e-3), 1e-3, "cpu")
+    assert {g["lr"] for g in plain.param_groups} == {1e-3} and len(plain.param_groups) == 2  # off: as before
+    scheduler = build_scheduler(opt, cfg, total_steps=10)
+    for _ in range(5):
+        opt.step()
+        scheduler.step()
+    halved = {ids[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert all(halved[n] == _pytest.approx(by_name[n] / 2) for n in by_name)  # one schedule for every layer
+    with _pytest.raises(ConfigError, match="layerwise_lr_decay: this model has no numbered layers"):
+        build_optimizer(torch_linear(), cfg, 1e-3, "cpu")
+    with _pytest.raises(ConfigError, match=r"layerwise_lr_decay: must be in \(0, 1\]"):
+        TrainingConfig(layerwise_lr_decay=1.5)
+
+
+def torch_linear():
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(2, 2))

@@ -176,6 +176,11 @@ class TrainingConfig:
     head_learning_rate: float | None = opt(
         None, "Peak learning rate of the parameters the checkpoint did not have (a new classification, token or "
               "answer head), on the same schedule; null: learning_rate.")
+    layerwise_lr_decay: float = opt(
+        1.0, "Layer-wise learning-rate decay (ULMFiT, Howard & Ruder 2018; ELECTRA, Clark et al. 2020): layer i "
+             "(0-based) of L numbered layers trains at learning_rate x decay^(L - i), the embeddings at "
+             "decay^(L + 1), everything above the layers (pooler, head, final norm) at learning_rate (the head at "
+             "head_learning_rate when set), on one schedule. 1.0: off.")
     lr_find_min_lr: float = opt(1e-7, "LR range test (lr-find, learning_rate=auto): lowest learning rate tried.")
     lr_find_max_lr: float = opt(1.0, "LR range test: highest learning rate tried (the test stops earlier when the "
                                      "loss diverges).")
@@ -270,6 +275,8 @@ class TrainingConfig:
             raise bad("learning_rate", "must be positive (or auto)")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
             raise bad("head_learning_rate", "must be positive (or null: learning_rate)")
+        if not 0 < self.layerwise_lr_decay <= 1:
+            raise bad("layerwise_lr_decay", "must be in (0, 1] (1: off; ELECTRA used 0.8)")
         if not 0 < self.lr_find_min_lr < self.lr_find_max_lr:
             raise ConfigError(f"training.lr_find_min_lr: must be positive and below lr_find_max_lr, got "
                               f"{self.lr_find_min_lr} and {self.lr_find_max_lr}")

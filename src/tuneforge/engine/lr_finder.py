@@ -155,7 +155,7 @@ def lr_range_test(task: Any, model: Any, tokenizer: Any, split: Any, accelerator
                 windows = _windows(split, t, epoch)
             micro = [task.collate(split, idx, pad_id, multiple) for idx in windows.pop(0)]
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise decay's factors kept
             with accelerator.autocast():
                 loss = float(forward_backward(accelerator, model, task, micro))
             if scaler is not None:
