@@ -373,7 +373,7 @@ def test_layerwise_lr_decay_scales_each_layer_and_the_range_test_keeps_it(tiny_b
     from transformers import AutoModelForSequenceClassification
 
     from tuneforge.config.schema import TrainingConfig
-    from tuneforge.engine.optim import build_optimizer, build_scheduler
+    from tuneforge.engine.optim import build_optimizer, build_scheduler, decay_note
     from tuneforge.errors import ConfigError
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
@@ -387,6 +387,8 @@ def test_layerwise_lr_decay_scales_each_layer_and_the_range_test_keeps_it(tiny_b
     for i in range(layers):
         assert by_name[f"bert.encoder.layer.{i}.output.dense.weight"] == _pytest.approx(1e-3 * 0.5 ** (layers - i))
     assert by_name["bert.embeddings.word_embeddings.weight"] == _pytest.approx(1e-3 * 0.5 ** (layers + 1))
+    assert decay_note(opt, cfg) == (f"layer-wise learning-rate decay 0.5: {layers + 2} rates, peak "
+                                    f"{1e-3 * 0.5 ** (layers + 1):.2g} (embeddings) to 0.001")
     plain = build_optimizer(model, TrainingConfig(learning_rate=1e-3), 1e-3, "cpu")
     assert {g["lr"] for g in plain.param_groups} == {1e-3} and len(plain.param_groups) == 2  # off: as before
     scheduler = build_scheduler(opt, cfg, total_steps=10)

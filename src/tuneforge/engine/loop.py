@@ -39,7 +39,7 @@ from tuneforge.engine.deepspeed import grad_norm as deepspeed_grad_norm
 from tuneforge.engine.evaluation import EvalBatch, evaluate, evaluate_with_analysis
 from tuneforge.engine.fsdp import describe, mark_sharded_for_generate, plain, sharded, total_grad_norm
 from tuneforge.engine.guards import GracefulStop, NonFiniteGuard
-from tuneforge.engine.optim import build_optimizer, build_scheduler
+from tuneforge.engine.optim import build_optimizer, build_scheduler, decay_note
 from tuneforge.engine.step import forward_backward
 from tuneforge.engine.tracking import Tracker
 from tuneforge.errors import Diverged, Interrupted, UserError
@@ -125,6 +125,8 @@ def fit(cfg: RunConfig, task: Any, model: Any, tokenizer: Any, splits: dict[str,
     tracker.total_steps = total_steps
 
     optimizer = build_optimizer(model, t, t.learning_rate, device.type)
+    if (note := decay_note(optimizer, t)) is not None:
+        tracker.print(note)
     scheduler = build_scheduler(optimizer, t, total_steps)
     deepspeed = accelerator.state.deepspeed_plugin is not None
     if deepspeed:  # DeepSpeed's micro batch and window are the ones trained with (elastic resume included)

@@ -79,6 +79,16 @@ def build_optimizer(model: Any, cfg: TrainingConfig, learning_rate: float, devic
     return torch.optim.AdamW(groups, **kwargs)
 
 
+def decay_note(optimizer: Any, cfg: TrainingConfig) -> str | None:
+    """The one line a run prints under layer-wise decay: its range of peak rates."""
+    if cfg.layerwise_lr_decay == 1.0:
+        return None
+    scales = sorted({g.get("lr_scale", 1.0) for g in optimizer.param_groups})
+    peaks = sorted(g["lr"] for g in optimizer.param_groups)
+    return (f"layer-wise learning-rate decay {cfg.layerwise_lr_decay:g}: {len(scales)} rates, peak {peaks[0]:.2g} "
+            f"(embeddings) to {peaks[-1]:.2g}")
+
+
 def build_scheduler(optimizer: Any, cfg: TrainingConfig, total_steps: int) -> Any:
     from transformers import get_scheduler
 
