@@ -19,7 +19,7 @@ from tuneforge.tasks import get_task
 WINDOW, STRIDE = 32, 8  # the toy run's windows: most toy contexts fit, the long ones are split
 # The toy run sits on a plateau (validation F1 ~0.5) until the model learns to match the question's word type, then
 # jumps to ~1.0; when it jumps varies by seed, thread count and CPU. At batch 16 (795 steps) it jumped in epochs
-# 4-8 of 15 for 20 seeds/thread counts here, but in epoch 13 on the CI machine (test F1 0.77). At batch 8 (twice
+# 5-8 of 15 for 12 seed/thread runs here, but in epoch 13 on the CI machine (test F1 0.77). At batch 8 (twice
 # the steps, same schedule) it jumped in epochs 3-8 for seeds 0-7 on one thread and 0-5 on two, every run F1 >= 0.96.
 
 
