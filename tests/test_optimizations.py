@@ -59,6 +59,12 @@ def test_imbalance_warning_and_auto_weights(tiny_bert, tmp_path, capsys):
     counts = data.report.splits["train"].label_counts
     weights = dict(zip(data.label_names, task.class_weights))
     assert weights["neg"] / weights["pos"] == pytest.approx(counts["pos"] / counts["neg"])
+    root = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, class_weights="sqrt"))
+    root_data = task.prepare_data(root)
+    assert any("class_weights=sqrt weighs" in w for w in root_data.report.warnings)
+    task.tokenize(AutoTokenizer.from_pretrained(tiny_bert), root_data, root, 32)
+    roots = dict(zip(root_data.label_names, task.class_weights))  # square-root re-balancing: 19x rarer, ~4.4x
+    assert roots["neg"] / roots["pos"] == pytest.approx((counts["pos"] / counts["neg"]) ** 0.5)
     balanced = write_csv(tmp_path / "balanced.csv", rows)
     cfg2 = load_config(None, [f"{k}={v}" for k, v in {"task": "classification", "model_name_or_path": tiny_bert,
                                                           "train_file": balanced}.items()])

@@ -215,10 +215,10 @@ class TrainingConfig:
                 "where the processor computes bf16 natively (AMX/AVX512-BF16), else fp32.")
     gradient_checkpointing: bool = opt(
         False, "Recompute activations in the backward pass: much less activation memory, ~30% slower steps.")
-    class_weights: Literal["none", "auto"] | dict[str, float] = opt(
+    class_weights: Literal["none", "auto", "sqrt"] | dict[str, float] = opt(
         "auto", "Weight the loss per class: auto (inverse class frequency, n / (classes x count); about 1 for "
-                "every class of balanced data; the default, docs/QUALITY.md), none, or {label: weight} "
-                "(unlisted labels weigh 1).")
+                "every class of balanced data; the default, docs/QUALITY.md), sqrt (the square roots of auto's "
+                "weights: a class 100x rarer weighs 10x), none, or {label: weight} (unlisted labels weigh 1).")
     baselines: bool = opt(
         True, "Score the task's baselines on the held-out split beside the model (docs/EVALUATION.md); false "
               "skips them.")

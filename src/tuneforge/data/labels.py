@@ -74,10 +74,11 @@ def encode_labels(tables: dict[str, Table], column: str) -> tuple[list[str], dic
     return [str(c) for c in classes], {name: [index[v] for v in values] for name, values in parsed.items()}
 
 
-def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float = 0.05, weighted: bool = False
+def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float = 0.05, weighted: str | None = None
                       ) -> str | None:
     """A warning when the largest class outnumbers the smallest by more than `ratio`, or a class holds under
-    `share` of the rows: plain cross-entropy then favours the majority. (2 of 100 rows, 98 in the other class:)
+    `share` of the rows: plain cross-entropy then favours the majority (`weighted`: the class_weights rule in
+    use, auto or sqrt, else None). (2 of 100 rows, 98 in the other class:)
 
     >>> imbalance_warning({"spam": 2, "ham": 98})[:80]
     "strong class imbalance in training data: 'ham' 98 rows vs 'spam' 2 (49x; 'spam' "
@@ -92,24 +93,28 @@ def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float 
         return None
     return (f"strong class imbalance in training data: {big!r} {present[big]} rows vs {small!r} {present[small]} "
             f"({present[big] / present[small]:.0f}x; {small!r} is {100 * present[small] / total:.1f}% of rows); "
-            + ("class_weights=auto weighs the loss against it; accuracy will flatter the model, watch f1_macro"
+            + (f"class_weights={weighted} weighs the loss against it; accuracy will flatter the model, watch f1_macro"
                if weighted else "accuracy will flatter the model; consider class_weights=auto and watch f1_macro"))
 
 
 def class_weight_vector(setting: Any, names: list[str], counts: dict[str, int]) -> list[float] | None:
     """Per-class loss weights in label-id order, or None for unweighted. auto: n / (classes x count), the
-    'balanced' rule of scikit-learn; a mapping gives weights by label name (unlisted labels weigh 1).
+    'balanced' rule of scikit-learn; sqrt: the square roots of auto's weights (a class 100x rarer weighs 10x, not
+    100x: square-root re-balancing, Mahajan et al. 2018, Kang et al. 2020); a mapping gives weights by label name
+    (unlisted labels weigh 1).
 
     >>> class_weight_vector("auto", ["neg", "pos"], {"neg": 30, "pos": 10})
     [0.6666666666666666, 2.0]
+    >>> class_weight_vector("sqrt", ["neg", "pos"], {"neg": 90, "pos": 10})
+    [0.7453559924999299, 2.23606797749979]
     """
     from tuneforge.errors import ConfigError
 
     if setting == "none":
         return None
-    if setting == "auto":
-        total = sum(counts.values())
-        return [total / (len(names) * counts[n]) if counts.get(n) else 1.0 for n in names]
+    if setting in ("auto", "sqrt"):
+        total, power = sum(counts.values()), 1.0 if setting == "auto" else 0.5
+        return [(total / (len(names) * counts[n])) ** power if counts.get(n) else 1.0 for n in names]
     unknown = [k for k in setting if k not in names]
     if unknown:
         raise ConfigError(f"training.class_weights: unknown label {unknown[0]!r}; labels in the data: "
@@ -282,18 +287,22 @@ POS_WEIGHT_CAP = 10.0  # class_weights=auto for multi-label: negatives/positives
 def pos_weight_vector(setting: Any, names: list[str], counts: dict[str, int], rows: int) -> list[float] | None:
     """Multi-label loss weights: the BCE `pos_weight` of each label (a positive counts that many negatives), or
     None. auto: negatives / positives of the label in training, capped at POS_WEIGHT_CAP (uncapped, a label in 1
-    of 3,000 rows would weigh 2,999 and its few rows would dominate the gradient) and never below 1; a mapping
-    gives the weights by label name (unlisted labels weigh 1).
+    of 3,000 rows would weigh 2,999 and its few rows would dominate the gradient) and never below 1; sqrt: the
+    square root of that ratio, within the same bounds; a mapping gives the weights by label name (unlisted labels
+    weigh 1).
 
     >>> pos_weight_vector("auto", ["a", "b"], {"a": 50, "b": 2}, 100)
     [1.0, 10.0]
+    >>> pos_weight_vector("sqrt", ["a", "b"], {"a": 50, "b": 2}, 100)
+    [1.0, 7.0]
     """
     from tuneforge.errors import ConfigError
 
     if setting == "none":
         return None
-    if setting == "auto":
-        return [min(POS_WEIGHT_CAP, max(1.0, (rows - counts[n]) / counts[n])) if counts.get(n) else 1.0
+    if setting in ("auto", "sqrt"):
+        power = 1.0 if setting == "auto" else 0.5
+        return [min(POS_WEIGHT_CAP, max(1.0, ((rows - counts[n]) / counts[n]) ** power)) if counts.get(n) else 1.0
                 for n in names]
     unknown = [k for k in setting if k not in names]
     if unknown:

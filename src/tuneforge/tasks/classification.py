@@ -130,7 +130,8 @@ class ClassificationTask(TaskBase):
                 counts[label] += 1
             report.splits[split].label_counts = counts
         warning = imbalance_warning(report.splits["train"].label_counts,
-                                    weighted=config.training.class_weights == "auto")
+                                    weighted=config.training.class_weights
+                                    if config.training.class_weights in ("auto", "sqrt") else None)
         if warning:
             report.warnings.append(warning)
         return PreparedData(tables, report, names,
