@@ -175,7 +175,7 @@ class TrainingConfig:
               "(lr_find.csv/png in the run folder). Task default.")
     head_learning_rate: float | None = opt(
         None, "Peak learning rate of the parameters the checkpoint did not have (a new classification, token or "
-              "answer head), on the same schedule; null: learning_rate.")
+              "answer head), on the same schedule; null: the task's default (learning_rate where it has none).")
     layerwise_lr_decay: float = opt(
         1.0, "Layer-wise learning-rate decay (ULMFiT, Howard & Ruder 2018; ELECTRA, Clark et al. 2020): layer i "
              "(0-based) of L numbered layers trains at learning_rate x decay^(L - i), the embeddings at "

@@ -46,8 +46,12 @@ register_task(TaskSpec(
                                "(docs/QUALITY.md)",
            "metric_for_best_model": "classification default when null, by data.problem_type: f1_macro "
                                     "(single-label), f1_micro (multi-label), rmse (regression)",
+           "head_learning_rate": "classification default when null: 10x learning_rate for a new single-label "
+                                 "head in a full fine-tune (docs/QUALITY.md); multi-label, regression, LoRA and "
+                                 "learning_rate=auto: learning_rate",
            "class_weights": "multi-label: each label's BCE pos_weight (auto: negatives / positives in training, "
-                            "clipped to [1, 10]; sqrt: its square root, clipped the same); regression ignores auto and none"},
+                            "clipped to [1, 10]; sqrt: its square root, clipped the same); regression ignores auto "
+                            "and none"},
     # single-label: accuracy ... recall_weighted; multi-label: f1_micro ... subset_accuracy (and the macro
     # scores); regression: mse ... r2 (tasks/classification.py PROBLEM_METRICS says which is valid for which)
     metrics=("loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",

@@ -49,7 +49,7 @@ from tuneforge.data.pipeline import as_eval_split, finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.errors import ConfigError
 from tuneforge.tasks.base import TaskBase, TaskSpec
-from tuneforge.tasks.encoder_defaults import learning_rate_for, training_budget
+from tuneforge.tasks.encoder_defaults import HEAD_LR_FACTOR, learning_rate_for, training_budget
 from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
 
@@ -253,6 +253,7 @@ class ClassificationTask(TaskBase):
     def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
                 ) -> tuple[RunConfig, list[str]]:
         """Defaults left null (docs/QUALITY.md has the evidence): the learning rate from the model's width, the
+        new head's rate from it (single-label, full fine-tuning, a numeric rate: what was measured), the
         number of epochs from the training rows."""
         import dataclasses
 
@@ -273,6 +274,11 @@ class ClassificationTask(TaskBase):
             lr, why = learning_rate_for(model.config)
             t = dataclasses.replace(t, learning_rate=lr)
             notes.append(f"learning_rate {lr:g} ({why})")
+        if (t.head_learning_rate is None and isinstance(t.learning_rate, float) and problem == SINGLE_LABEL
+                and not config.lora.enabled and getattr(model, "tuneforge_new_keys", None)):
+            t = dataclasses.replace(t, head_learning_rate=HEAD_LR_FACTOR * t.learning_rate)
+            notes.append(f"head_learning_rate {t.head_learning_rate:g} ({HEAD_LR_FACTOR:g}x learning_rate for the "
+                         "new head)")
         if t.num_train_epochs is None:
             processes = int(os.environ.get("WORLD_SIZE", "1") or 1)  # the launcher's count: steps of the global batch
             epochs, why = training_budget(len(data.splits["train"]), t.per_device_train_batch_size
