@@ -85,6 +85,9 @@ def test_unset_values_are_resolved_and_written_explicit_ones_win(tiny_bert, enco
     kept = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "kept", max_steps=1,
                                                 save_strategy="no"))  # the checkpoint has this 2-label head
     assert yaml.safe_load((kept.path / "run_config.yaml").read_text())["training"]["head_learning_rate"] is None
+    frozen = tuneforge.train(None, base_overrides(encoder_only, toy_data, tmp_path / "frozen", max_steps=1,
+                                                  save_strategy="no", **{"freeze.bottom_layers": 1}))
+    assert yaml.safe_load((frozen.path / "run_config.yaml").read_text())["training"]["head_learning_rate"] is None
 
 
 @pytest.mark.parametrize("task", ["seq2seq", "causal_lm"])

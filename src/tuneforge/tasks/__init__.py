@@ -47,8 +47,8 @@ register_task(TaskSpec(
            "metric_for_best_model": "classification default when null, by data.problem_type: f1_macro "
                                     "(single-label), f1_micro (multi-label), rmse (regression)",
            "head_learning_rate": "classification default when null: 10x learning_rate for a new single-label "
-                                 "head in a full fine-tune (docs/QUALITY.md); multi-label, regression, LoRA and "
-                                 "learning_rate=auto: learning_rate",
+                                 "head in a full fine-tune (docs/QUALITY.md); multi-label, regression, LoRA, freeze "
+                                 "and learning_rate=auto: learning_rate",
            "class_weights": "multi-label: each label's BCE pos_weight (auto: negatives / positives in training, "
                             "clipped to [1, 10]; sqrt: its square root, clipped the same); regression ignores auto "
                             "and none"},

@@ -253,7 +253,7 @@ class ClassificationTask(TaskBase):
     def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
                 ) -> tuple[RunConfig, list[str]]:
         """Defaults left null (docs/QUALITY.md has the evidence): the learning rate from the model's width, the
-        new head's rate from it (single-label, full fine-tuning, a numeric rate: what was measured), the
+        new head's rate from it (single-label, full fine-tuning, no freezing, a numeric rate: what was measured), the
         number of epochs from the training rows."""
         import dataclasses
 
@@ -275,7 +275,8 @@ class ClassificationTask(TaskBase):
             t = dataclasses.replace(t, learning_rate=lr)
             notes.append(f"learning_rate {lr:g} ({why})")
         if (t.head_learning_rate is None and isinstance(t.learning_rate, float) and problem == SINGLE_LABEL
-                and not config.lora.enabled and getattr(model, "tuneforge_new_keys", None)):
+                and not config.lora.enabled and not config.freeze.enabled
+                and getattr(model, "tuneforge_new_keys", None)):
             t = dataclasses.replace(t, head_learning_rate=HEAD_LR_FACTOR * t.learning_rate)
             notes.append(f"head_learning_rate {t.head_learning_rate:g} ({HEAD_LR_FACTOR:g}x learning_rate for the "
                          "new head)")
