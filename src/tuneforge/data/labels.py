@@ -97,6 +97,10 @@ def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float 
                if weighted else "accuracy will flatter the model; consider class_weights=auto and watch f1_macro"))
 
 
+# class_weights rules -> the power of the inverse-frequency ratio they use (auto: the ratio; sqrt: its square root)
+WEIGHT_POWERS = {"auto": 1.0, "sqrt": 0.5}
+
+
 def class_weight_vector(setting: Any, names: list[str], counts: dict[str, int]) -> list[float] | None:
     """Per-class loss weights in label-id order, or None for unweighted. auto: n / (classes x count), the
     'balanced' rule of scikit-learn; sqrt: the square roots of auto's weights (a class 100x rarer weighs 10x, not
@@ -112,8 +116,8 @@ def class_weight_vector(setting: Any, names: list[str], counts: dict[str, int]) 
 
     if setting == "none":
         return None
-    if setting in ("auto", "sqrt"):
-        total, power = sum(counts.values()), 1.0 if setting == "auto" else 0.5
+    if isinstance(setting, str) and setting in WEIGHT_POWERS:
+        total, power = sum(counts.values()), WEIGHT_POWERS[setting]
         return [(total / (len(names) * counts[n])) ** power if counts.get(n) else 1.0 for n in names]
     unknown = [k for k in setting if k not in names]
     if unknown:
@@ -300,10 +304,9 @@ def pos_weight_vector(setting: Any, names: list[str], counts: dict[str, int], ro
 
     if setting == "none":
         return None
-    if setting in ("auto", "sqrt"):
-        power = 1.0 if setting == "auto" else 0.5
-        return [min(POS_WEIGHT_CAP, max(1.0, ((rows - counts[n]) / counts[n]) ** power)) if counts.get(n) else 1.0
-                for n in names]
+    if isinstance(setting, str) and setting in WEIGHT_POWERS:
+        return [min(POS_WEIGHT_CAP, max(1.0, ((rows - counts[n]) / counts[n]) ** WEIGHT_POWERS[setting]))
+                if counts.get(n) else 1.0 for n in names]
     unknown = [k for k in setting if k not in names]
     if unknown:
         raise ConfigError(f"training.class_weights: unknown label {unknown[0]!r}; labels in the data: "

@@ -33,6 +33,7 @@ from tuneforge.data.labels import (
     MULTI_LABEL,
     REGRESSION,
     SINGLE_LABEL,
+    WEIGHT_POWERS,
     class_weight_vector,
     detect_problem_type,
     encode_label_sets,
@@ -131,7 +132,8 @@ class ClassificationTask(TaskBase):
             report.splits[split].label_counts = counts
         warning = imbalance_warning(report.splits["train"].label_counts,
                                     weighted=config.training.class_weights
-                                    if config.training.class_weights in ("auto", "sqrt") else None)
+                                    if isinstance(config.training.class_weights, str)
+                                    and config.training.class_weights in WEIGHT_POWERS else None)
         if warning:
             report.warnings.append(warning)
         return PreparedData(tables, report, names,
@@ -274,7 +276,7 @@ class ClassificationTask(TaskBase):
             lr, why = learning_rate_for(model.config)
             t = dataclasses.replace(t, learning_rate=lr)
             notes.append(f"learning_rate {lr:g} ({why})")
-        if (t.head_learning_rate is None and isinstance(t.learning_rate, float) and problem == SINGLE_LABEL
+        if (t.head_learning_rate is None and t.learning_rate != "auto" and problem == SINGLE_LABEL
                 and not config.lora.enabled and not config.freeze.enabled
                 and getattr(model, "tuneforge_new_keys", None)):
             t = dataclasses.replace(t, head_learning_rate=HEAD_LR_FACTOR * t.learning_rate)
