@@ -1020,10 +1020,10 @@ def _ms(values: list[float], digits: int = 3) -> str:
 def _label(result: dict) -> str:
     """A result's config name in the tables: `defaults` runs of code before the current defaults (the head's rate,
     bench/quality_targets.py HEAD_CODE) as `defaults-2026-12-01`."""
-    from quality_targets import HEAD_CODE, descends
+    from quality_targets import HEAD_CODE, PREVIOUS_LABEL, descends
 
     if result.get("config") == "defaults" and not descends(str(result.get("code", "")), HEAD_CODE):
-        return "defaults-2026-12-01"
+        return PREVIOUS_LABEL
     return result["config"]
 
 
@@ -1037,9 +1037,11 @@ def table(args: argparse.Namespace) -> None:
               f"{info['words_median']:.0f}, p90 {info['words_p90']:.0f}.\n")
         print("| setting | seeds | test accuracy | test macro-F1 | val macro-F1 | wall s |")
         print("|---|---|---|---|---|---|")
+        from quality_targets import PREVIOUS_LABEL
+
         mine = [{**x, "config": _label(x)} for x in results if x.get("set") == name]
-        for config in [BASELINE, "defaults-2026-12-01", *CONFIGS,
-                       *sorted({x["config"] for x in mine} - set(CONFIGS) - {BASELINE, "defaults-2026-12-01"})]:
+        for config in [BASELINE, PREVIOUS_LABEL, *CONFIGS,
+                       *sorted({x["config"] for x in mine} - set(CONFIGS) - {BASELINE, PREVIOUS_LABEL})]:
             rs = [x for x in mine if x["config"] == config]
             if not rs:
                 continue

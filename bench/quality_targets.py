@@ -21,6 +21,7 @@ RESULTS = Path(__file__).resolve().parent / "quality_results.jsonl"
 # `lr1e-4-cw-ep6` on the sets where the budget rule gives 6 epochs (man-admin, man-name), measured the 2026-12-01
 # defaults: a swept setting now, shown as `defaults-2026-12-01`.
 HEAD_CODE = "555d087"
+PREVIOUS_LABEL = "defaults-2026-12-01"  # the name of the earlier defaults' runs in both tables
 PREVIOUS = {"man-admin": ("lr1e-4-cw-ep6",), "man-name": ("lr1e-4-cw-ep6",)}
 SETS = ("man-admin", "man-name", "man-section-500", "py-module", "man-section-2k", "man-lang", "man-section-6k")
 
@@ -36,7 +37,7 @@ def config_of(r: dict) -> str:
     if r["config"] == "defaults" and descends(str(r.get("code", "")), HEAD_CODE):
         return "head1e-3"  # the same settings on MiniLM
     if r["config"] == "defaults" or r["config"] in PREVIOUS.get(r["set"], ()):
-        return "defaults-2026-12-01"
+        return PREVIOUS_LABEL
     return r["config"]
 
 
