@@ -90,3 +90,21 @@ def test_undertrained_when_validation_still_falls_fast():
     fast = [{"step": 125, "eval_loss": 0.47}, {"step": 250, "eval_loss": 0.39}, {"step": 375, "eval_loss": 0.31}]
     note = undertrained(learned + fast, best_step=375)
     assert note and "0.39 -> 0.31" in note["message"] and "of its start" not in note["message"]
+
+
+def test_a_run_below_its_baseline_because_it_overfit_is_told_to_train_less_not_more():
+    # six epochs of 32 steps; validation loss lowest after epoch 2, then rising while the training loss falls
+    train = [{"step": s, "epoch": s / 32, "loss": 0.7 * 0.98 ** s} for s in range(8, 193, 8)]
+    evals = [{"step": 32 * e, "epoch": float(e), "eval_loss": v}
+             for e, v in zip(range(1, 7), (0.30, 0.23, 0.34, 0.38, 0.49, 0.43))]
+    below = {"test": {"accuracy": 0.879}, "baselines": {"tfidf_logreg": {"accuracy": 0.886}}}
+    notes = diagnose(below, train + evals, lambda k: True)
+    assert [n["kind"] for n in notes] == ["below_baseline", "overfit"]
+    assert "overfitting note" in notes[0]["try"] and "num_train_epochs=10" not in notes[0]["try"]
+    assert notes[1]["try"].startswith("num_train_epochs=3 (validation loss was lowest at epoch 2 of 6)")
+    # lowest one epoch before the end: no shorter schedule to name
+    late = [dict(r, eval_loss=v) for r, v in zip(evals, (0.30, 0.28, 0.26, 0.24, 0.22, 0.25))]
+    assert overfit(train + late)["try"].startswith("fewer num_train_epochs")
+    # below the baseline with no sign of under- or overtraining: not "train longer" either
+    flat = [{"step": s, "loss": 3.0 * 0.5 ** (s / 10) + 0.1} for s in range(10, 201, 10)]
+    assert diagnose(below, flat, lambda k: True)[0]["try"] == "learning_rate=auto, or a larger model_name_or_path"

@@ -9,6 +9,8 @@ Each rule returns at most one note: {"kind", "message", "try"} where `try` is th
 - **below_baseline**: a held-out metric is worse than a baseline's: each of f1_macro, f1 (entity-level, token
   classification), accuracy, rougeL and perplexity that both report (loss only when neither reports another),
   by more than 0.005 (absolute for scores, relative for perplexity and loss) so that a tie is not flagged.
+  Its change to try is the first of the notes below that fired (a run that lost because it overfit is not told
+  to train longer); with none of them, `learning_rate=auto` or a larger model.
 - **classes_never_predicted**: classes present in the evaluated split that the model never predicted
   (from the confusion matrix's columns; multi-label: labels with support whose predicted count is 0). Each of
   f1_micro (multi-label) and rmse (regression; relative margin, lower is better) is compared like the others.
@@ -23,7 +25,9 @@ Each rule returns at most one note: {"kind", "message", "try"} where `try` is th
   evaluation (the last being the best) by at least 10% from the one before, or by at least 2% while the
   training loss has not yet fallen to half its first logged value.
 - **overfit**: the validation loss rose by at least 5% (relative) from its lowest value to the last
-  evaluation, while the training loss over the same steps fell. The best checkpoint is what was kept.
+  evaluation, while the training loss over the same steps fell. The best checkpoint is what was kept. When the
+  log has epochs, the change names `num_train_epochs` one past the epoch of the lowest validation loss (if that
+  is fewer than the run had).
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ VALIDATION_FALLING = 0.02
 VALIDATION_FALLING_FAST = 0.10
 HALF = 0.5
 ROSE = 0.05
+# below a baseline with no sign of under- or overtraining: more epochs would not help (docs/QUALITY.md:
+# 10 epochs lost on the 500-row set), so the changes left are the rate and the model
+CONVERGED_BUT_BELOW = "learning_rate=auto, or a larger model_name_or_path"
+CAUSE_NAMES = {"classes_never_predicted": "classes-never-predicted", "undertrained": "undertrained",
+               "overfit": "overfitting"}
 
 
 def _held_out(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -72,7 +81,7 @@ def below_baseline(metrics: dict[str, Any], greater_is_better: Callable[[str], b
             return {"kind": "below_baseline",
                     "message": f"the {split} {' and '.join(worse)} {'is' if len(worse) == 1 else 'are'} worse "
                                f"than the {name} baseline",
-                    "try": "learning_rate=auto num_train_epochs=10"}
+                    "try": CONVERGED_BUT_BELOW}
     return None
 
 
@@ -160,16 +169,35 @@ def overfit(log: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return {"kind": "overfit",
             "message": f"validation loss rose from {low:.4g} (step {int(low_step)}) to {last:.4g} (step "
                        f"{int(last_step)}) while the training loss fell: overfitting (the best checkpoint was kept)",
-            "try": "early_stopping_patience=2, fewer num_train_epochs, or more data"}
+            "try": f"{_fewer_epochs(log, low_step)}early_stopping_patience=2, or more data"}
+
+
+def _epoch_at(log: Sequence[dict[str, Any]], step: float) -> float | None:
+    return next((float(r["epoch"]) for r in log if r.get("step") == step
+                 and isinstance(r.get("epoch"), (int, float))), None)
+
+
+def _fewer_epochs(log: Sequence[dict[str, Any]], low_step: float) -> str:
+    """`num_train_epochs=N, ` one past the epoch of the lowest validation loss, when the log has epochs and that
+    is fewer than the run had ('' otherwise): a schedule that short anneals around where validation was best."""
+    low = _epoch_at(log, low_step)
+    total = max((float(r["epoch"]) for r in log if isinstance(r.get("epoch"), (int, float))), default=None)
+    if low is None or total is None or math.ceil(low) + 1 >= round(total):
+        return "fewer num_train_epochs, "
+    return f"num_train_epochs={math.ceil(low) + 1} (validation loss was lowest at epoch {low:g} of {total:g}), "
 
 
 def diagnose(metrics: dict[str, Any], log: Sequence[dict[str, Any]], greater_is_better: Callable[[str], bool],
              class_weights: Any = None) -> list[dict[str, Any]]:
     """Every note that applies, most important first (`class_weights`: the run's setting, which decides what
     to suggest for classes never predicted)."""
-    notes = [below_baseline(metrics, greater_is_better), classes_never_predicted(metrics, class_weights),
-             undertrained(log, metrics.get("best_step")), overfit(log)]
-    return [n for n in notes if n is not None]
+    below = below_baseline(metrics, greater_is_better)
+    causes = [classes_never_predicted(metrics, class_weights), undertrained(log, metrics.get("best_step")),
+              overfit(log)]
+    cause = next((n for n in causes if n is not None), None)
+    if below is not None and cause is not None:  # the cause's change, not advice that contradicts it
+        below["try"] = f"what the {CAUSE_NAMES[cause['kind']]} note below suggests"
+    return [n for n in [below, *causes] if n is not None]
 
 
 def render(notes: Sequence[dict[str, Any]]) -> list[str]:
