@@ -743,6 +743,7 @@ CONFIGS: dict[str, dict[str, str]] = {
     "llrd0.8": {"layerwise_lr_decay": "0.8"},  # the defaults with ELECTRA's layer-wise decay (Clark et al. 2020)
     "bs8": {"per_device_train_batch_size": "8"},  # the defaults at half the batch: twice the optimizer steps
     "cw-sqrt": {"class_weights": "sqrt"},  # the defaults with square-root class weights (auto's, square-rooted)
+    "ls0.1": {"label_smoothing_factor": "0.1"},  # the defaults with label smoothing (Szegedy et al. 2016)
 }
 KEEP_SUFFIXES = (".json", ".jsonl", ".yaml", ".csv", ".md", ".txt", ".log")
 DROP_NAMES = {"tokenizer.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json"}

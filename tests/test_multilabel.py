@@ -102,6 +102,9 @@ def test_one_line_errors(capsys, tiny_bert, tmp_path):
     assert line.startswith("error: training.metric_for_best_model: accuracy does not apply to multi_label")
     line = _train_error(capsys, tiny_bert, tmp_path, good, **{"training.class_weights": "{q: 2.0}"})
     assert "training.class_weights: unknown label 'q'" in line
+    line = _train_error(capsys, tiny_bert, tmp_path, good, label_smoothing_factor="0.1")
+    assert line.startswith("error: training.label_smoothing_factor: applies to single-label classification, not "
+                           "multi_label")
 
 
 def test_errors_are_raised_before_torch(tmp_path):

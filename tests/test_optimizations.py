@@ -14,6 +14,7 @@ from test_engine import _grads, assert_window_equals_one_batch
 
 import tuneforge
 from tuneforge.config import load_config
+from tuneforge.errors import ConfigError
 from tuneforge.tasks import get_task
 
 OOM = "CUDA out of memory. Tried to allocate 20.00 MiB (injected by the test)"
@@ -75,6 +76,27 @@ def test_class_weights_unknown_label_is_one_line(tiny_bert, toy_data, tmp_path, 
     err = one_line_error(capsys, ["train", *base_overrides(tiny_bert, toy_data, tmp_path / "x"),
                                   "class_weights={pos: 2, maybe: 1}"])
     assert "unknown label 'maybe'" in err and "neg, pos" in err
+
+
+def test_label_smoothing_reaches_the_weighted_training_loss_and_not_the_evaluation(tiny_bert, toy_data, tmp_path):
+    """label_smoothing_factor=e: each row's loss is (1 - e) x its NLL + e x the mean NLL over all classes, then
+    class-weighted; evaluation keeps the plain NLL."""
+    import torch.nn.functional as F
+
+    task, p = _prepared(tiny_bert, toy_data, tmp_path, "label_smoothing_factor=0.2", "class_weights={pos: 3}")
+    assert p.cfg.training.label_smoothing_factor == 0.2 and task.label_smoothing == 0.2
+    batch = task.collate(p.splits["train"], np.arange(8), 0)
+    with torch.no_grad():
+        logp = task.logits(p.model, batch).log_softmax(-1)
+        nll = -logp.gather(1, batch["labels"][:, None])[:, 0]
+        expected = ((0.8 * nll - 0.2 * logp.mean(-1)) * batch["label_weights"]).sum()
+        torch.testing.assert_close(task.loss(p.model, batch), expected)
+        assert not torch.allclose(expected, (nll * batch["label_weights"]).sum())
+        state = {}
+        task.eval_step(p.model, batch, state)
+    assert state["loss_sum"] == pytest.approx(float(nll.sum()), rel=1e-5)
+    with pytest.raises(ConfigError, match=r"label_smoothing_factor: must be in \[0, 1\)"):
+        load_config(None, base_overrides(tiny_bert, toy_data, tmp_path / "r") + ["label_smoothing_factor=1"])
 
 
 # ---- automatic batch size -----------------------------------------------------------------------------

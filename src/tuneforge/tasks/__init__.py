@@ -60,7 +60,7 @@ register_task(TaskSpec(
     lower_is_better=("loss", "mse", "rmse", "mae"),
     config_keys={"data": ("text_column", "text_pair_column", "label_column", "max_length", "problem_type",
                           "label_delimiter"),
-                 "training": ("class_weights",)},
+                 "training": ("class_weights", "label_smoothing_factor")},
     baseline="tuneforge.evaluate.baselines:classification",
     lora_task_type="SEQ_CLS",
     pipeline_tag="text-classification", card_metrics=("accuracy", "f1"),

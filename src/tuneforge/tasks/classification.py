@@ -77,6 +77,10 @@ def model_problem_type(model_config: Any) -> str:
 
 
 def check_metric(config: RunConfig, problem: str) -> None:
+    """The problem type's keys: metric_for_best_model valid for it, label smoothing only for single-label."""
+    if config.training.label_smoothing_factor and problem != SINGLE_LABEL:
+        raise ConfigError(f"training.label_smoothing_factor: applies to single-label classification, not {problem}; "
+                          "remove it")
     metric = config.training.metric_for_best_model
     if metric is not None and metric.removeprefix("eval_") not in PROBLEM_METRICS[problem]:
         raise ConfigError(f"training.metric_for_best_model: {metric} does not apply to {problem}; valid for "
@@ -88,6 +92,7 @@ class ClassificationTask(TaskBase):
     def __init__(self, spec: TaskSpec) -> None:
         super().__init__(spec)
         self.class_weights: list[float] | None = None  # training.class_weights, set by tokenize
+        self.label_smoothing = 0.0  # training.label_smoothing_factor (single-label), set by tokenize
         self.problem = SINGLE_LABEL  # set by prepare_data / read_eval_file / tokenize
         self.pos_weight: list[float] | None = None  # multi-label: BCE pos_weight per label (class_weights)
         self.scale: tuple[float, float] | None = None  # regression: (mean, std) while the model is standardised
@@ -316,6 +321,7 @@ class ClassificationTask(TaskBase):
         if self.problem == SINGLE_LABEL and "train" in data.report.splits:
             counts = data.report.splits["train"].label_counts
             self.class_weights = class_weight_vector(config.training.class_weights, data.label_names, counts)
+            self.label_smoothing = config.training.label_smoothing_factor
         if self.problem == MULTI_LABEL and training:
             self.pos_weight = pos_weight_vector(config.training.class_weights, data.label_names,
                                                 data.report.splits["train"].label_counts, len(data.splits["train"]))
@@ -375,7 +381,8 @@ class ClassificationTask(TaskBase):
             from tuneforge.tasks import regression
 
             return regression.loss(self.logits(model, batch), batch["labels"], self.scale or (0.0, 1.0))
-        losses = F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="none")
+        losses = F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="none",
+                                 label_smoothing=self.label_smoothing)
         if "label_weights" in batch:
             losses = losses * batch["label_weights"]
         return losses.sum()
