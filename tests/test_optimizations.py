@@ -81,8 +81,6 @@ def test_class_weights_unknown_label_is_one_line(tiny_bert, toy_data, tmp_path, 
 def test_label_smoothing_reaches_the_weighted_training_loss_and_not_the_evaluation(tiny_bert, toy_data, tmp_path):
     """label_smoothing_factor=e: each row's loss is (1 - e) x its NLL + e x the mean NLL over all classes, then
     class-weighted; evaluation keeps the plain NLL."""
-    import torch.nn.functional as F
-
     task, p = _prepared(tiny_bert, toy_data, tmp_path, "label_smoothing_factor=0.2", "class_weights={pos: 3}")
     assert p.cfg.training.label_smoothing_factor == 0.2 and task.label_smoothing == 0.2
     batch = task.collate(p.splits["train"], np.arange(8), 0)
