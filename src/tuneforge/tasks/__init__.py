@@ -53,7 +53,7 @@ register_task(TaskSpec(
                             "clipped to [1, 10]; sqrt: its square root, clipped the same); regression ignores auto "
                             "and none"},
     # single-label: accuracy ... recall_weighted; multi-label: f1_micro ... subset_accuracy (and the macro
-    # scores); regression: mse ... r2 (tasks/classification.py PROBLEM_METRICS says which is valid for which)
+    # scores); regression: mse ... r2 (tasks/problem_types.py PROBLEM_METRICS says which is valid for which)
     metrics=("loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
              "precision_weighted", "recall_weighted", "f1_micro", "precision_micro", "recall_micro", "f1_samples",
              "subset_accuracy", "mse", "rmse", "mae", "pearson", "spearman", "r2"),

@@ -52,40 +52,10 @@ from tuneforge.errors import ConfigError
 from tuneforge.tasks.base import TaskBase, TaskSpec
 from tuneforge.tasks.encoder_defaults import HEAD_LR_FACTOR, learning_rate_for, training_budget
 from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
+from tuneforge.tasks.problem_types import DEFAULT_METRIC, check_problem_keys, model_problem_type, problem_type_of
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
 
-# metric_for_best_model: the names valid for each problem type (all are in the spec's `metrics`) and the default
-PROBLEM_METRICS = {
-    SINGLE_LABEL: ("loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
-                   "precision_weighted", "recall_weighted"),
-    MULTI_LABEL: ("loss", "f1_micro", "f1_macro", "f1_samples", "precision_micro", "recall_micro", "precision_macro",
-                  "recall_macro", "subset_accuracy"),
-    REGRESSION: ("loss", "mse", "rmse", "mae", "pearson", "spearman", "r2"),
-}
-DEFAULT_METRIC = {SINGLE_LABEL: "f1_macro", MULTI_LABEL: "f1_micro", REGRESSION: "rmse"}
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def problem_type_of(config: RunConfig, data: PreparedData | None = None) -> str:
-    """The run's problem type: found in the data (before `resolve` writes it into the config), else the config's
-    (a finished run's), else single-label (runs from before problem types)."""
-    return (data.info.get("problem_type") if data is not None else None) or config.data.problem_type or SINGLE_LABEL
-
-
-def model_problem_type(model_config: Any) -> str:
-    return getattr(model_config, "problem_type", None) or SINGLE_LABEL
-
-
-def check_metric(config: RunConfig, problem: str) -> None:
-    """The problem type's keys: metric_for_best_model valid for it, label smoothing only for single-label."""
-    if config.training.label_smoothing_factor and problem != SINGLE_LABEL:
-        raise ConfigError(f"training.label_smoothing_factor: applies to single-label classification, not {problem}; "
-                          "remove it")
-    metric = config.training.metric_for_best_model
-    if metric is not None and metric.removeprefix("eval_") not in PROBLEM_METRICS[problem]:
-        raise ConfigError(f"training.metric_for_best_model: {metric} does not apply to {problem}; valid for "
-                          f"{problem}: {', '.join(PROBLEM_METRICS[problem])}")
-
 
 
 class ClassificationTask(TaskBase):
@@ -120,7 +90,7 @@ class ClassificationTask(TaskBase):
                                             "data.text_pair_column": d.text_pair_column,
                                             "data.label_column": d.label_column}, text_columns)
         self.problem, note = detect_problem_type(tables, d.label_column, d.problem_type, d.label_delimiter)
-        check_metric(config, self.problem)
+        check_problem_keys(config, self.problem)
         if self.problem == MULTI_LABEL:
             return self._prepare_multi_label(config, tables, report, note)
         if self.problem == REGRESSION:
@@ -172,9 +142,6 @@ class ClassificationTask(TaskBase):
 
     def _prepare_regression(self, config: RunConfig, tables: dict[str, Any], report: Any) -> PreparedData:
         d, text_columns = config.data, self.text_columns(config)
-        if isinstance(config.training.class_weights, dict):
-            raise ConfigError("training.class_weights: label weights do not apply to regression; remove the mapping "
-                              "(auto and none are ignored)")
         values = parse_targets(tables, d.label_column)
         for split, table in tables.items():
             table.columns[d.label_column] = values[split]
