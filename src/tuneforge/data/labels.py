@@ -101,6 +101,11 @@ def imbalance_warning(counts: dict[str, int], ratio: float = 10.0, share: float 
 WEIGHT_POWERS = {"auto": 1.0, "sqrt": 0.5}
 
 
+def weight_power(setting: Any) -> float | None:
+    """The power of a class_weights rule (auto, sqrt); None for none or a {label: weight} mapping."""
+    return WEIGHT_POWERS.get(setting) if isinstance(setting, str) else None
+
+
 def class_weight_vector(setting: Any, names: list[str], counts: dict[str, int]) -> list[float] | None:
     """Per-class loss weights in label-id order, or None for unweighted. auto: n / (classes x count), the
     'balanced' rule of scikit-learn; sqrt: the square roots of auto's weights (a class 100x rarer weighs 10x, not
@@ -116,8 +121,8 @@ def class_weight_vector(setting: Any, names: list[str], counts: dict[str, int]) 
 
     if setting == "none":
         return None
-    if isinstance(setting, str) and setting in WEIGHT_POWERS:
-        total, power = sum(counts.values()), WEIGHT_POWERS[setting]
+    if (power := weight_power(setting)) is not None:
+        total = sum(counts.values())
         return [(total / (len(names) * counts[n])) ** power if counts.get(n) else 1.0 for n in names]
     unknown = [k for k in setting if k not in names]
     if unknown:
@@ -304,8 +309,8 @@ def pos_weight_vector(setting: Any, names: list[str], counts: dict[str, int], ro
 
     if setting == "none":
         return None
-    if isinstance(setting, str) and setting in WEIGHT_POWERS:
-        return [min(POS_WEIGHT_CAP, max(1.0, ((rows - counts[n]) / counts[n]) ** WEIGHT_POWERS[setting]))
+    if (power := weight_power(setting)) is not None:
+        return [min(POS_WEIGHT_CAP, max(1.0, ((rows - counts[n]) / counts[n]) ** power))
                 if counts.get(n) else 1.0 for n in names]
     unknown = [k for k in setting if k not in names]
     if unknown:

@@ -33,7 +33,6 @@ from tuneforge.data.labels import (
     MULTI_LABEL,
     REGRESSION,
     SINGLE_LABEL,
-    WEIGHT_POWERS,
     class_weight_vector,
     detect_problem_type,
     encode_label_sets,
@@ -45,6 +44,7 @@ from tuneforge.data.labels import (
     parse_targets,
     pos_weight_vector,
     target_scale,
+    weight_power,
 )
 from tuneforge.data.pipeline import as_eval_split, finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
@@ -107,8 +107,7 @@ class ClassificationTask(TaskBase):
             report.splits[split].label_counts = counts
         warning = imbalance_warning(report.splits["train"].label_counts,
                                     weighted=config.training.class_weights
-                                    if isinstance(config.training.class_weights, str)
-                                    and config.training.class_weights in WEIGHT_POWERS else None)
+                                    if weight_power(config.training.class_weights) is not None else None)
         if warning:
             report.warnings.append(warning)
         return PreparedData(tables, report, names,
