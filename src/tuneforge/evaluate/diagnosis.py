@@ -179,7 +179,8 @@ def _epoch_at(log: Sequence[dict[str, Any]], step: float) -> float | None:
 
 def _fewer_epochs(log: Sequence[dict[str, Any]], low_step: float) -> str:
     """`num_train_epochs=N, ` one past the epoch of the lowest validation loss, when the log has epochs and that
-    is fewer than the run had ('' otherwise): a schedule that short anneals around where validation was best."""
+    is fewer than the run had, else the generic `fewer num_train_epochs, `: a schedule that short anneals about
+    where validation was best."""
     low = _epoch_at(log, low_step)
     total = max((float(r["epoch"]) for r in log if isinstance(r.get("epoch"), (int, float))), default=None)
     if low is None or total is None or math.ceil(low) + 1 >= round(total):
