@@ -656,6 +656,18 @@ def read_csv(path: Path) -> tuple[list[str], list[str]]:
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
+def data_sha(name: str) -> str:
+    """The fingerprint of a built set (info.json's sha256 of its three files, 12 hex digits): each result records it
+    as `data`, and results of another build of the set (another machine's man pages) are never mixed with it."""
+    return json.loads((DATA / name / "info.json").read_text())["sha256"][:12]
+
+
+def current_build(name: str) -> str:
+    from quality_targets import build_of
+
+    return build_of({"data": data_sha(name)})
+
+
 def read_results() -> list[dict]:
     if not RESULTS.exists():
         return []
@@ -687,8 +699,12 @@ def baseline(args: argparse.Namespace) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
+    from quality_targets import build_of
+
     sets = pick_sets(args.sets)
-    kept = [r for r in read_results() if not (r.get("config") == BASELINE and r.get("set") in sets)]
+    builds = {name: current_build(name) for name in sets}
+    kept = [r for r in read_results()
+            if not (r.get("config") == BASELINE and r.get("set") in sets and build_of(r) == builds[r["set"]])]
     new = []
     for name in sets:
         t0 = time.time()
@@ -710,9 +726,9 @@ def baseline(args: argparse.Namespace) -> None:
         rec = {"set": name, "config": BASELINE, "seed": 0, "overrides": {"C": C, "class_weight": cw},
                "val_accuracy": vacc, "val_f1_macro": vf1, "test_accuracy": accuracy_score(yte, p),
                "test_f1_macro": f1_score(yte, p, average="macro"), "wall_seconds": round(time.time() - t0, 2),
-               "train_rows": len(xtr)}
+               "train_rows": len(xtr), "data": data_sha(name)}
         new.append(rec)
-        print(f"{name:18s} TF-IDF+LR  C={C:<4} class_weight={str(cw):8s}  val F1 {vf1:.3f}  "
+        print(f"{name:18s} [{builds[name]}] TF-IDF+LR  C={C:<4} class_weight={str(cw):8s}  val F1 {vf1:.3f}  "
               f"test acc {rec['test_accuracy']:.3f}  F1 {rec['test_f1_macro']:.3f}  ({rec['wall_seconds']:.1f}s)",
               flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -882,7 +898,7 @@ def run_item(name: str, config: str, seed: int, model: Path, code: tuple[dict, d
            "test_accuracy": _metric(metrics.get("test"), "accuracy"),
            "test_f1_macro": _metric(metrics.get("test"), "f1_macro"),
            "wall_seconds": round(wall, 1), "train_seconds": train.get("train_seconds"), "jobs": jobs,
-           "train_rows": json.loads((folder / "info.json").read_text())["rows"]["train"],
+           "train_rows": json.loads((folder / "info.json").read_text())["rows"]["train"], "data": data_sha(name),
            "steps": train.get("global_step"), "epochs": train.get("epoch"), "stopped_early": train.get("stopped_early"),
            "learning_rate": _learning_rate(run_dir, metrics), "run_dir": str(run_dir.relative_to(ROOT))}
     baselines = metrics.get("baselines")  # the run's own baselines, where this tuneforge version scores them
@@ -961,14 +977,18 @@ def sweep(args: argparse.Namespace) -> None:
         if check.returncode != 0:
             sys.exit(f"tuneforge does not import with --code {args.code} ({code[0]}):\n{check.stderr[-1200:]}\n"
                      "pick a revision that does (--code <sha>) or wait for src/ to settle")
-        done = {(r["set"], r["config"], r["seed"]) for r in read_results()}
-        items = [it for it in asked if it not in done]
+        from quality_targets import build_of
+
+        builds = {name: current_build(name) for name in sorted({n for n, _, _ in asked})}
+        print("data builds: " + ", ".join(f"{n} {b}" for n, b in builds.items()), flush=True)
+        done = {(r["set"], r["config"], r["seed"], build_of(r)) for r in read_results()}
+        items = [it for it in asked if (*it, builds[it[0]]) not in done]
         print(f"sweep: {len(items)} items to run ({len(done)} results on file), {args.jobs} at a time, budget "
               f"{args.max_minutes or 'none'} min; model {model}; code {code[0]}", flush=True)
         t_start = time.time()
         walls: dict[str, list[float]] = defaultdict(list)
         for r in read_results():
-            if r.get("config") != BASELINE and r.get("wall_seconds"):
+            if r.get("config") != BASELINE and r.get("wall_seconds") and r["set"] in builds:
                 walls[r["set"]].append(r["wall_seconds"])
         running: dict[concurrent.futures.Future, tuple[str, str, int]] = {}
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -1029,10 +1049,15 @@ def _label(result: dict) -> str:
 
 
 def table(args: argparse.Namespace) -> None:
-    results = read_results()
+    from quality_targets import build_of
+
+    results = [r for r in read_results() if build_of(r) == args.build]
     for name in pick_sets(args.sets):
         info = json.loads((DATA / name / "info.json").read_text())
         r = info["rows"]
+        if current_build(name) != args.build:  # the shapes below are of the set as built here
+            print(f"(set {name}: the data built here are build {current_build(name)}, not {args.build}: its shape line "
+                  "is of this build)", file=sys.stderr)
         print(f"### {name}\n\n{info['task']}. Rows train/val/test {r['train']}/{r['validation']}/{r['test']}, "
               f"{info['classes']} classes, imbalance (max/min, train) {info['imbalance']}, words median "
               f"{info['words_median']:.0f}, p90 {info['words_p90']:.0f}.\n")
@@ -1073,6 +1098,9 @@ def main(argv: list[str] | None = None) -> None:
                        ("shapes", "the shape table of all sets (docs/QUALITY.md)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--sets", help="comma-separated set names (default: all built)")
+        if name == "table":
+            p.add_argument("--build", default="r1", help="the data build whose results are shown (default r1, the "
+                           "reference; bench/quality_targets.py BUILDS)")
     p = sub.add_parser("sweep", help="resumable: runs (set, config, seed) items not yet in the results file")
     p.add_argument("--sets", help="comma-separated set names (default: all built)")
     p.add_argument("--configs", help=f"comma-separated named configs (default: all): {','.join(CONFIGS)}")

@@ -4,11 +4,13 @@ Per set: TF-IDF + LR, the first wave's defaults (`old`), the current defaults (m
 setting by mean validation macro-F1, and whether issue 16's targets hold (>= 1,000 training rows: accuracy and
 macro-F1 at least the baseline's; smaller sets: accuracy; and macro-F1 within 1.5 points of the best setting).
 
-    python3 bench/quality_targets.py
+    python3 bench/quality_targets.py              # the reference build (r1)
+    python3 bench/quality_targets.py --build r2   # the second machine's build
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -23,6 +25,26 @@ RESULTS = Path(__file__).resolve().parent / "quality_results.jsonl"
 HEAD_CODE = "555d087"
 PREVIOUS_LABEL = "defaults-2026-12-01"  # the name of the earlier defaults' runs in both tables
 PREVIOUS = {"man-admin": ("lr1e-4-cw-ep6",), "man-name": ("lr1e-4-cw-ep6",)}
+# The build of the data a result measured. `build` is deterministic for one machine's installed man pages and Python,
+# not across machines: on 2026-12-04 a machine with other man pages installed built five of the seven sets
+# differently (man-section-6k 6,695 training rows instead of 6,433). Results carry the sha256 of their set's three
+# files (info.json, first 12 hex digits) as `data` since then; earlier results carry none and are of the reference
+# build, r1 (the machines of 2026-12-01 to 12-04). A sha named here maps to its build; any other is its own build.
+BUILDS = {
+    # r1: man-lang and py-module built identically on the second machine (TF-IDF + LR reproduced to every digit)
+    "a2560cd900ba": "r1", "ea03c0f402d7": "r1",
+    # r2: the 2026-12-04 machine's man pages
+    "5924c2632827": "r2", "87c5c8d80b05": "r2", "88c76db659ba": "r2", "ab49fc17717a": "r2", "b2c97f0be9ac": "r2",
+}
+REFERENCE = "r1"
+
+
+def build_of(r: dict) -> str:
+    """The build a result measured: r1 for results from before data fingerprints, else by BUILDS."""
+    data = r.get("data")
+    return REFERENCE if data is None else BUILDS.get(data, data)
+
+
 SETS = ("man-admin", "man-name", "man-section-500", "py-module", "man-section-2k", "man-lang", "man-section-6k")
 
 
@@ -51,10 +73,15 @@ def both(rows: list[dict]) -> str:
     return f"{mean_sd(rows, 'test_accuracy')} / {mean_sd(rows, 'test_f1_macro')}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default=REFERENCE, help=f"the data build judged (default {REFERENCE}: the reference)")
+    build = ap.parse_args(argv).build
     by: dict[tuple[str, str], list[dict]] = {}
     for line in RESULTS.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
+        if build_of(r) != build:
+            continue
         by.setdefault((r["set"], config_of(r)), []).append(r)
     print("| set | train rows | TF-IDF + LR | old defaults | new defaults (seeds) | best swept (on validation) "
           "| target |")
