@@ -33,6 +33,9 @@ PREVIOUS = {"man-admin": ("lr1e-4-cw-ep6",), "man-name": ("lr1e-4-cw-ep6",)}
 BUILDS = {
     # r1: man-lang and py-module built identically on the second machine (TF-IDF + LR reproduced to every digit)
     "a2560cd900ba": "r1", "ea03c0f402d7": "r1",
+    # r1: the other five sets as built on the machine of the 2026-12-04 evening (TF-IDF + LR reproduced r1's five
+    # rows to every digit, with the same row counts)
+    "161212bde83a": "r1", "5f2ffbc52fc1": "r1", "cfd4f4dada46": "r1", "7c664716a57a": "r1", "469164c08251": "r1",
     # r2: the 2026-12-04 machine's man pages
     "5924c2632827": "r2", "87c5c8d80b05": "r2", "88c76db659ba": "r2", "ab49fc17717a": "r2", "b2c97f0be9ac": "r2",
 }
