@@ -12,6 +12,7 @@ from conftest import base_overrides
 import tuneforge
 from tuneforge.tasks.encoder_defaults import (
     HEAD_LR_FACTOR,
+    LABEL_SMOOTHING,
     MAX_EPOCHS,
     MIN_EPOCHS,
     MIN_STEPS,
@@ -67,15 +68,17 @@ def test_unset_values_are_resolved_and_written_explicit_ones_win(tiny_bert, enco
     assert written["class_weights"] == "auto"
     assert written["head_learning_rate"] == pytest.approx(HEAD_LR_FACTOR * written["learning_rate"])  # a new head
     assert written["num_train_epochs"] == training_budget(len(_rows(toy_data["train"])), 16)[0]
+    assert written["label_smoothing_factor"] == LABEL_SMOOTHING > 0  # single-label
     assert run.config.training.learning_rate == written["learning_rate"]  # the run reloads the resolved value
     assert written["per_device_eval_batch_size"] == 16  # null on the CPU (docs/BENCHMARKS.md)
 
     explicit = tuneforge.train(None, base_overrides(tiny_bert, toy_data, tmp_path / "set", max_steps=2,
                                                     save_strategy="no", learning_rate=7e-4, class_weights="none",
                                                     num_train_epochs=2, per_device_eval_batch_size=64,
-                                                    head_learning_rate=5e-4))
+                                                    head_learning_rate=5e-4, label_smoothing_factor=0))
     written = yaml.safe_load((explicit.path / "run_config.yaml").read_text())["training"]
     assert written["learning_rate"] == 7e-4 and written["class_weights"] == "none"
+    assert written["label_smoothing_factor"] == 0  # an explicit 0 switches it off
     assert written["num_train_epochs"] == 2 and written["per_device_eval_batch_size"] == 64
     assert written["head_learning_rate"] == 5e-4
     follows = tuneforge.train(None, base_overrides(encoder_only, toy_data, tmp_path / "follows", max_steps=1,

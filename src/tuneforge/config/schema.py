@@ -219,10 +219,11 @@ class TrainingConfig:
         "auto", "Weight the loss per class: auto (inverse class frequency, n / (classes x count); about 1 for "
                 "every class of balanced data; the default, docs/QUALITY.md), sqrt (the square roots of auto's "
                 "weights: a class 100x rarer weighs 10x), none, or {label: weight} (unlisted labels weigh 1).")
-    label_smoothing_factor: float = opt(
-        0.0, "Label smoothing of the training loss (Szegedy et al. 2016; Hugging Face Trainer's name): the target "
-             "puts 1 - factor on the true class and spreads factor over all classes. Single-label "
-             "classification; evaluation reports the plain loss. 0: off.")
+    label_smoothing_factor: float | None = opt(
+        None, "Label smoothing of the training loss (Szegedy et al. 2016; Hugging Face Trainer's name): the target "
+              "puts 1 - factor on the true class and spreads factor over all classes. Single-label "
+              "classification; evaluation reports the plain loss. 0: off; null: the task's default "
+              "(single-label classification 0.1, docs/QUALITY.md; otherwise off).")
     baselines: bool = opt(
         True, "Score the task's baselines on the held-out split beside the model (docs/EVALUATION.md); false "
               "skips them.")
@@ -286,7 +287,7 @@ class TrainingConfig:
                               f"{self.lr_find_min_lr} and {self.lr_find_max_lr}")
         if self.lr_find_num_steps < 5:
             raise bad("lr_find_num_steps", "must be at least 5")
-        if not 0 <= self.label_smoothing_factor < 1:
+        if self.label_smoothing_factor is not None and not 0 <= self.label_smoothing_factor < 1:
             raise bad("label_smoothing_factor", "must be in [0, 1) (0: off; 0.1 is the usual choice)")
         if isinstance(self.class_weights, dict):
             for label, weight in self.class_weights.items():

@@ -49,6 +49,8 @@ register_task(TaskSpec(
            "head_learning_rate": "classification default when null: 10x learning_rate for a new single-label "
                                  "head in a full fine-tune (docs/QUALITY.md); multi-label, regression, LoRA, freeze "
                                  "and learning_rate=auto: learning_rate",
+           "label_smoothing_factor": "classification default when null: 0.1 for single-label (docs/QUALITY.md); "
+                                     "multi-label and regression: off",
            "class_weights": "multi-label: each label's BCE pos_weight (auto: negatives / positives in training, "
                             "clipped to [1, 10]; sqrt: its square root, clipped the same); regression ignores auto "
                             "and none"},

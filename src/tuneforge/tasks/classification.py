@@ -50,7 +50,7 @@ from tuneforge.data.pipeline import as_eval_split, finish_splits, read_and_clean
 from tuneforge.data.prepared import PreparedData, TokenizedSplit
 from tuneforge.errors import ConfigError
 from tuneforge.tasks.base import TaskBase, TaskSpec
-from tuneforge.tasks.encoder_defaults import HEAD_LR_FACTOR, learning_rate_for, training_budget
+from tuneforge.tasks.encoder_defaults import HEAD_LR_FACTOR, LABEL_SMOOTHING, learning_rate_for, training_budget
 from tuneforge.tasks.loading import load_model, load_tokenizer, model_max_length, pin_revision, resolve_length
 from tuneforge.tasks.problem_types import DEFAULT_METRIC, check_problem_keys, model_problem_type, problem_type_of
 from tuneforge.tasks.tokenize import length_stats, tokenize_texts, tokenizer_fingerprint
@@ -226,8 +226,8 @@ class ClassificationTask(TaskBase):
     def resolve(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData
                 ) -> tuple[RunConfig, list[str]]:
         """Defaults left null (docs/QUALITY.md has the evidence): the learning rate from the model's width, the
-        new head's rate from it (single-label, full fine-tuning, no freezing, a numeric rate: what was measured), the
-        number of epochs from the training rows."""
+        new head's rate from it (single-label, full fine-tuning, no freezing, a numeric rate: what was measured), label
+        smoothing (single-label), the number of epochs from the training rows."""
         import dataclasses
 
         t, notes = config.training, []
@@ -253,6 +253,9 @@ class ClassificationTask(TaskBase):
             t = dataclasses.replace(t, head_learning_rate=HEAD_LR_FACTOR * t.learning_rate)
             notes.append(f"head_learning_rate {t.head_learning_rate:g} ({HEAD_LR_FACTOR:g}x learning_rate for the "
                          "new head)")
+        if t.label_smoothing_factor is None and problem == SINGLE_LABEL:
+            t = dataclasses.replace(t, label_smoothing_factor=LABEL_SMOOTHING)
+            notes.append(f"label_smoothing_factor {LABEL_SMOOTHING:g} (single-label default)")
         if t.num_train_epochs is None:
             processes = int(os.environ.get("WORLD_SIZE", "1") or 1)  # the launcher's count: steps of the global batch
             epochs, why = training_budget(len(data.splits["train"]), t.per_device_train_batch_size
@@ -287,7 +290,7 @@ class ClassificationTask(TaskBase):
         if self.problem == SINGLE_LABEL and "train" in data.report.splits:
             counts = data.report.splits["train"].label_counts
             self.class_weights = class_weight_vector(config.training.class_weights, data.label_names, counts)
-            self.label_smoothing = config.training.label_smoothing_factor
+            self.label_smoothing = config.training.label_smoothing_factor or 0.0
         if self.problem == MULTI_LABEL and training:
             self.pos_weight = pos_weight_vector(config.training.class_weights, data.label_names,
                                                 data.report.splits["train"].label_counts, len(data.splits["train"]))
