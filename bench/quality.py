@@ -760,6 +760,9 @@ CONFIGS: dict[str, dict[str, str]] = {
     "bs8": {"per_device_train_batch_size": "8"},  # the defaults at half the batch: twice the optimizer steps
     "cw-sqrt": {"class_weights": "sqrt"},  # the defaults with square-root class weights (auto's, square-rooted)
     "ls0.1": {"label_smoothing_factor": "0.1"},  # the defaults with label smoothing (Szegedy et al. 2016)
+    "ls0": {"label_smoothing_factor": "0"},  # label smoothing off, whatever the code's default
+    # label smoothing 0.1 and 5 epochs (man-section-6k's budget rule gives 3, and its runs end undertrained)
+    "ls0.1-ep5": {"label_smoothing_factor": "0.1", "num_train_epochs": "5"},
 }
 KEEP_SUFFIXES = (".json", ".jsonl", ".yaml", ".csv", ".md", ".txt", ".log")
 DROP_NAMES = {"tokenizer.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json"}
@@ -1038,18 +1041,8 @@ def _ms(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _label(result: dict) -> str:
-    """A result's config name in the tables: `defaults` runs of code before the current defaults (the head's rate,
-    bench/quality_targets.py HEAD_CODE) as `defaults-2026-12-01`."""
-    from quality_targets import HEAD_CODE, PREVIOUS_LABEL, descends
-
-    if result.get("config") == "defaults" and not descends(str(result.get("code", "")), HEAD_CODE):
-        return PREVIOUS_LABEL
-    return result["config"]
-
-
 def table(args: argparse.Namespace) -> None:
-    from quality_targets import build_of
+    from quality_targets import PREVIOUS_LABEL, build_of, config_of
 
     results = [r for r in read_results() if build_of(r) == args.build]
     for name in pick_sets(args.sets):
@@ -1063,9 +1056,7 @@ def table(args: argparse.Namespace) -> None:
               f"{info['words_median']:.0f}, p90 {info['words_p90']:.0f}.\n")
         print("| setting | seeds | test accuracy | test macro-F1 | val macro-F1 | wall s |")
         print("|---|---|---|---|---|---|")
-        from quality_targets import PREVIOUS_LABEL
-
-        mine = [{**x, "config": _label(x)} for x in results if x.get("set") == name]
+        mine = [{**x, "config": config_of(x, current="defaults")} for x in results if x.get("set") == name]
         for config in [BASELINE, PREVIOUS_LABEL, *CONFIGS,
                        *sorted({x["config"] for x in mine} - set(CONFIGS) - {BASELINE, PREVIOUS_LABEL})]:
             rs = [x for x in mine if x["config"] == config]
