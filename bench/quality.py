@@ -794,6 +794,15 @@ def _metric(d: dict | None, key: str) -> float | None:
     return None
 
 
+def _precision(run_dir: Path) -> str | None:
+    """The precision the run trained in (run.json): `mixed_precision: auto` is bf16 autocast on a CPU with native
+    bf16 (AMX / AVX512-BF16) and fp32 elsewhere, so one config measures two numerics on two machines."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("mixed_precision")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _learning_rate(run_dir: Path, metrics: dict) -> float | str | None:
     info = {}
     try:
@@ -903,7 +912,8 @@ def run_item(name: str, config: str, seed: int, model: Path, code: tuple[dict, d
            "wall_seconds": round(wall, 1), "train_seconds": train.get("train_seconds"), "jobs": jobs,
            "train_rows": json.loads((folder / "info.json").read_text())["rows"]["train"], "data": data_sha(name),
            "steps": train.get("global_step"), "epochs": train.get("epoch"), "stopped_early": train.get("stopped_early"),
-           "learning_rate": _learning_rate(run_dir, metrics), "run_dir": str(run_dir.relative_to(ROOT))}
+           "learning_rate": _learning_rate(run_dir, metrics), "mixed_precision": _precision(run_dir),
+           "run_dir": str(run_dir.relative_to(ROOT))}
     baselines = metrics.get("baselines")  # the run's own baselines, where this tuneforge version scores them
     if isinstance(baselines, dict):
         rec["run_baselines"] = {k: {m: _metric(v.get("test", v) if isinstance(v, dict) else None, m)
