@@ -11,6 +11,7 @@ macro-F1 at least the baseline's; smaller sets: accuracy; and macro-F1 within 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -55,6 +56,7 @@ def build_of(r: dict) -> str:
 SETS = ("man-admin", "man-name", "man-section-500", "py-module", "man-section-2k", "man-lang", "man-section-6k")
 
 
+@functools.cache
 def descends(code: str, ancestor: str) -> bool:
     """Whether the commit `code` is `ancestor` or descends from it."""
     return subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, code], cwd=RESULTS.parent,
